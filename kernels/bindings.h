@@ -1,0 +1,7 @@
+// Each part of the C++ core registers its Python bindings here; bindings.cpp assembles the module.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace numatune {
+void register_system(pybind11::module_& m);
+}  // namespace numatune

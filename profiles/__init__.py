@@ -1,0 +1,1 @@
+"""YAML profiles shipped with numatune: engines/, models/, machines/."""
