@@ -61,7 +61,8 @@ kernels = Pybind11Extension(
     extra_compile_args=COMMON_FLAGS,
     extra_link_args=["-pthread"],
     cxx_std=17,
-    depends=glob.glob("kernels/*.h"),
+    # The variant objects reach the link as extra_objects, which setuptools does not date-check.
+    depends=glob.glob("kernels/*.h") + VARIANT_SOURCES,
 )
 
 setup(ext_modules=[kernels], cmdclass={"build_ext": BuildWithIsaVariants})

@@ -45,4 +45,7 @@ void register_system(py::module_& m) {
 PYBIND11_MODULE(_kernels, m) {
     m.doc() = "numatune's C++ core: memory benchmark and MoE expert engine";
     numatune::register_system(m);
+    numatune::register_membench(m);
+    numatune::register_quant(m);
+    numatune::register_engine(m);
 }

@@ -4,4 +4,7 @@
 
 namespace numatune {
 void register_system(pybind11::module_& m);
+void register_membench(pybind11::module_& m);
+void register_quant(pybind11::module_& m);
+void register_engine(pybind11::module_& m);
 }  // namespace numatune

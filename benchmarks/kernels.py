@@ -1,0 +1,105 @@
+"""Single-thread gemv of the row kernels against a plain read of the same bytes.
+
+For each weight type, a matrix of DeepSeek-V3's hidden width (7168 columns) and about
+--matrix-mib MiB (well above the last-level cache) is built by tiling a few quantized rows;
+then, in rounds that alternate their order (memory bandwidth drifts over seconds), it times
+  * numpy reading the same bytes (np.add.reduce over a uint64 view), and
+  * numatune._kernels.gemv of every row-kernel variant this CPU runs (x quantized inside),
+and prints weight GB/s (decimal) as median ± half-IQR, with the ratio to the numpy read.
+The process is pinned to one CPU. Prints a table; never judges the timings.
+
+    python benchmarks/kernels.py [--types Q4_K,Q8_0,...] [--variants avx2,...] [--matrix-mib 512]
+                                 [--rounds 7] [--cpu 0] [--json results.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from numatune import _kernels, quants  # noqa: E402
+from numatune.stats import Measurement  # noqa: E402
+
+COLUMNS = 7168
+TILE_ROWS = 64
+
+
+@dataclass(frozen=True)
+class Row:
+    type_name: str
+    reader: str  # "numpy read" or a variant name
+    gbps: Measurement
+
+
+def build_matrix(type_name: str, matrix_bytes: int, rng: np.random.Generator) -> np.ndarray:
+    tile = quants.quantize(rng.standard_normal((TILE_ROWS, COLUMNS)).astype(np.float32), type_name)
+    copies = max(1, matrix_bytes // tile.nbytes)
+    return np.tile(tile, (copies, 1))
+
+
+def time_once(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def measure(type_name: str, variants: list[str], args: argparse.Namespace) -> list[Row]:
+    rng = np.random.default_rng(0)
+    weights = build_matrix(type_name, args.matrix_mib << 20, rng)
+    x = rng.standard_normal(COLUMNS).astype(np.float32)
+    words = weights.reshape(-1).view(np.uint64)
+    readers = {"numpy read": lambda: np.add.reduce(words)}
+    for variant in variants:
+        readers[variant] = lambda variant=variant: _kernels.gemv(type_name, weights, x, isa=variant)
+    samples: dict[str, list[float]] = {name: [] for name in readers}
+    for run in readers.values():  # warm-up: page faults, clocks
+        run()
+    for round_number in range(args.rounds):
+        order = list(readers) if round_number % 2 == 0 else list(reversed(readers))
+        for name in order:
+            samples[name].append(weights.nbytes / time_once(readers[name]) / 1e9)
+    return [Row(type_name, name, Measurement.of(values, "GB/s")) for name, values in samples.items()]
+
+
+def print_table(rows: list[Row]) -> None:
+    read = {row.type_name: row.gbps.median for row in rows if row.reader == "numpy read"}
+    print(f"{'type':<5}  {'reader':<17}  {'weight GB/s (median ± spread, n, min…max)':<44}  vs read")
+    for row in rows:
+        ratio = row.gbps.median / read[row.type_name]
+        print(f"{row.type_name:<5}  {row.reader:<17}  {row.gbps.describe():<44}  {ratio:5.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--types", default="Q4_K,Q8_0,Q6_K,BF16,F16,F32")
+    parser.add_argument("--variants", default=",".join(_kernels.quant_variants()))
+    parser.add_argument("--matrix-mib", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--cpu", type=int, default=0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    os.sched_setaffinity(0, {args.cpu})
+    variants = args.variants.split(",")
+    rows: list[Row] = []
+    for type_name in args.types.split(","):
+        rows += measure(type_name, variants, args)
+    print(f"one thread on CPU {args.cpu}; {args.matrix_mib} MiB of weights, {COLUMNS} columns; "
+          f"{args.rounds} rounds")
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps([{"type": r.type_name, "reader": r.reader, "unit": "GB/s",
+                                          "samples": list(r.gbps.samples)} for r in rows], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

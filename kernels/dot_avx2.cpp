@@ -1,0 +1,335 @@
+// AVX2 + FMA variant of the row kernels (quant.h); compiled with -mavx2 -mfma -mf16c -mbmi2 and
+// run only where CPUID allows. quant_ref.cpp is the truth it is tested against.
+//
+// Integer blocks: vpmaddubsw multiplies unsigned weight bytes by signed activation bytes and adds
+// pairs into 16-bit lanes (no saturation for these ranges: at most 2·63·127), vpmaddwd then
+// applies the sub-block scale while widening to 32 bits. A block's integer sum stays in a vector
+// and is scaled into a float vector accumulator; the only horizontal sum is at the end of a row.
+// The activation (a few KiB) stays in L1; the weights stream from memory, prefetched ahead.
+#if NUMATUNE_X86_VARIANTS
+
+#include <immintrin.h>
+
+#include "quant.h"
+
+namespace numatune {
+namespace {
+
+// How far ahead of the row being read the weights are prefetched. The hardware prefetcher alone
+// falls behind once the loop also computes: measured on a Zen 3 core (benchmarks/kernels.py),
+// prefetching 2-3 KiB ahead lifted gemv from about 11 to 15-17 GB/s; 1 KiB and 6 KiB did worse.
+// Running 2 or 4 rows at once against the same activation block was slower (two streams a row
+// apart), hence one row at a time.
+constexpr size_t kPrefetchBytes = 2048;
+
+template <class Block>
+void prefetch_block(const Block* block) {
+    const char* ahead = reinterpret_cast<const char*>(block) + kPrefetchBytes;
+    for (size_t offset = 0; offset < sizeof(Block); offset += 64) _mm_prefetch(ahead + offset, _MM_HINT_T0);
+}
+
+float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+float hsum(__m128 v) {
+    __m128 s = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
+
+// ---- activation (bit-identical to the reference: same scale, same products, ties to even)
+
+float max_magnitude(const float* x, int n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 amax = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+// 32 floats → 32 int8, in order. The values are within ±127, so the saturating packs are exact.
+__m256i round_32(const float* x, __m256 inverse) {
+    const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x), inverse));
+    const __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8), inverse));
+    const __m256i c = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 16), inverse));
+    const __m256i d = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 24), inverse));
+    // packs work within 128-bit lanes: the bytes come out as a0 b0 c0 d0 a1 b1 c1 d1 (4 each).
+    const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+    const __m256i clamped = _mm256_max_epi8(packed, _mm256_set1_epi8(-127));
+    return _mm256_permutevar8x32_epi32(clamped, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+void quantize_q8_k(const float* x, int n, BlockQ8K* y) {
+    const __m256i ones = _mm256_set1_epi8(1);
+    for (int b = 0; b < n / kQK; ++b, x += kQK) {
+        const Int8Scale scale = int8_scale(max_magnitude(x, kQK));
+        const __m256 inverse = _mm256_set1_ps(scale.inverse);
+        y[b].d = scale.d;
+        for (int i = 0; i < kQK; i += 32) {
+            const __m256i q = round_32(x + i, inverse);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs + i), q);
+            // bsums of the two 16-byte halves: pairs, then quads, then two horizontal adds per lane.
+            const __m256i pairs = _mm256_maddubs_epi16(ones, q);
+            const __m256i quads = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+            const __m256i octets = _mm256_hadd_epi32(quads, quads);
+            const __m256i sums = _mm256_hadd_epi32(octets, octets);
+            y[b].bsums[i / 16] = static_cast<int16_t>(_mm256_extract_epi32(sums, 0));
+            y[b].bsums[i / 16 + 1] = static_cast<int16_t>(_mm256_extract_epi32(sums, 4));
+        }
+    }
+}
+
+void quantize_q8_0(const float* x, int n, BlockQ8_0* y) {
+    for (int b = 0; b < n / kQ8; ++b, x += kQ8) {
+        const Int8Scale scale = int8_scale(max_magnitude(x, kQ8));
+        y[b].d = f32_to_f16(scale.d);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs), round_32(x, _mm256_set1_ps(scale.inverse)));
+    }
+}
+
+void quantize_activation(GgmlType type, const float* x, int n, void* xq) {
+    switch (type_info(type).activation) {
+        case ActivationFormat::f32: return ref::quantize_activation(type, x, n, xq);
+        case ActivationFormat::q8_0: return quantize_q8_0(x, n, static_cast<BlockQ8_0*>(xq));
+        case ActivationFormat::q8_k: return quantize_q8_k(x, n, static_cast<BlockQ8K*>(xq));
+    }
+}
+
+// ---- Q4_K × Q8_K
+
+// vpshufb masks broadcasting 16-bit word s of each 128-bit lane to the whole lane.
+__m256i word_broadcast_mask(int s) {
+    return _mm256_set1_epi16(static_cast<short>((2 * s) | ((2 * s + 1) << 8)));
+}
+
+// Q4_K's sc[0..7] in bytes 0-7 and m[0..7] in bytes 8-15: q4k_unpack_scales in vector form.
+// The 16-byte load reads 4 bytes of qs past the 12 bytes of scales (inside the block).
+__m128i q4k_scales_and_mins(const BlockQ4K& w) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales));   // words w0 w1 w2 -
+    const __m128i low_six = _mm_and_si128(packed, _mm_set1_epi32(0x3f3f3f3f));            // sc[0..3], m[0..3]
+    const __m128i top_two = _mm_and_si128(_mm_srli_epi32(packed, 2), _mm_set1_epi32(0x30303030));
+    const __m128i w2 = _mm_shuffle_epi32(packed, 0xaa);
+    const __m128i low_four = _mm_and_si128(_mm_srlv_epi32(w2, _mm_setr_epi32(0, 4, 0, 4)), _mm_set1_epi32(0x0f0f0f0f));
+    const __m128i upper = _mm_or_si128(low_four, top_two);                                 // sc[4..7], m[4..7]
+    return _mm_unpacklo_epi32(low_six, upper);
+}
+
+// x.d·d and x.d·dmin of a Q4_K block, in lanes 0 and 1.
+__m128 q4k_block_scales(const BlockQ4K& w, const BlockQ8K& x) {
+    uint32_t both;
+    std::memcpy(&both, &w.d, sizeof both);
+    return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(both))), _mm_set1_ps(x.d));
+}
+
+struct Q4KAccumulator {
+    __m256 scaled = _mm256_setzero_ps();   // d·Σ sc·(q·x)
+    __m128 mins = _mm_setzero_ps();        // dmin·Σ m·(Σx)
+
+    void add(const BlockQ4K& w, const BlockQ8K& x) {
+        const __m256i wide = _mm256_cvtepu8_epi16(q4k_scales_and_mins(w));   // words 0-7: sc, 8-15: m
+        const __m128 block_scales = q4k_block_scales(w, x);
+
+        const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
+        const __m128i sub_sums = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
+        const __m128i min_terms = _mm_madd_epi16(_mm256_extracti128_si256(wide, 1), sub_sums);
+        mins = _mm_fmadd_ps(_mm_shuffle_ps(block_scales, block_scales, 0x55), _mm_cvtepi32_ps(min_terms), mins);
+
+        const __m256i scales = _mm256_permute2x128_si256(wide, wide, 0x00);  // sc in both lanes
+        const __m256i low_nibbles = _mm256_set1_epi8(0x0f);
+        __m256i sum = _mm256_setzero_si256();
+        for (int j = 0; j < 4; ++j) {
+            const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 32 * j));
+            const __m256i lo = _mm256_and_si256(q, low_nibbles);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low_nibbles);
+            const __m256i x_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 64 * j));
+            const __m256i x_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 64 * j + 32));
+            const __m256i p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x_lo),
+                                                   _mm256_shuffle_epi8(scales, word_broadcast_mask(2 * j)));
+            const __m256i p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x_hi),
+                                                   _mm256_shuffle_epi8(scales, word_broadcast_mask(2 * j + 1)));
+            sum = _mm256_add_epi32(sum, _mm256_add_epi32(p_lo, p_hi));
+        }
+        scaled = _mm256_fmadd_ps(_mm256_broadcastss_ps(block_scales), _mm256_cvtepi32_ps(sum), scaled);
+    }
+
+    float total() const { return hsum(scaled) - hsum(mins); }
+};
+
+// ---- Q6_K × Q8_K
+
+// vpshufb masks: word 2k of the lane in the low lane, word 2k+1 in the high lane.
+__m256i pair_broadcast_mask(int k) {
+    const short low = static_cast<short>((4 * k) | ((4 * k + 1) << 8));
+    const short high = static_cast<short>((4 * k + 2) | ((4 * k + 3) << 8));
+    return _mm256_setr_epi16(low, low, low, low, low, low, low, low,
+                             high, high, high, high, high, high, high, high);
+}
+
+struct Q6KAccumulator {
+    __m256 scaled = _mm256_setzero_ps();
+
+    void add(const BlockQ6K& w, const BlockQ8K& x) {
+        const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales)));
+        // The weights are dotted as unsigned 0..63; Σ sc·(q−32)·x = Σ sc·q·x − 32·Σ sc·bsum.
+        const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
+        __m256i sum = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(scales16, bsums), 5));
+
+        const __m256i low_nibbles = _mm256_set1_epi8(0x0f), high_bits = _mm256_set1_epi8(0x30);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i half_scales = _mm256_permute4x64_epi64(scales16, h == 0 ? 0x44 : 0xee);
+            const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.ql + 64 * h));
+            const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.ql + 64 * h + 32));
+            const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qh + 32 * h));
+            const __m256i q[4] = {
+                _mm256_or_si256(_mm256_and_si256(l0, low_nibbles), _mm256_and_si256(_mm256_slli_epi16(hb, 4), high_bits)),
+                _mm256_or_si256(_mm256_and_si256(l1, low_nibbles), _mm256_and_si256(_mm256_slli_epi16(hb, 2), high_bits)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low_nibbles), _mm256_and_si256(hb, high_bits)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low_nibbles),
+                                _mm256_and_si256(_mm256_srli_epi16(hb, 2), high_bits)),
+            };
+            for (int k = 0; k < 4; ++k) {
+                const __m256i xk = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 128 * h + 32 * k));
+                const __m256i products = _mm256_maddubs_epi16(q[k], xk);
+                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(products, _mm256_shuffle_epi8(half_scales, pair_broadcast_mask(k))));
+            }
+        }
+        scaled = _mm256_fmadd_ps(_mm256_set1_ps(x.d * f16_scalar(w.d)), _mm256_cvtepi32_ps(sum), scaled);
+    }
+
+    float total() const { return hsum(scaled); }
+};
+
+// ---- Q8_0 × Q8_0
+
+struct Q8_0Accumulator {
+    __m256 scaled = _mm256_setzero_ps();
+
+    void add(const BlockQ8_0& w, const BlockQ8_0& x) {
+        const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs));
+        const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs));
+        // |w| · (x with w's sign) = w·x, in the unsigned × signed form vpmaddubsw takes.
+        const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(wq), _mm256_sign_epi8(xq, wq));
+        const __m256i sum = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+        scaled = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w.d) * f16_scalar(x.d)), _mm256_cvtepi32_ps(sum), scaled);
+    }
+
+    float total() const { return hsum(scaled); }
+};
+
+// One row at a time, each block's bytes prefetched kPrefetchBytes ahead (running on into the next
+// row, which is where the next call of the loop reads).
+template <class Acc, class Block, class Activation>
+void gemv_blocks(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
+    for (int r = 0; r < rows; ++r) {
+        const Block* w = reinterpret_cast<const Block*>(weights + r * row_stride);
+        Acc acc;
+        for (int b = 0; b < blocks; ++b) {
+            prefetch_block(w + b);
+            acc.add(w[b], x[b]);
+        }
+        y[r] = acc.total();
+    }
+}
+
+// ---- float rows
+
+// Float rows go kFloatRows at a time so that each load of x serves several rows: x stays f32
+// (4 bytes per weight, twice the bytes of an F16 row), and a 7168-wide x fills L1, so one row at
+// a time re-reads it from L2 for every row. Measured on a Zen 3 core, 4 rows at a time took F16
+// and BF16 rows from 14 to 19 GB/s and F32 from 17 to 23 GB/s. (For the quantized rows, whose
+// activation is a quarter of the size, several rows at a time measured slower.)
+constexpr int kFloatRows = 4;
+
+template <GgmlType kType>
+__m256 load8(const void* row, int i) {
+    if (kType == GgmlType::F32) return _mm256_loadu_ps(static_cast<const float*>(row) + i);
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + i));
+    if (kType == GgmlType::F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+template <GgmlType kType>
+float tail_dot(const void* row, const float* x, int from, int n) {
+    float sum = 0;
+    for (int i = from; i < n; ++i) {
+        float w;
+        if (kType == GgmlType::F32) w = static_cast<const float*>(row)[i];
+        else if (kType == GgmlType::F16) w = f16_to_f32(static_cast<const uint16_t*>(row)[i]);
+        else w = bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
+        sum += w * x[i];
+    }
+    return sum;
+}
+
+// y[0..R) for R rows starting at `rows`, two accumulators per row.
+template <GgmlType kType, int R>
+void dot_float_rows(const uint8_t* rows, size_t row_stride, const float* x, int n, float* y) {
+    __m256 acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    const int main = n / 16 * 16;
+    for (int i = 0; i < main; i += 16) {
+        const __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
+        for (int r = 0; r < R; ++r) {
+            const uint8_t* row = rows + r * row_stride;
+            acc[r][0] = _mm256_fmadd_ps(load8<kType>(row, i), x0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(load8<kType>(row, i + 8), x1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        y[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + tail_dot<kType>(rows + r * row_stride, x, main, n);
+    }
+}
+
+template <GgmlType kType>
+void gemv_float(const uint8_t* weights, size_t row_stride, int rows, const float* x, int n, float* y) {
+    int r = 0;
+    for (; r + kFloatRows <= rows; r += kFloatRows) {
+        dot_float_rows<kType, kFloatRows>(weights + r * row_stride, row_stride, x, n, y + r);
+    }
+    for (; r < rows; ++r) dot_float_rows<kType, 1>(weights + r * row_stride, row_stride, x, n, y + r);
+}
+
+// ---- entry points
+
+void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const void* xq, int n, float* y) {
+    const auto* base = static_cast<const uint8_t*>(weights);
+    switch (type) {
+        case GgmlType::Q4_K:
+            return gemv_blocks<Q4KAccumulator, BlockQ4K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+        case GgmlType::Q6_K:
+            return gemv_blocks<Q6KAccumulator, BlockQ6K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+        case GgmlType::Q8_0:
+            return gemv_blocks<Q8_0Accumulator, BlockQ8_0>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+        case GgmlType::F32:
+            return gemv_float<GgmlType::F32>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
+        case GgmlType::F16:
+            return gemv_float<GgmlType::F16>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
+        case GgmlType::BF16:
+            return gemv_float<GgmlType::BF16>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
+    }
+}
+
+float vec_dot(GgmlType type, const void* row, const void* xq, int n) {
+    float y = 0;
+    gemv(type, row, 0, 1, xq, n, &y);
+    return y;
+}
+
+}  // namespace
+
+const QuantKernels& avx2_quant_kernels() {
+    static const QuantKernels kernels{"avx2", Isa::avx2, quantize_activation, vec_dot, gemv};
+    return kernels;
+}
+
+}  // namespace numatune
+
+#endif  // NUMATUNE_X86_VARIANTS

@@ -1,0 +1,382 @@
+// AVX-512 variant of the row kernels (quant.h); compiled with -mavx512f/bw/vl/dq/vnni/bf16 and
+// run only where CPUID allows. It follows dot_avx2.cpp step for step; the differences:
+//
+//  * vpdpbusd (VNNI) multiplies unsigned weight bytes by signed activation bytes and adds groups
+//    of four straight into 32-bit lanes, replacing vpmaddubsw + vpmaddwd and their 16-bit range.
+//    The sub-block scale is then applied with vpmaddwd on those lanes: each lane's value fits in
+//    16 bits (at most 4·63·127) and the scale lane holds the scale in its low 16 bits and zero
+//    above, so the "pair sum" vpmaddwd computes is exactly value × scale, in one cheap uop.
+//  * The two 32-weight halves a byte of nibbles (Q4_K) or a pair of 32-byte runs (Q6_K) describe
+//    are joined into one 512-bit vector that lines up with 64 contiguous activation bytes.
+//  * Q8_0 blocks (32 weights) stay in 256-bit vectors, with the 256-bit form of vpdpbusd.
+//  * BF16 rows: with avx512_bf16, vdpbf16ps. It takes both operands in bf16, so x is split once
+//    per gemv into x_hi = bf16(x) and x_lo = bf16(x − x_hi) and each row is dotted with both:
+//    products of bf16 values are exact in f32, and x keeps about 16 significant bits, so the
+//    result stays within float rounding of the f32 path (which the other table uses).
+#if NUMATUNE_X86_VARIANTS
+
+// GCC 12's AVX-512 headers build their unmasked intrinsics on a deliberately uninitialised
+// pass-through vector, which -Wall reports at every use (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <vector>
+
+#include "quant.h"
+
+namespace numatune {
+namespace {
+
+// How far ahead of the row being read the weights are prefetched. The hardware prefetcher alone
+// falls behind once the loop also computes: measured on a Zen 3 core (benchmarks/kernels.py),
+// prefetching 2-3 KiB ahead lifted gemv from about 11 to 15-17 GB/s; 1 KiB and 6 KiB did worse.
+// Running 2 or 4 rows at once against the same activation block was slower (two streams a row
+// apart), hence one row at a time.
+constexpr size_t kPrefetchBytes = 2048;
+
+template <class Block>
+void prefetch_block(const Block* block) {
+    const char* ahead = reinterpret_cast<const char*>(block) + kPrefetchBytes;
+    for (size_t offset = 0; offset < sizeof(Block); offset += 64) _mm_prefetch(ahead + offset, _MM_HINT_T0);
+}
+
+float hsum(__m128 v) {
+    __m128 s = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+float hsum(__m256 v) { return hsum(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1))); }
+
+float hsum(__m512 v) { return hsum(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1))); }
+
+float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
+
+__m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+__m512i load512(const void* p) { return _mm512_loadu_si512(p); }
+
+// ---- activation (bit-identical to the reference: same scale, same products, ties to even)
+
+float max_magnitude(const float* x, int n) {
+    __m512 amax = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+    const __m256 m8 = _mm256_max_ps(_mm512_castps512_ps256(amax), _mm512_extractf32x8_ps(amax, 1));
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+// 16 floats → 16 int32 rounded ties-to-even (the values are within ±127).
+__m512i round_16(const float* x, __m512 inverse) {
+    return _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x), inverse)),
+                            _mm512_set1_epi32(-127));
+}
+
+void store_16(int8_t* q, __m512i values) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtsepi32_epi8(values));
+}
+
+void quantize_q8_k(const float* x, int n, BlockQ8K* y) {
+    for (int b = 0; b < n / kQK; ++b, x += kQK) {
+        const Int8Scale scale = int8_scale(max_magnitude(x, kQK));
+        const __m512 inverse = _mm512_set1_ps(scale.inverse);
+        y[b].d = scale.d;
+        for (int g = 0; g < kQK / 16; ++g) {
+            const __m512i q = round_16(x + 16 * g, inverse);
+            store_16(y[b].qs + 16 * g, q);
+            y[b].bsums[g] = static_cast<int16_t>(_mm512_reduce_add_epi32(q));
+        }
+    }
+}
+
+void quantize_q8_0(const float* x, int n, BlockQ8_0* y) {
+    for (int b = 0; b < n / kQ8; ++b, x += kQ8) {
+        const Int8Scale scale = int8_scale(max_magnitude(x, kQ8));
+        const __m512 inverse = _mm512_set1_ps(scale.inverse);
+        y[b].d = f32_to_f16(scale.d);
+        store_16(y[b].qs, round_16(x, inverse));
+        store_16(y[b].qs + 16, round_16(x + 16, inverse));
+    }
+}
+
+void quantize_activation(GgmlType type, const float* x, int n, void* xq) {
+    switch (type_info(type).activation) {
+        case ActivationFormat::f32: return ref::quantize_activation(type, x, n, xq);
+        case ActivationFormat::q8_0: return quantize_q8_0(x, n, static_cast<BlockQ8_0*>(xq));
+        case ActivationFormat::q8_k: return quantize_q8_k(x, n, static_cast<BlockQ8K*>(xq));
+    }
+}
+
+// ---- Q4_K × Q8_K
+
+// vpermd indices: lanes 0-7 take element 2j, lanes 8-15 element 2j+1 (sub-blocks 2j, 2j+1).
+__m512i sub_block_pair(int j) {
+    return _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(2 * j), _mm512_set1_epi32(2 * j + 1));
+}
+
+// Q4_K's sc[0..7] in bytes 0-7 and m[0..7] in bytes 8-15: q4k_unpack_scales in vector form.
+// The 16-byte load reads 4 bytes of qs past the 12 bytes of scales (inside the block).
+__m128i q4k_scales_and_mins(const BlockQ4K& w) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales));   // words w0 w1 w2 -
+    const __m128i low_six = _mm_and_si128(packed, _mm_set1_epi32(0x3f3f3f3f));            // sc[0..3], m[0..3]
+    const __m128i top_two = _mm_and_si128(_mm_srli_epi32(packed, 2), _mm_set1_epi32(0x30303030));
+    const __m128i w2 = _mm_shuffle_epi32(packed, 0xaa);
+    const __m128i low_four = _mm_and_si128(_mm_srlv_epi32(w2, _mm_setr_epi32(0, 4, 0, 4)), _mm_set1_epi32(0x0f0f0f0f));
+    const __m128i upper = _mm_or_si128(low_four, top_two);                                 // sc[4..7], m[4..7]
+    return _mm_unpacklo_epi32(low_six, upper);
+}
+
+// x.d·d and x.d·dmin of a Q4_K block, in lanes 0 and 1.
+__m128 q4k_block_scales(const BlockQ4K& w, const BlockQ8K& x) {
+    uint32_t both;
+    std::memcpy(&both, &w.d, sizeof both);
+    return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(both))), _mm_set1_ps(x.d));
+}
+
+struct Q4KAccumulator {
+    __m512 scaled = _mm512_setzero_ps();   // d·Σ sc·(q·x)
+    __m128 mins = _mm_setzero_ps();        // dmin·Σ m·(Σx)
+
+    void add(const BlockQ4K& w, const BlockQ8K& x) {
+        const __m128i packed = q4k_scales_and_mins(w);   // bytes 0-7: sc, 8-15: m
+        const __m128 block_scales = q4k_block_scales(w, x);
+
+        const __m256i bsums = load256(x.bsums);
+        const __m128i sub_sums = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
+        const __m128i min_terms = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128(packed, 8)), sub_sums);
+        mins = _mm_fmadd_ps(_mm_shuffle_ps(block_scales, block_scales, 0x55), _mm_cvtepi32_ps(min_terms), mins);
+
+        const __m512i scales = _mm512_cvtepu8_epi32(packed);    // lanes 0-7: sc (8-15: m, unused)
+        const __m256i low_nibbles = _mm256_set1_epi8(0x0f);
+        __m512i sum = _mm512_setzero_si512();
+        for (int j = 0; j < 4; ++j) {
+            const __m256i q = load256(w.qs + 32 * j);
+            const __m256i lo = _mm256_and_si256(q, low_nibbles);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low_nibbles);
+            const __m512i weights = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);  // weights 64j..64j+63
+            const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), weights, load512(x.qs + 64 * j));
+            sum = _mm512_add_epi32(sum, _mm512_madd_epi16(dot, _mm512_permutexvar_epi32(sub_block_pair(j), scales)));
+        }
+        scaled = _mm512_fmadd_ps(_mm512_broadcastss_ps(block_scales), _mm512_cvtepi32_ps(sum), scaled);
+    }
+
+    float total() const { return hsum(scaled) - hsum(mins); }
+};
+
+// ---- Q6_K × Q8_K
+
+// vpermd indices for 64 weights = groups 4k..4k+3: lanes 4t..4t+3 take element 4k+t.
+__m512i group_quad(int k) {
+    return _mm512_add_epi32(_mm512_set1_epi32(4 * k),
+                            _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
+}
+
+struct Q6KAccumulator {
+    __m512 scaled = _mm512_setzero_ps();
+
+    void add(const BlockQ6K& w, const BlockQ8K& x) {
+        const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales)));
+        // The weights are dotted as unsigned 0..63; Σ sc·(q−32)·x = Σ sc·q·x − 32·Σ sc·bsum.
+        const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, load256(x.bsums)), 5);
+        __m512i sum = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_sub_epi32(_mm256_setzero_si256(), offset), 0);
+        // Zero-extended, so that vpmaddwd sees the (signed) scale in the low half and 0 above.
+        const __m512i scales = _mm512_cvtepu16_epi32(scales16);
+
+        const __m256i low_nibbles = _mm256_set1_epi8(0x0f), high_bits = _mm256_set1_epi8(0x30);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i l0 = load256(w.ql + 64 * h);
+            const __m256i l1 = load256(w.ql + 64 * h + 32);
+            const __m256i hb = load256(w.qh + 32 * h);
+            const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, low_nibbles), _mm256_and_si256(_mm256_slli_epi16(hb, 4), high_bits));
+            const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, low_nibbles), _mm256_and_si256(_mm256_slli_epi16(hb, 2), high_bits));
+            const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low_nibbles), _mm256_and_si256(hb, high_bits));
+            const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low_nibbles),
+                                               _mm256_and_si256(_mm256_srli_epi16(hb, 2), high_bits));
+            const __m512i first = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);   // weights 128h..+63
+            const __m512i second = _mm512_inserti64x4(_mm512_castsi256_si512(q2), q3, 1);  // weights 128h+64..+127
+            const __m512i dot_first = _mm512_dpbusd_epi32(_mm512_setzero_si512(), first, load512(x.qs + 128 * h));
+            const __m512i dot_second = _mm512_dpbusd_epi32(_mm512_setzero_si512(), second, load512(x.qs + 128 * h + 64));
+            sum = _mm512_add_epi32(sum, _mm512_madd_epi16(dot_first, _mm512_permutexvar_epi32(group_quad(2 * h), scales)));
+            sum = _mm512_add_epi32(sum, _mm512_madd_epi16(dot_second, _mm512_permutexvar_epi32(group_quad(2 * h + 1), scales)));
+        }
+        scaled = _mm512_fmadd_ps(_mm512_set1_ps(x.d * f16_scalar(w.d)), _mm512_cvtepi32_ps(sum), scaled);
+    }
+
+    float total() const { return hsum(scaled); }
+};
+
+// ---- Q8_0 × Q8_0
+
+struct Q8_0Accumulator {
+    __m256 scaled = _mm256_setzero_ps();
+
+    void add(const BlockQ8_0& w, const BlockQ8_0& x) {
+        const __m256i wq = load256(w.qs);
+        const __m256i xq = load256(x.qs);
+        // |w| · (x with w's sign) = w·x, in the unsigned × signed form vpdpbusd takes.
+        const __m256i sum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(wq), _mm256_sign_epi8(xq, wq));
+        scaled = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w.d) * f16_scalar(x.d)), _mm256_cvtepi32_ps(sum), scaled);
+    }
+
+    float total() const { return hsum(scaled); }
+};
+
+// One row at a time, each block's bytes prefetched kPrefetchBytes ahead (running on into the next
+// row, which is where the next call of the loop reads).
+template <class Acc, class Block, class Activation>
+void gemv_blocks(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
+    for (int r = 0; r < rows; ++r) {
+        const Block* w = reinterpret_cast<const Block*>(weights + r * row_stride);
+        Acc acc;
+        for (int b = 0; b < blocks; ++b) {
+            prefetch_block(w + b);
+            acc.add(w[b], x[b]);
+        }
+        y[r] = acc.total();
+    }
+}
+
+// ---- float rows (kFloatRows at a time: see dot_avx2.cpp)
+
+constexpr int kFloatRows = 4;
+
+template <GgmlType kType>
+__m512 load16(const void* row, int i) {
+    if (kType == GgmlType::F32) return _mm512_loadu_ps(static_cast<const float*>(row) + i);
+    const __m256i h = load256(static_cast<const uint16_t*>(row) + i);
+    if (kType == GgmlType::F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <GgmlType kType>
+float tail_dot(const void* row, const float* x, int from, int n) {
+    float sum = 0;
+    for (int i = from; i < n; ++i) {
+        float w;
+        if (kType == GgmlType::F32) w = static_cast<const float*>(row)[i];
+        else if (kType == GgmlType::F16) w = f16_to_f32(static_cast<const uint16_t*>(row)[i]);
+        else w = bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
+        sum += w * x[i];
+    }
+    return sum;
+}
+
+// y[0..R) for R rows starting at `rows`, two accumulators per row.
+template <GgmlType kType, int R>
+void dot_float_rows(const uint8_t* rows, size_t row_stride, const float* x, int n, float* y) {
+    __m512 acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    const int main = n / 32 * 32;
+    for (int i = 0; i < main; i += 32) {
+        const __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
+        for (int r = 0; r < R; ++r) {
+            const uint8_t* row = rows + r * row_stride;
+            acc[r][0] = _mm512_fmadd_ps(load16<kType>(row, i), x0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(load16<kType>(row, i + 16), x1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        y[r] = hsum(_mm512_add_ps(acc[r][0], acc[r][1])) + tail_dot<kType>(rows + r * row_stride, x, main, n);
+    }
+}
+
+template <GgmlType kType>
+void gemv_float(const uint8_t* weights, size_t row_stride, int rows, const float* x, int n, float* y) {
+    int r = 0;
+    for (; r + kFloatRows <= rows; r += kFloatRows) {
+        dot_float_rows<kType, kFloatRows>(weights + r * row_stride, row_stride, x, n, y + r);
+    }
+    for (; r < rows; ++r) dot_float_rows<kType, 1>(weights + r * row_stride, row_stride, x, n, y + r);
+}
+
+// ---- BF16 rows with vdpbf16ps
+
+__m512bh as_bf16_pairs(__m512i v) {
+    __m512bh pairs;
+    std::memcpy(&pairs, &v, sizeof pairs);
+    return pairs;
+}
+
+// As dot_float_rows, against x split into x_hi + x_lo (bf16 each); 32 weights per step.
+template <int R>
+void dot_bf16_rows(const uint8_t* rows, size_t row_stride, const uint16_t* x_hi, const uint16_t* x_lo,
+                   const float* x, int main, int n, float* y) {
+    __m512 acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int i = 0; i < main; i += 32) {
+        const __m512bh hi = as_bf16_pairs(load512(x_hi + i)), lo = as_bf16_pairs(load512(x_lo + i));
+        for (int r = 0; r < R; ++r) {
+            const __m512bh w = as_bf16_pairs(load512(reinterpret_cast<const uint16_t*>(rows + r * row_stride) + i));
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], w, hi);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], w, lo);
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        y[r] = hsum(_mm512_add_ps(acc[r][0], acc[r][1])) +
+               tail_dot<GgmlType::BF16>(rows + r * row_stride, x, main, n);
+    }
+}
+
+void gemv_bf16_dot(const uint8_t* weights, size_t row_stride, int rows, const float* x, int n, float* y) {
+    const int main = n / 32 * 32;
+    thread_local std::vector<uint16_t> split;   // x_hi[main] then x_lo[main]; grows once per thread
+    split.resize(2 * static_cast<size_t>(main));
+    uint16_t* x_hi = split.data();
+    uint16_t* x_lo = x_hi + main;
+    for (int i = 0; i < main; ++i) {
+        x_hi[i] = f32_to_bf16(x[i]);
+        x_lo[i] = f32_to_bf16(x[i] - bf16_to_f32(x_hi[i]));
+    }
+    int r = 0;
+    for (; r + kFloatRows <= rows; r += kFloatRows) {
+        dot_bf16_rows<kFloatRows>(weights + r * row_stride, row_stride, x_hi, x_lo, x, main, n, y + r);
+    }
+    for (; r < rows; ++r) dot_bf16_rows<1>(weights + r * row_stride, row_stride, x_hi, x_lo, x, main, n, y + r);
+}
+
+// ---- entry points
+
+template <bool kBf16Dot>
+void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const void* xq, int n, float* y) {
+    const auto* base = static_cast<const uint8_t*>(weights);
+    switch (type) {
+        case GgmlType::Q4_K:
+            return gemv_blocks<Q4KAccumulator, BlockQ4K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+        case GgmlType::Q6_K:
+            return gemv_blocks<Q6KAccumulator, BlockQ6K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+        case GgmlType::Q8_0:
+            return gemv_blocks<Q8_0Accumulator, BlockQ8_0>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+        case GgmlType::BF16:
+            if (kBf16Dot) return gemv_bf16_dot(base, row_stride, rows, static_cast<const float*>(xq), n, y);
+            return gemv_float<GgmlType::BF16>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
+        case GgmlType::F32:
+            return gemv_float<GgmlType::F32>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
+        case GgmlType::F16:
+            return gemv_float<GgmlType::F16>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
+    }
+}
+
+template <bool kBf16Dot>
+float vec_dot(GgmlType type, const void* row, const void* xq, int n) {
+    float y = 0;
+    gemv<kBf16Dot>(type, row, 0, 1, xq, n, &y);
+    return y;
+}
+
+}  // namespace
+
+const QuantKernels& avx512_quant_kernels() {
+    static const QuantKernels kernels{"avx512-vnni", Isa::avx512, quantize_activation, vec_dot<false>, gemv<false>};
+    return kernels;
+}
+
+const QuantKernels& avx512_bf16_quant_kernels() {
+    static const QuantKernels kernels{"avx512-vnni-bf16", Isa::avx512, quantize_activation, vec_dot<true>, gemv<true>};
+    return kernels;
+}
+
+}  // namespace numatune
+
+#endif  // NUMATUNE_X86_VARIANTS

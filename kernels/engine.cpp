@@ -1,0 +1,424 @@
+#include "engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+
+#include "cpu_features.h"
+
+namespace numatune {
+namespace {
+
+// Splits [0, count) into `parts` contiguous ranges; returns range `index`.
+inline std::pair<int, int> share(int count, int parts, int index) {
+    const long begin = static_cast<long>(count) * index / parts;
+    const long end = static_cast<long>(count) * (index + 1) / parts;
+    return {static_cast<int>(begin), static_cast<int>(end)};
+}
+
+inline float silu(float v) { return v / (1.0f + std::exp(-v)); }
+
+// Rows of gate/up handled as one unit of work: one activation block of the down projection,
+// so a worker can quantize the piece of h it produced without waiting for the others.
+int unit_rows(GgmlType down_type) {
+    const TypeInfo& info = type_info(down_type);
+    return info.activation == ActivationFormat::f32 ? 32 : info.block_weights;
+}
+
+// Byte offset of weight `first` within a row, or within its activation (0 for the first).
+size_t row_offset(GgmlType type, int first) { return first == 0 ? 0 : row_bytes(type, first); }
+size_t activation_offset(GgmlType type, int first) { return first == 0 ? 0 : activation_bytes(type, first); }
+
+}  // namespace
+
+// One copy (replicate), one node's share (partition) or the only copy of a layer's experts.
+struct MoeEngine::Slice {
+    int group = 0;                    // index into nodes_ (which workers read it)
+    int row_begin = 0, row_end = 0;   // rows of gate/up (= columns of down) held here
+    std::unique_ptr<Region> gate, up, down;
+    size_t gate_expert_bytes = 0, up_expert_bytes = 0, down_expert_bytes = 0;
+    size_t down_row_bytes = 0;        // bytes of one down row restricted to [row_begin, row_end)
+};
+
+struct MoeEngine::Layer {
+    LayerSource source;               // shapes, types, router (the weight pointers are not kept)
+    size_t gate_row_bytes = 0, up_row_bytes = 0, down_row_bytes = 0;
+    int unit_rows = 32;
+    std::vector<Slice> slices;
+    size_t expert_bytes = 0;          // gate + up + down of one expert
+    size_t router_bytes = 0;
+};
+
+struct MoeEngine::Scratch {
+    std::vector<float> logits, x, xnext;
+    std::vector<uint8_t> x_gate_q, x_up_q;
+    std::vector<float> h;             // top_k × intermediate
+    std::vector<uint8_t> h_q;         // top_k × activation bytes of intermediate
+    std::vector<float> partial;       // groups × hidden (partition)
+    std::vector<int> ids;
+    std::vector<float> weights;
+    size_t h_q_stride = 0;
+};
+
+MoeEngine::MoeEngine(const std::vector<int>& cpus, const std::vector<int>& cpu_nodes, Placement placement,
+                     const std::vector<int>& nodes)
+    : cpus_(cpus), cpu_nodes_(cpu_nodes), nodes_(nodes), placement_(placement), scratch_(new Scratch) {
+    if (cpus.empty()) throw std::invalid_argument("the engine needs at least one CPU");
+    if (cpus.size() != cpu_nodes.size()) throw std::invalid_argument("one node per CPU is needed");
+    const bool grouped = placement == Placement::replicate || placement == Placement::partition;
+    if (!grouped) nodes_ = placement == Placement::first_touch ? std::vector<int>{} : nodes;
+    if ((placement == Placement::bind || placement == Placement::interleave || grouped) && nodes_.empty()) {
+        throw std::invalid_argument("this placement needs a node set");
+    }
+    if (placement == Placement::bind && nodes_.size() != 1) {
+        throw std::invalid_argument("bind places memory on exactly one node");
+    }
+    const size_t groups = grouped ? nodes_.size() : 1;
+    group_workers_.assign(groups, {});
+    group_of_worker_.assign(cpus.size(), 0);
+    for (size_t w = 0; w < cpus.size(); ++w) {
+        int group = 0;
+        if (grouped) {
+            auto it = std::find(nodes_.begin(), nodes_.end(), cpu_nodes[w]);
+            if (it == nodes_.end()) {
+                throw std::invalid_argument("CPU " + std::to_string(cpus[w]) + " is on node " +
+                                            std::to_string(cpu_nodes[w]) + ", outside the placement's nodes");
+            }
+            group = static_cast<int>(it - nodes_.begin());
+        }
+        group_of_worker_[w] = group;
+        group_workers_[group].push_back(static_cast<int>(w));
+    }
+    for (size_t g = 0; g < groups; ++g) {
+        if (group_workers_[g].empty()) {
+            throw std::invalid_argument("node " + std::to_string(nodes_[g]) +
+                                        " gets a copy or slice of the weights but none of the CPUs");
+        }
+    }
+    pool_.reset(new ThreadPool(cpus));
+}
+
+MoeEngine::~MoeEngine() = default;
+
+int MoeEngine::hidden(int layer) const { return layers_.at(layer)->source.hidden; }
+
+int MoeEngine::top_k(int layer) const { return layers_.at(layer)->source.top_k; }
+
+int MoeEngine::add_layer(const LayerSource& src) {
+    if (src.experts <= 0 || src.hidden <= 0 || src.intermediate <= 0 || src.top_k <= 0 || src.top_k > src.experts) {
+        throw std::invalid_argument("layer shape is invalid (experts, widths or top-k)");
+    }
+    if (src.router.size() != static_cast<size_t>(src.experts) * src.hidden) {
+        throw std::invalid_argument("router must be experts × hidden float32 values");
+    }
+    auto layer = std::make_unique<Layer>();
+    Layer& L = *layer;
+    L.source = src;
+    L.source.gate = L.source.up = L.source.down = nullptr;
+    L.gate_row_bytes = row_bytes(src.gate_type, src.hidden);
+    L.up_row_bytes = row_bytes(src.up_type, src.hidden);
+    L.down_row_bytes = row_bytes(src.down_type, src.intermediate);
+    L.unit_rows = unit_rows(src.down_type);
+    L.expert_bytes = (L.gate_row_bytes + L.up_row_bytes) * src.intermediate + L.down_row_bytes * src.hidden;
+    L.router_bytes = src.router.size() * sizeof(float);
+    const int units = (src.intermediate + L.unit_rows - 1) / L.unit_rows;
+
+    const size_t groups = group_workers_.size();
+    const bool partition = placement_ == Placement::partition;
+    if (partition && units < static_cast<int>(groups)) {
+        throw std::invalid_argument("expert width " + std::to_string(src.intermediate) +
+                                    " is too narrow to partition over " + std::to_string(groups) + " nodes");
+    }
+    const size_t copies = placement_ == Placement::replicate || partition ? groups : 1;
+    for (size_t g = 0; g < copies; ++g) {
+        Slice s;
+        s.group = static_cast<int>(g);
+        if (partition) {
+            auto [u0, u1] = share(units, static_cast<int>(groups), static_cast<int>(g));
+            s.row_begin = u0 * L.unit_rows;
+            s.row_end = std::min(u1 * L.unit_rows, src.intermediate);
+        } else {
+            s.row_begin = 0;
+            s.row_end = src.intermediate;
+        }
+        const int rows = s.row_end - s.row_begin;
+        s.gate_expert_bytes = L.gate_row_bytes * rows;
+        s.up_expert_bytes = L.up_row_bytes * rows;
+        s.down_row_bytes = row_bytes(src.down_type, rows);
+        s.down_expert_bytes = s.down_row_bytes * src.hidden;
+        MemPolicy policy = MemPolicy::inherit;
+        std::vector<int> where;
+        if (placement_ == Placement::bind || placement_ == Placement::replicate || partition) {
+            policy = MemPolicy::bind;
+            where = {nodes_[placement_ == Placement::bind ? 0 : g]};
+        } else if (placement_ == Placement::interleave) {
+            policy = MemPolicy::interleave;
+            where = nodes_;
+        }
+        s.gate.reset(new Region(s.gate_expert_bytes * src.experts, policy, where));
+        s.up.reset(new Region(s.up_expert_bytes * src.experts, policy, where));
+        s.down.reset(new Region(s.down_expert_bytes * src.experts, policy, where));
+        L.slices.push_back(std::move(s));
+    }
+
+    // Copy in parallel: each slice by the workers that will read it, so that under first-touch
+    // the pages land on the readers' nodes and a bound placement is filled at full bandwidth.
+    auto copy_job = [&](int worker) {
+        for (Slice& s : L.slices) {
+            const bool mine = copies == 1 || s.group == group_of_worker_[worker];
+            if (!mine) continue;
+            const auto& members = copies == 1 ? std::vector<int>() : group_workers_[s.group];
+            const int parts = copies == 1 ? pool_->size() : static_cast<int>(members.size());
+            const int index = copies == 1 ? worker
+                : static_cast<int>(std::find(members.begin(), members.end(), worker) - members.begin());
+            auto [e0, e1] = share(src.experts * 2, parts, index);  // gate+up rows, by expert half
+            for (int item = e0; item < e1; ++item) {
+                const int e = item / 2;
+                const bool is_gate = item % 2 == 0;
+                const uint8_t* from = (is_gate ? src.gate : src.up) +
+                    (static_cast<size_t>(e) * src.intermediate + s.row_begin) *
+                    (is_gate ? L.gate_row_bytes : L.up_row_bytes);
+                uint8_t* to = (is_gate ? s.gate : s.up)->data() +
+                    e * (is_gate ? s.gate_expert_bytes : s.up_expert_bytes);
+                std::memcpy(to, from, is_gate ? s.gate_expert_bytes : s.up_expert_bytes);
+            }
+            // down: every row's columns [row_begin, row_end), i.e. whole blocks of that row.
+            const size_t col_offset = row_offset(src.down_type, s.row_begin);
+            auto [r0, r1] = share(src.experts * src.hidden, parts, index);
+            for (int item = r0; item < r1; ++item) {
+                const uint8_t* from = src.down + static_cast<size_t>(item) * L.down_row_bytes + col_offset;
+                std::memcpy(s.down->data() + static_cast<size_t>(item) * s.down_row_bytes, from, s.down_row_bytes);
+            }
+        }
+    };
+    {
+        ThreadPool::CallerScope scope(*pool_);
+        pool_->run(copy_job);
+    }
+
+    Scratch& S = *scratch_;
+    const int k = src.top_k;
+    S.logits.resize(std::max<size_t>(S.logits.size(), src.experts));
+    S.x.resize(std::max<size_t>(S.x.size(), src.hidden));
+    S.xnext.resize(std::max<size_t>(S.xnext.size(), src.hidden));
+    S.x_gate_q.resize(std::max(S.x_gate_q.size(), activation_bytes(src.gate_type, src.hidden)));
+    S.x_up_q.resize(std::max(S.x_up_q.size(), activation_bytes(src.up_type, src.hidden)));
+    const size_t max_k = static_cast<size_t>(src.experts);  // experts_forward may ask for up to all
+    S.h.resize(std::max(S.h.size(), max_k * src.intermediate));
+    S.h_q_stride = std::max(S.h_q_stride, activation_bytes(src.down_type, src.intermediate));
+    S.h_q.resize(std::max(S.h_q.size(), max_k * S.h_q_stride));
+    S.partial.resize(std::max(S.partial.size(), groups * src.hidden));
+    S.ids.resize(std::max<size_t>(S.ids.size(), k));
+    S.weights.resize(std::max<size_t>(S.weights.size(), k));
+    layers_.push_back(std::move(layer));
+    return static_cast<int>(layers_.size()) - 1;
+}
+
+void MoeEngine::experts_forward(int layer, const float* x, const int* ids, const float* weights, int k, float* y) {
+    Layer& L = *layers_.at(layer);
+    if (k <= 0 || k > L.source.experts) throw std::invalid_argument("number of experts out of range");
+    for (int j = 0; j < k; ++j) {
+        if (ids[j] < 0 || ids[j] >= L.source.experts) {
+            throw std::invalid_argument("expert id " + std::to_string(ids[j]) + " out of range");
+        }
+    }
+    ThreadPool::CallerScope scope(*pool_);
+    std::copy(x, x + L.source.hidden, scratch_->x.begin());
+    run_experts(L, ids, weights, k, y);
+}
+
+void MoeEngine::moe_forward(int layer, const float* x, float* y, int* chosen_ids, float* chosen_weights) {
+    Layer& L = *layers_.at(layer);
+    ThreadPool::CallerScope scope(*pool_);
+    std::copy(x, x + L.source.hidden, scratch_->x.begin());
+    route(L, scratch_->x.data(), chosen_ids, chosen_weights);
+    run_experts(L, chosen_ids, chosen_weights, L.source.top_k, y);
+}
+
+void MoeEngine::route(const Layer& L, const float* x, int* ids, float* weights) {
+    const LayerSource& s = L.source;
+    float* logits = scratch_->logits.data();
+    const QuantKernels& q = quant_kernels();
+    auto router_job = [&](int worker) {
+        auto [e0, e1] = share(s.experts, pool_->size(), worker);
+        if (e1 > e0) {
+            q.gemv(GgmlType::F32, reinterpret_cast<const uint8_t*>(s.router.data() + static_cast<size_t>(e0) * s.hidden),
+                   s.hidden * sizeof(float), e1 - e0, x, s.hidden, logits + e0);
+        }
+    };
+    pool_->run(router_job);
+    // Gating probabilities (selection may add a bias that does not enter the weights).
+    if (s.spec.gating == Gating::sigmoid) {
+        for (int e = 0; e < s.experts; ++e) logits[e] = 1.0f / (1.0f + std::exp(-logits[e]));
+    } else {
+        const float top = *std::max_element(logits, logits + s.experts);
+        float sum = 0;
+        for (int e = 0; e < s.experts; ++e) sum += (logits[e] = std::exp(logits[e] - top));
+        for (int e = 0; e < s.experts; ++e) logits[e] /= sum;
+    }
+    // Top-k by (probability + selection bias), highest first; ties to the lower id.
+    const bool biased = !s.router_bias.empty();
+    auto key = [&](int e) { return logits[e] + (biased ? s.router_bias[e] : 0.0f); };
+    for (int j = 0; j < s.top_k; ++j) ids[j] = -1;
+    for (int e = 0; e < s.experts; ++e) {
+        int pos = s.top_k;
+        while (pos > 0 && (ids[pos - 1] < 0 || key(e) > key(ids[pos - 1]))) --pos;
+        if (pos >= s.top_k) continue;
+        for (int j = s.top_k - 1; j > pos; --j) ids[j] = ids[j - 1];
+        ids[pos] = e;
+    }
+    float total = 0;
+    for (int j = 0; j < s.top_k; ++j) total += (weights[j] = logits[ids[j]]);
+    const float norm = s.spec.normalize && total > 0 ? 1.0f / total : 1.0f;
+    for (int j = 0; j < s.top_k; ++j) weights[j] *= norm * s.spec.scale;
+}
+
+void MoeEngine::run_experts(Layer& L, const int* ids, const float* weights, int k, float* y) {
+    const LayerSource& s = L.source;
+    Scratch& S = *scratch_;
+    const QuantKernels& q = quant_kernels();
+    // The activation, quantized once for all experts (once more only if gate and up differ).
+    q.quantize_activation(s.gate_type, S.x.data(), s.hidden, S.x_gate_q.data());
+    const bool same = type_info(s.gate_type).activation == type_info(s.up_type).activation;
+    if (!same) q.quantize_activation(s.up_type, S.x.data(), s.hidden, S.x_up_q.data());
+    const void* x_up = same ? S.x_gate_q.data() : S.x_up_q.data();
+    const bool partition = placement_ == Placement::partition;
+    const size_t groups = group_workers_.size();
+
+    // Phase 1: h_j = silu(gate_j·x) ⊙ (up_j·x), one unit (expert, block of rows) at a time;
+    // each unit's piece of h is quantized at once for the down projection.
+    auto up_job = [&](int worker) {
+        const int group = group_of_worker_[worker];
+        const Slice& slice = L.slices[L.slices.size() == 1 ? 0 : group];
+        const auto& members = group_workers_[group];
+        const bool grouped = L.slices.size() > 1;
+        const int parts = grouped ? static_cast<int>(members.size()) : pool_->size();
+        const int index = grouped ? static_cast<int>(std::find(members.begin(), members.end(), worker) - members.begin())
+                                  : worker;
+        const int first_unit = slice.row_begin / L.unit_rows;
+        const int slice_units = (slice.row_end - slice.row_begin + L.unit_rows - 1) / L.unit_rows;
+        auto [u0, u1] = share(k * slice_units, parts, index);
+        for (int u = u0; u < u1; ++u) {
+            const int j = u / slice_units;
+            const int unit = first_unit + u % slice_units;
+            const int r0 = unit * L.unit_rows;
+            const int rows = std::min(L.unit_rows, s.intermediate - r0);
+            const size_t local_row = static_cast<size_t>(r0 - slice.row_begin);
+            float gate_out[256], up_out[256];
+            const uint8_t* g = slice.gate->data() + ids[j] * slice.gate_expert_bytes + local_row * L.gate_row_bytes;
+            const uint8_t* v = slice.up->data() + ids[j] * slice.up_expert_bytes + local_row * L.up_row_bytes;
+            q.gemv(s.gate_type, g, L.gate_row_bytes, rows, S.x_gate_q.data(), s.hidden, gate_out);
+            q.gemv(s.up_type, v, L.up_row_bytes, rows, x_up, s.hidden, up_out);
+            float* h = S.h.data() + static_cast<size_t>(j) * s.intermediate + r0;
+            for (int r = 0; r < rows; ++r) h[r] = silu(gate_out[r]) * up_out[r];
+            q.quantize_activation(s.down_type, h, rows,
+                                  S.h_q.data() + j * S.h_q_stride + activation_offset(s.down_type, r0));
+        }
+    };
+    pool_->run(up_job);
+
+    // Phase 2: down projection, rows of y split over the workers. Under partition each node
+    // multiplies its own columns (its slice of h) and the nodes' partial sums are added after.
+    auto down_job = [&](int worker) {
+        const int group = group_of_worker_[worker];
+        const bool grouped = L.slices.size() > 1;
+        const Slice& slice = L.slices[grouped ? group : 0];
+        const auto& members = group_workers_[group];
+        const int parts = grouped ? static_cast<int>(members.size()) : pool_->size();
+        const int index = grouped ? static_cast<int>(std::find(members.begin(), members.end(), worker) - members.begin())
+                                  : worker;
+        auto [r0, r1] = share(s.hidden, parts, index);
+        if (r1 <= r0) return;
+        float* out = partition ? S.partial.data() + static_cast<size_t>(group) * s.hidden : y;
+        std::fill(out + r0, out + r1, 0.0f);
+        float tmp[64];
+        const size_t h_offset = activation_offset(s.down_type, slice.row_begin);
+        const int cols = slice.row_end - slice.row_begin;
+        for (int j = 0; j < k; ++j) {
+            const uint8_t* base = slice.down->data() + ids[j] * slice.down_expert_bytes;
+            const void* hq = S.h_q.data() + j * S.h_q_stride + h_offset;
+            for (int r = r0; r < r1; r += 64) {
+                const int rows = std::min(64, r1 - r);
+                q.gemv(s.down_type, base + static_cast<size_t>(r) * slice.down_row_bytes, slice.down_row_bytes,
+                       rows, hq, cols, tmp);
+                for (int i = 0; i < rows; ++i) out[r + i] += weights[j] * tmp[i];
+            }
+        }
+    };
+    pool_->run(down_job);
+    if (partition) {
+        std::copy(S.partial.begin(), S.partial.begin() + s.hidden, y);
+        for (size_t g = 1; g < groups; ++g) {
+            const float* p = S.partial.data() + g * s.hidden;
+            for (int r = 0; r < s.hidden; ++r) y[r] += p[r];
+        }
+    }
+}
+
+DecodeStats MoeEngine::decode_bench(int tokens, int warmup, uint64_t seed) {
+    if (layers_.empty()) throw std::invalid_argument("no layers loaded");
+    ThreadPool::CallerScope scope(*pool_);
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    Scratch& S = *scratch_;
+    double bytes = 0;
+    DecodeStats stats;
+    auto step = [&](bool count) {
+        const int hidden0 = layers_[0]->source.hidden;
+        for (int i = 0; i < hidden0; ++i) S.x[i] = normal(rng);
+        for (auto& layer_ptr : layers_) {
+            Layer& L = *layer_ptr;
+            const int h = L.source.hidden;
+            route(L, S.x.data(), S.ids.data(), S.weights.data());
+            run_experts(L, S.ids.data(), S.weights.data(), L.source.top_k, S.xnext.data());
+            // Next layer's input: residual plus output, RMS-normalised (all layers share a width).
+            double ss = 0;
+            for (int i = 0; i < h; ++i) ss += double(S.x[i] + S.xnext[i]) * (S.x[i] + S.xnext[i]);
+            const float inv = static_cast<float>(1.0 / std::sqrt(ss / h + 1e-6));
+            for (int i = 0; i < h; ++i) S.x[i] = (S.x[i] + S.xnext[i]) * inv;
+            if (count) bytes += L.router_bytes + static_cast<double>(L.source.top_k) * L.expert_bytes;
+        }
+    };
+    for (int t = 0; t < warmup; ++t) step(false);
+    const auto start = std::chrono::steady_clock::now();
+    for (int t = 0; t < tokens; ++t) step(true);
+    stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    stats.tokens = tokens;
+    stats.bytes_per_token = tokens > 0 ? bytes / tokens : 0;
+    return stats;
+}
+
+std::map<std::string, std::map<int, size_t>> MoeEngine::placement(size_t samples_per_group) const {
+    std::map<std::string, std::map<int, size_t>> out;
+    const char* kind = placement_ == Placement::replicate ? "copy" : "slice";
+    for (const auto& layer : layers_) {
+        for (const Slice& s : layer->slices) {
+            const std::string suffix = layer->slices.size() > 1
+                ? "/" + std::string(kind) + "@node" + std::to_string(nodes_[s.group]) : "";
+            const size_t per_tensor = std::max<size_t>(1, samples_per_group / layers_.size());
+            for (auto [name, region] : {std::pair<const char*, const Region*>{"gate", s.gate.get()},
+                                        {"up", s.up.get()}, {"down", s.down.get()}}) {
+                for (auto [node, pages] : page_nodes(region->data(), region->size(), per_tensor)) {
+                    out[name + suffix][node] += pages;
+                }
+            }
+        }
+    }
+    return out;
+}
+
+std::vector<int> MoeEngine::worker_cpus() { return pool_->observed_cpus(); }
+
+size_t MoeEngine::resident_bytes() const {
+    size_t total = 0;
+    for (const auto& layer : layers_) {
+        for (const Slice& s : layer->slices) total += s.gate->size() + s.up->size() + s.down->size();
+    }
+    return total;
+}
+
+}  // namespace numatune

@@ -1,0 +1,229 @@
+// GGUF weight formats, the activation formats they are dotted with, and the row kernels of the
+// engine's hot loop (y = W·x for batch-1 decode).
+//
+// Weight blocks have ggml's layouts byte for byte, so rows of a memory-mapped GGUF file are used
+// in place. The activation x is converted once per token into the format its weights pair with
+// (Q8_K for Q4_K and Q6_K rows, Q8_0 for Q8_0 rows, a plain float copy for F32/F16/BF16 rows);
+// the dot products of the quantized formats are then integer sums per block, scaled once per block.
+//
+// quant_ref.cpp is the scalar truth; dot_avx2.cpp and dot_avx512.cpp are variants of the same
+// functions, each compiled with its own instruction-set flags; quant_dispatch.cpp chooses.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cpu_features.h"
+
+namespace numatune {
+
+// Numbers as in ggml's enum ggml_type (and in GGUF tensor infos).
+enum class GgmlType : uint32_t { F32 = 0, F16 = 1, Q8_0 = 8, Q4_K = 12, Q6_K = 14, BF16 = 30 };
+
+// What a weight type's rows are dotted with.
+enum class ActivationFormat { f32, q8_0, q8_k };
+
+constexpr int kQK = 256;   // weights of a K-quant super-block (Q4_K, Q6_K, Q8_K)
+constexpr int kQ8 = 32;    // weights of a Q8_0 block
+
+// Q4_K: 8 sub-blocks of 32 weights, w = d·sc[s]·q − dmin·m[s] with q in 0..15.
+// Byte l of the j-th 32-byte run of qs holds weight 64j+l (low nibble, sub-block 2j) and weight
+// 64j+32+l (high nibble, sub-block 2j+1). scales packs sc[8] and m[8], 6 bits each: see
+// q4k_unpack_scales.
+struct BlockQ4K {
+    uint16_t d;          // f16
+    uint16_t dmin;       // f16
+    uint8_t scales[12];
+    uint8_t qs[128];
+};
+static_assert(sizeof(BlockQ4K) == 144, "Q4_K block is 144 bytes");
+
+// Q6_K: 16 groups of 16 weights, w = d·scales[g]·(q − 32) with q in 0..63.
+// In each half h (weights 128h..128h+127), with l in 0..31, L = ql + 64h, H = qh + 32h:
+//   weight 128h+l    = low  nibble of L[l]    | bits 0-1 of H[l] << 4
+//   weight 128h+32+l = low  nibble of L[l+32] | bits 2-3 of H[l] << 4
+//   weight 128h+64+l = high nibble of L[l]    | bits 4-5 of H[l] << 4
+//   weight 128h+96+l = high nibble of L[l+32] | bits 6-7 of H[l] << 4
+struct BlockQ6K {
+    uint8_t ql[128];
+    uint8_t qh[64];
+    int8_t scales[16];
+    uint16_t d;          // f16
+};
+static_assert(sizeof(BlockQ6K) == 210, "Q6_K block is 210 bytes");
+
+// Q8_0: w = d·qs[i]. Both a weight format and the activation format of Q8_0 weights.
+struct BlockQ8_0 {
+    uint16_t d;          // f16
+    int8_t qs[kQ8];
+};
+static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block is 34 bytes");
+
+// Q8_K: the activation format of Q4_K and Q6_K weights. bsums[g] = Σ qs[16g .. 16g+15], which
+// turns the minimum of Q4_K and the −32 offset of Q6_K into one small product per group.
+struct BlockQ8K {
+    float d;
+    int8_t qs[kQK];
+    int16_t bsums[kQK / 16];
+};
+static_assert(sizeof(BlockQ8K) == 292, "Q8_K block is 292 bytes");
+
+struct TypeInfo {
+    GgmlType type;
+    const char* name;          // as GGUF spells it: "Q4_K"
+    int block_weights;
+    int block_bytes;
+    ActivationFormat activation;
+};
+
+// The supported types, in GGML number order.
+const std::vector<TypeInfo>& supported_types();
+// nullptr when the type is not supported.
+const TypeInfo* find_type(const std::string& name);
+const TypeInfo* find_type(uint32_t ggml_number);
+// Throws std::invalid_argument for a type outside supported_types().
+const TypeInfo& type_info(GgmlType type);
+
+// Throws std::invalid_argument (naming the type and n) unless n > 0 is a whole number of blocks.
+void check_row_length(GgmlType type, long long n);
+// Bytes of a row of n weights, and of the activation its rows are dotted with (n checked).
+size_t row_bytes(GgmlType type, int n);
+size_t activation_bytes(GgmlType type, int n);
+
+// ---- scalar helpers shared by every variant (so that all produce the same activation bytes)
+
+inline float f16_to_f32(uint16_t h) {
+    const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+    const uint32_t exponent = (h >> 10) & 0x1f;
+    uint32_t mantissa = h & 0x3ff;
+    uint32_t bits;
+    if (exponent == 0x1f) {
+        bits = sign | 0x7f800000u | (mantissa << 13);              // inf, nan
+    } else if (exponent != 0) {
+        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);  // rebias 15 → 127
+    } else if (mantissa == 0) {
+        bits = sign;
+    } else {                                                        // subnormal: normalise
+        int shift = 0;
+        while ((mantissa & 0x400) == 0) {
+            mantissa <<= 1;
+            ++shift;
+        }
+        bits = sign | static_cast<uint32_t>(113 - shift) << 23 | ((mantissa & 0x3ff) << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+// Round to nearest, ties to even (what F16C's vcvtps2ph does in its default mode).
+inline uint16_t f32_to_f16(float f) {
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000);
+    const uint32_t magnitude = bits & 0x7fffffffu;
+    if (magnitude > 0x7f800000u) return sign | 0x7e00;                 // nan (quiet)
+    if (magnitude >= 0x477ff000u) return sign | 0x7c00;                // rounds to inf
+    if (magnitude < 0x38800000u) {                                     // f16 subnormal or zero
+        if (magnitude < 0x33000000u) return sign;                      // below half the smallest
+        const uint32_t mantissa = (magnitude & 0x7fffff) | 0x800000;
+        const int shift = 126 - static_cast<int>(magnitude >> 23);      // 14..24
+        const uint32_t kept = mantissa >> shift;
+        const uint32_t rest = mantissa & ((1u << shift) - 1);
+        const uint32_t half = 1u << (shift - 1);
+        const uint32_t rounded = kept + (rest > half || (rest == half && (kept & 1)));
+        return sign | static_cast<uint16_t>(rounded);
+    }
+    const uint32_t rebased = magnitude - (112u << 23);                 // exponent 127 → 15
+    const uint32_t rounded = rebased + 0xfff + ((rebased >> 13) & 1);
+    return sign | static_cast<uint16_t>(rounded >> 13);
+}
+
+inline float bf16_to_f32(uint16_t h) {
+    const uint32_t bits = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+// Round to nearest, ties to even; nan stays a quiet nan.
+inline uint16_t f32_to_bf16(float f) {
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);
+    return static_cast<uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+}
+
+// The scale of a symmetric 8-bit block whose largest magnitude is amax: q = round(x·inverse),
+// x ≈ d·q. A block of zeros (or one too small for 127/amax to be finite) gets d = inverse = 0.
+struct Int8Scale {
+    float d;
+    float inverse;
+};
+inline Int8Scale int8_scale(float amax) {
+    const float inverse = amax > 0 ? 127.0f / amax : 0.0f;
+    if (!(inverse < 3.0e38f)) return {0.0f, 0.0f};
+    return {amax / 127.0f, inverse};
+}
+
+// Q4_K's 12 bytes of scales as four 32-bit words of bytes: sc[0..3], sc[4..7], m[0..3], m[4..7].
+// Bytes 0-3 hold sc[0..3] in bits 0-5, 4-7 hold m[0..3]; bytes 8-11 hold the low 4 bits of
+// sc[4..7] (low nibble) and m[4..7] (high nibble), whose top 2 bits sit in bits 6-7 of bytes 0-3
+// (sc) and 4-7 (m).
+inline void q4k_unpack_scales(const uint8_t packed[12], uint32_t words[4]) {
+    uint32_t w[3];
+    std::memcpy(w, packed, sizeof w);
+    words[0] = w[0] & 0x3f3f3f3fu;
+    words[1] = (w[2] & 0x0f0f0f0fu) | ((w[0] >> 2) & 0x30303030u);
+    words[2] = w[1] & 0x3f3f3f3fu;
+    words[3] = ((w[2] >> 4) & 0x0f0f0f0fu) | ((w[1] >> 2) & 0x30303030u);
+}
+
+// ---- the kernels
+//
+// Contract of every variant (the kernels do not check it; the bindings and the engine do):
+//  * n > 0 is a whole number of blocks of the weight type (any n > 0 for F32, F16, BF16);
+//  * a row is n weights of the type, contiguous; rows of a matrix are row_stride bytes apart;
+//  * weight rows are 2-byte aligned (4-byte for F32) — always so in GGUF, whose tensor data is
+//    32-byte aligned and whose block sizes are even — and xq is 4-byte aligned;
+//  * xq holds activation_bytes(type, n) bytes written by quantize_activation for the same type.
+//    Every variant writes the same bytes, so xq from one variant may be used by another.
+// Nothing else is assumed: vector loads are unaligned, nothing reads past a row or past xq.
+struct QuantKernels {
+    const char* name;   // "scalar", "avx2", "avx512-vnni", "avx512-vnni-bf16"
+    Isa isa;
+    void (*quantize_activation)(GgmlType type, const float* x, int n, void* xq);
+    float (*vec_dot)(GgmlType type, const void* row, const void* xq, int n);
+    // y[r] = row r · x for r in [0, rows), row r starting at weights + r·row_stride.
+    void (*gemv)(GgmlType type, const void* weights, size_t row_stride, int rows, const void* xq,
+                 int n, float* y);
+};
+
+// The variant of an instruction set (for avx512: with BF16 dot products when the CPU has
+// avx512_bf16). Throws std::invalid_argument when the CPU or the build cannot run it.
+const QuantKernels& quant_kernels(Isa isa);
+// The variant of active_isa(): cheap enough to call once per token (it follows set_active_isa).
+inline const QuantKernels& quant_kernels() { return quant_kernels(active_isa()); }
+// Every variant this CPU and build can run, slowest first (tests run each of them).
+std::vector<const QuantKernels*> quant_kernel_variants();
+
+// Scalar, not dispatched: the weights of a row as floats (tests, tools).
+void dequantize_row(GgmlType type, const void* row, int n, float* y);
+
+namespace ref {
+void quantize_activation(GgmlType type, const float* x, int n, void* xq);
+float vec_dot(GgmlType type, const void* row, const void* xq, int n);
+void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const void* xq, int n,
+          float* y);
+}  // namespace ref
+
+const QuantKernels& scalar_quant_kernels();
+#if NUMATUNE_X86_VARIANTS
+const QuantKernels& avx2_quant_kernels();
+const QuantKernels& avx512_quant_kernels();        // VNNI; BF16 rows in f32 arithmetic
+const QuantKernels& avx512_bf16_quant_kernels();   // VNNI; BF16 rows with vdpbf16ps
+#endif
+
+}  // namespace numatune

@@ -1,0 +1,286 @@
+// The scalar truth of the row kernels (quant.h): type table, activation quantization,
+// dequantization and dot products, written for clarity. Every vectorised variant must agree with
+// these: exactly for quantize_activation, up to float summation order for the dot products.
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include "quant.h"
+
+namespace numatune {
+
+const std::vector<TypeInfo>& supported_types() {
+    static const std::vector<TypeInfo> types = {
+        {GgmlType::F32, "F32", 1, 4, ActivationFormat::f32},
+        {GgmlType::F16, "F16", 1, 2, ActivationFormat::f32},
+        {GgmlType::Q8_0, "Q8_0", kQ8, sizeof(BlockQ8_0), ActivationFormat::q8_0},
+        {GgmlType::Q4_K, "Q4_K", kQK, sizeof(BlockQ4K), ActivationFormat::q8_k},
+        {GgmlType::Q6_K, "Q6_K", kQK, sizeof(BlockQ6K), ActivationFormat::q8_k},
+        {GgmlType::BF16, "BF16", 1, 2, ActivationFormat::f32},
+    };
+    return types;
+}
+
+const TypeInfo* find_type(const std::string& name) {
+    for (const TypeInfo& info : supported_types()) {
+        if (name == info.name) return &info;
+    }
+    return nullptr;
+}
+
+const TypeInfo* find_type(uint32_t ggml_number) {
+    for (const TypeInfo& info : supported_types()) {
+        if (static_cast<uint32_t>(info.type) == ggml_number) return &info;
+    }
+    return nullptr;
+}
+
+const TypeInfo& type_info(GgmlType type) {
+    const TypeInfo* info = find_type(static_cast<uint32_t>(type));
+    if (info == nullptr) {
+        throw std::invalid_argument("unsupported GGML type " +
+                                    std::to_string(static_cast<uint32_t>(type)));
+    }
+    return *info;
+}
+
+void check_row_length(GgmlType type, long long n) {
+    const TypeInfo& info = type_info(type);
+    if (n <= 0 || n % info.block_weights != 0 || n > (1LL << 30)) {
+        throw std::invalid_argument(std::string(info.name) + ": a row of " + std::to_string(n) +
+                                    " weights is not a positive multiple of the block size " +
+                                    std::to_string(info.block_weights));
+    }
+}
+
+size_t row_bytes(GgmlType type, int n) {
+    check_row_length(type, n);
+    const TypeInfo& info = type_info(type);
+    return static_cast<size_t>(n / info.block_weights) * info.block_bytes;
+}
+
+size_t activation_bytes(GgmlType type, int n) {
+    check_row_length(type, n);
+    switch (type_info(type).activation) {
+        case ActivationFormat::f32: return static_cast<size_t>(n) * sizeof(float);
+        case ActivationFormat::q8_0: return static_cast<size_t>(n / kQ8) * sizeof(BlockQ8_0);
+        case ActivationFormat::q8_k: return static_cast<size_t>(n / kQK) * sizeof(BlockQ8K);
+    }
+    return 0;
+}
+
+namespace {
+
+int8_t round_to_int8(float v) {
+    return static_cast<int8_t>(std::clamp(std::lrint(v), -127L, 127L));
+}
+
+float max_magnitude(const float* x, int n) {
+    float amax = 0;
+    for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+    return amax;
+}
+
+void quantize_q8_k(const float* x, int n, BlockQ8K* y) {
+    for (int b = 0; b < n / kQK; ++b, x += kQK) {
+        const Int8Scale scale = int8_scale(max_magnitude(x, kQK));
+        y[b].d = scale.d;
+        for (int i = 0; i < kQK; ++i) y[b].qs[i] = round_to_int8(x[i] * scale.inverse);
+        for (int g = 0; g < kQK / 16; ++g) {
+            int sum = 0;
+            for (int i = 0; i < 16; ++i) sum += y[b].qs[16 * g + i];
+            y[b].bsums[g] = static_cast<int16_t>(sum);
+        }
+    }
+}
+
+void quantize_q8_0(const float* x, int n, BlockQ8_0* y) {
+    for (int b = 0; b < n / kQ8; ++b, x += kQ8) {
+        const Int8Scale scale = int8_scale(max_magnitude(x, kQ8));
+        y[b].d = f32_to_f16(scale.d);
+        for (int i = 0; i < kQ8; ++i) y[b].qs[i] = round_to_int8(x[i] * scale.inverse);
+    }
+}
+
+// The 4-bit values of a Q4_K block in weight order, and its sub-block scales and mins.
+void unpack_q4k(const BlockQ4K& block, uint8_t q[kQK], uint8_t sc[8], uint8_t m[8]) {
+    for (int j = 0; j < 4; ++j) {
+        for (int l = 0; l < 32; ++l) {
+            q[64 * j + l] = block.qs[32 * j + l] & 0x0f;
+            q[64 * j + 32 + l] = block.qs[32 * j + l] >> 4;
+        }
+    }
+    uint32_t words[4];
+    q4k_unpack_scales(block.scales, words);
+    std::memcpy(sc, words, 8);
+    std::memcpy(m, words + 2, 8);
+}
+
+// The 6-bit values of a Q6_K block in weight order, offset removed (−32..31).
+void unpack_q6k(const BlockQ6K& block, int8_t q[kQK]) {
+    for (int h = 0; h < 2; ++h) {
+        const uint8_t* low = block.ql + 64 * h;
+        const uint8_t* high = block.qh + 32 * h;
+        int8_t* out = q + 128 * h;
+        for (int l = 0; l < 32; ++l) {
+            out[l] = static_cast<int8_t>(((low[l] & 0x0f) | ((high[l] & 3) << 4)) - 32);
+            out[l + 32] = static_cast<int8_t>(((low[l + 32] & 0x0f) | (((high[l] >> 2) & 3) << 4)) - 32);
+            out[l + 64] = static_cast<int8_t>(((low[l] >> 4) | (((high[l] >> 4) & 3) << 4)) - 32);
+            out[l + 96] = static_cast<int8_t>(((low[l + 32] >> 4) | (((high[l] >> 6) & 3) << 4)) - 32);
+        }
+    }
+}
+
+float dot_q4_k(const BlockQ4K* w, const BlockQ8K* x, int blocks) {
+    float sum = 0;
+    for (int b = 0; b < blocks; ++b) {
+        uint8_t q[kQK], sc[8], m[8];
+        unpack_q4k(w[b], q, sc, m);
+        int32_t scaled = 0;   // Σ_s sc[s]·Σ q·x over sub-block s
+        int32_t mins = 0;     // Σ_s m[s]·Σ x over sub-block s
+        for (int s = 0; s < 8; ++s) {
+            int32_t dot = 0;
+            for (int i = 32 * s; i < 32 * s + 32; ++i) dot += q[i] * x[b].qs[i];
+            scaled += sc[s] * dot;
+            mins += m[s] * (x[b].bsums[2 * s] + x[b].bsums[2 * s + 1]);
+        }
+        sum += x[b].d * (f16_to_f32(w[b].d) * scaled - f16_to_f32(w[b].dmin) * mins);
+    }
+    return sum;
+}
+
+float dot_q6_k(const BlockQ6K* w, const BlockQ8K* x, int blocks) {
+    float sum = 0;
+    for (int b = 0; b < blocks; ++b) {
+        int8_t q[kQK];
+        unpack_q6k(w[b], q);
+        int32_t scaled = 0;
+        for (int g = 0; g < kQK / 16; ++g) {
+            int32_t dot = 0;
+            for (int i = 16 * g; i < 16 * g + 16; ++i) dot += q[i] * x[b].qs[i];
+            scaled += w[b].scales[g] * dot;
+        }
+        sum += x[b].d * f16_to_f32(w[b].d) * scaled;
+    }
+    return sum;
+}
+
+float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, int blocks) {
+    float sum = 0;
+    for (int b = 0; b < blocks; ++b) {
+        int32_t dot = 0;
+        for (int i = 0; i < kQ8; ++i) dot += w[b].qs[i] * x[b].qs[i];
+        sum += f16_to_f32(w[b].d) * f16_to_f32(x[b].d) * dot;
+    }
+    return sum;
+}
+
+template <float (*to_f32)(uint16_t)>
+float dot_half(const uint16_t* w, const float* x, int n) {
+    float sum = 0;
+    for (int i = 0; i < n; ++i) sum += to_f32(w[i]) * x[i];
+    return sum;
+}
+
+float dot_f32(const float* w, const float* x, int n) {
+    float sum = 0;
+    for (int i = 0; i < n; ++i) sum += w[i] * x[i];
+    return sum;
+}
+
+}  // namespace
+
+void dequantize_row(GgmlType type, const void* row, int n, float* y) {
+    switch (type) {
+        case GgmlType::F32:
+            std::memcpy(y, row, static_cast<size_t>(n) * sizeof(float));
+            return;
+        case GgmlType::F16:
+        case GgmlType::BF16: {
+            const auto* w = static_cast<const uint16_t*>(row);
+            for (int i = 0; i < n; ++i) y[i] = type == GgmlType::F16 ? f16_to_f32(w[i]) : bf16_to_f32(w[i]);
+            return;
+        }
+        case GgmlType::Q8_0: {
+            const auto* w = static_cast<const BlockQ8_0*>(row);
+            for (int b = 0; b < n / kQ8; ++b) {
+                const float d = f16_to_f32(w[b].d);
+                for (int i = 0; i < kQ8; ++i) y[kQ8 * b + i] = d * w[b].qs[i];
+            }
+            return;
+        }
+        case GgmlType::Q4_K: {
+            const auto* w = static_cast<const BlockQ4K*>(row);
+            for (int b = 0; b < n / kQK; ++b) {
+                uint8_t q[kQK], sc[8], m[8];
+                unpack_q4k(w[b], q, sc, m);
+                const float d = f16_to_f32(w[b].d), dmin = f16_to_f32(w[b].dmin);
+                for (int i = 0; i < kQK; ++i) {
+                    const float scale = d * sc[i / 32], offset = dmin * m[i / 32];
+                    y[kQK * b + i] = scale * q[i] - offset;
+                }
+            }
+            return;
+        }
+        case GgmlType::Q6_K: {
+            const auto* w = static_cast<const BlockQ6K*>(row);
+            for (int b = 0; b < n / kQK; ++b) {
+                int8_t q[kQK];
+                unpack_q6k(w[b], q);
+                const float d = f16_to_f32(w[b].d);
+                for (int i = 0; i < kQK; ++i) {
+                    const float scale = d * w[b].scales[i / 16];
+                    y[kQK * b + i] = scale * q[i];
+                }
+            }
+            return;
+        }
+    }
+    throw std::invalid_argument("dequantize_row: unsupported type");
+}
+
+namespace ref {
+
+void quantize_activation(GgmlType type, const float* x, int n, void* xq) {
+    switch (type_info(type).activation) {
+        case ActivationFormat::f32:
+            std::memcpy(xq, x, static_cast<size_t>(n) * sizeof(float));
+            return;
+        case ActivationFormat::q8_0: return quantize_q8_0(x, n, static_cast<BlockQ8_0*>(xq));
+        case ActivationFormat::q8_k: return quantize_q8_k(x, n, static_cast<BlockQ8K*>(xq));
+    }
+}
+
+float vec_dot(GgmlType type, const void* row, const void* xq, int n) {
+    switch (type) {
+        case GgmlType::F32:
+            return dot_f32(static_cast<const float*>(row), static_cast<const float*>(xq), n);
+        case GgmlType::F16:
+            return dot_half<f16_to_f32>(static_cast<const uint16_t*>(row), static_cast<const float*>(xq), n);
+        case GgmlType::BF16:
+            return dot_half<bf16_to_f32>(static_cast<const uint16_t*>(row), static_cast<const float*>(xq), n);
+        case GgmlType::Q8_0:
+            return dot_q8_0(static_cast<const BlockQ8_0*>(row), static_cast<const BlockQ8_0*>(xq), n / kQ8);
+        case GgmlType::Q4_K:
+            return dot_q4_k(static_cast<const BlockQ4K*>(row), static_cast<const BlockQ8K*>(xq), n / kQK);
+        case GgmlType::Q6_K:
+            return dot_q6_k(static_cast<const BlockQ6K*>(row), static_cast<const BlockQ8K*>(xq), n / kQK);
+    }
+    return 0;
+}
+
+void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const void* xq, int n,
+          float* y) {
+    const auto* base = static_cast<const uint8_t*>(weights);
+    for (int r = 0; r < rows; ++r) y[r] = vec_dot(type, base + r * row_stride, xq, n);
+}
+
+}  // namespace ref
+
+const QuantKernels& scalar_quant_kernels() {
+    static const QuantKernels kernels{"scalar", Isa::scalar, ref::quantize_activation, ref::vec_dot,
+                                      ref::gemv};
+    return kernels;
+}
+
+}  // namespace numatune

@@ -1,0 +1,149 @@
+"""The `numatune` command: parses, calls one function per command, renders with rich.
+
+Every NumatuneError (and every usage error) ends as one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import render
+from .errors import NumatuneError
+
+
+class NumatuneApp(typer.Typer):
+    """A Typer app whose errors are one line each, never a traceback or a usage box."""
+
+    def __call__(self, *args, **kwargs):
+        sys.exit(main(kwargs.get("args")))
+
+
+app = NumatuneApp(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
+                  help="NUMA topology auditor and auto-tuning launcher for CPU MoE inference.")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Runs the CLI in-process; returns the exit status (usable from tests without a subprocess)."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="numatune", standalone_mode=False)
+    except NumatuneError as exc:
+        print(f"numatune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("numatune: interrupted", file=sys.stderr)
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, not an error
+            print(ctx.get_help() if ctx else "")
+            return 0
+        where = f" ({ctx.command_path})" if ctx else ""
+        print(f"numatune: error{where}: {exc.format_message()}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """A click-style usage error: click's own, or the copy of click that newer typer carries."""
+    return hasattr(exc, "format_message") and getattr(exc, "exit_code", None) == 2
+
+
+def _emit_json(data: dict) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+RootOption = typer.Option("/", "--root", help="Machine to read: '/', a captured tree, or a "
+                          "hwloc-gather-topology tarball (.tar.bz2), read in place.")
+
+
+def _probe(root: str):
+    from .sysfs import Root
+    from .topology import probe
+    return probe(Root.open(root))
+
+
+@app.command("probe")
+def probe_command(
+    root: str = RootOption,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (schema in docs/probe-json.md)."),
+    bandwidth: bool = typer.Option(False, "--bandwidth", help="Also measure memory bandwidth, node × node."),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="Repetitions per bandwidth measurement."),
+) -> int:
+    """Read the topology (nodes, CPUs, caches, memory, limits, kernel knobs); optionally measure bandwidth."""
+    topology = _probe(root)
+    matrix = None
+    if bandwidth:
+        from .bandwidth import measure_topology
+        matrix = measure_topology(topology, repeats=repeats)
+    if as_json:
+        data = topology.to_json()
+        if matrix is not None:
+            data["bandwidth"] = matrix.to_json()
+        _emit_json(data)
+    else:
+        render.topology(topology, matrix)
+    return 0
+
+
+class FailOn(str, Enum):
+    never = "never"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class EngineName(str, Enum):
+    ktransformers = "ktransformers"
+    llama_cpp = "llama.cpp"
+    vllm_cpu = "vllm-cpu"
+    sglang_cpu = "sglang-cpu"
+
+
+@app.command("audit")
+def audit_command(
+    root: str = RootOption,
+    engine: Optional[EngineName] = typer.Option(None, "--engine", help="Target engine to check."),
+    engine_bin: Optional[Path] = typer.Option(None, "--engine-bin", help="The engine's binary or "
+                                              "extension (default: the installed Python package)."),
+    model: Optional[str] = typer.Option(None, "--model", help="A GGUF file, or a model profile "
+                                        "name with quantization, e.g. deepseek-r1:Q4_K_M."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Thread count you intend to run with."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", help="Exit 1 when a finding of this "
+                                   "severity or worse is found."),
+) -> int:
+    """Report what is wrong for NUMA inference on this machine, with evidence and fixes."""
+    from .audit import SEVERITIES, AuditContext, run_audit, worst_severity
+    from .engines import inspect_engine
+    from .models import resolve_model
+
+    topology = _probe(root)
+    context = AuditContext(
+        engine=inspect_engine(engine.value, engine_bin) if engine else None,
+        model=resolve_model(model) if model else None,
+        threads=threads)
+    findings = run_audit(topology, context)
+    if as_json:
+        _emit_json({"schema_version": 1, "root": topology.root,
+                    "findings": [f.to_json() for f in findings]})
+    else:
+        render.findings(findings)
+    worst = worst_severity(findings)
+    failing = fail_on is not FailOn.never and worst is not None and \
+        SEVERITIES.index(worst) >= SEVERITIES.index(fail_on.value)
+    return 1 if failing else 0
+
+
+if __name__ == "__main__":
+    app()

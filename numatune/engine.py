@@ -1,0 +1,178 @@
+"""The bundled MoE engine: loads a GGUF's routed experts into placed memory and runs them.
+
+Policy decisions (which nodes, whether memory suffices) are made here, in Python; the C++ core
+(`_kernels.MoeEngine`) copies, places and computes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import _kernels
+from .capacity import available_bytes, bytes_per_node
+from .errors import NumatuneError, PlacementError
+from .gguf_moe import SUPPORTED_TYPES, MoeModel, read_moe_model
+from .topology import Topology
+
+POLICIES = ("first-touch", "interleave", "bind", "replicate", "partition")
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    """Where the weights go: the policy, its node set, and what each node must hold."""
+
+    policy: str
+    nodes: tuple[int, ...]
+    worker_nodes: tuple[int, ...]       # node of each worker CPU, in CPU order
+    bytes_per_node: tuple[tuple[int, int], ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(b for _, b in self.bytes_per_node)
+
+
+def plan_placement(topology: Topology, cpus: Sequence[int], policy: str, nodes: Sequence[int] | None,
+                   weight_bytes: int) -> PlacementPlan:
+    """Checks the request against the machine and the memory each node has free."""
+    if policy not in POLICIES:
+        raise PlacementError(f"--policy: unknown policy '{policy}' (expected one of: {', '.join(POLICIES)})")
+    if not cpus:
+        raise PlacementError("--cpus: no CPUs given")
+    worker_nodes = []
+    for cpu in cpus:
+        node = topology.node_of_cpu(cpu)
+        if node is None or cpu not in topology.online_cpus:
+            raise PlacementError(f"--cpus: CPU {cpu} is not an online CPU of this machine")
+        if cpu not in topology.allowed.cpus:
+            raise PlacementError(f"--cpus: CPU {cpu} is outside this process's cpuset")
+        worker_nodes.append(node)
+    cpu_nodes = sorted(set(worker_nodes))
+    chosen = _node_set(topology, policy, nodes, cpu_nodes)
+    need = bytes_per_node(policy, weight_bytes, chosen, worker_nodes)
+    for node, needed in sorted(need.items()):
+        have = available_bytes(topology, node)
+        if needed > have:
+            raise PlacementError(
+                f"node {node}: {policy} needs {needed / GIB:.2f} GiB of weights there but only "
+                f"{have / GIB:.2f} GiB is free" + (" (one full copy per node)" if policy == "replicate" else ""))
+    return PlacementPlan(policy, tuple(chosen), tuple(worker_nodes), tuple(sorted(need.items())))
+
+
+def _node_set(topology: Topology, policy: str, nodes: Sequence[int] | None, cpu_nodes: list[int]) -> list[int]:
+    memory_nodes = {n.id for n in topology.nodes if n.has_memory}
+    if nodes:
+        for node in nodes:
+            if node not in memory_nodes:
+                raise PlacementError(f"--nodes: node {node} does not exist or has no memory")
+            if node not in topology.allowed.nodes:
+                raise PlacementError(f"--nodes: node {node} is outside this process's allowed memory nodes")
+    if policy == "first-touch":
+        return sorted(set(cpu_nodes))
+    if policy == "bind":
+        chosen = list(nodes) if nodes else [cpu_nodes[0]]
+        if len(chosen) != 1:
+            raise PlacementError(f"--nodes: bind places memory on one node, got {chosen}")
+        if chosen[0] not in memory_nodes:
+            raise PlacementError(f"node {chosen[0]} has no memory to bind to")
+        return chosen
+    if policy == "interleave":
+        return sorted(nodes) if nodes else sorted(n for n in memory_nodes if n in topology.allowed.nodes)
+    # replicate and partition: one copy or slice per node that has workers (reading locally).
+    chosen = sorted(nodes) if nodes else cpu_nodes
+    missing = [n for n in cpu_nodes if n not in chosen]
+    if missing:
+        raise PlacementError(f"--nodes: workers run on node(s) {missing}, which get no {policy} copy")
+    idle = [n for n in chosen if n not in cpu_nodes]
+    if idle:
+        raise PlacementError(f"--nodes: node(s) {idle} would hold a {policy} share but run no worker")
+    for node in chosen:
+        if node not in memory_nodes:
+            raise PlacementError(f"node {node} has CPUs but no memory: {policy} cannot place a share there")
+    return chosen
+
+
+class Engine:
+    """A loaded model, placed, with its pinned workers."""
+
+    def __init__(self, model: MoeModel, plan: PlacementPlan, cpus: Sequence[int], core) -> None:
+        self.model = model
+        self.plan = plan
+        self.cpus = tuple(cpus)
+        self._core = core
+
+    @classmethod
+    def load(cls, path: str | Path, cpus: Sequence[int], policy: str = "first-touch",
+             nodes: Sequence[int] | None = None, topology: Topology | None = None) -> "Engine":
+        model = read_moe_model(path)
+        if topology is None:
+            from .sysfs import Root
+            from .topology import probe
+            topology = probe(Root.open("/"))
+        plan = plan_placement(topology, cpus, policy, nodes, model.expert_bytes)
+        try:
+            core = _kernels.MoeEngine(list(cpus), list(plan.worker_nodes), policy, list(plan.nodes))
+            for layer in model.layers:
+                core.add_layer(
+                    layer.gate.data, layer.up.data, layer.down.data,
+                    SUPPORTED_TYPES[layer.gate.type_name], SUPPORTED_TYPES[layer.up.type_name],
+                    SUPPORTED_TYPES[layer.down.type_name], model.hidden, model.intermediate,
+                    model.top_k, layer.router,
+                    layer.router_bias if layer.router_bias is not None else np.zeros(0, np.float32),
+                    model.gating, model.normalize, model.scale)
+        except ValueError as exc:
+            raise PlacementError(str(exc)) from None
+        return cls(model, plan, cpus, core)
+
+    @property
+    def layers(self) -> int:
+        return len(self.model.layers)
+
+    def experts_forward(self, layer: int, x: np.ndarray, expert_ids: Sequence[int],
+                        expert_weights: Sequence[float]) -> np.ndarray:
+        x = self._activation(layer, x)
+        ids = np.ascontiguousarray(expert_ids, dtype=np.int32)
+        weights = np.ascontiguousarray(expert_weights, dtype=np.float32)
+        if ids.shape != weights.shape or ids.ndim != 1:
+            raise NumatuneError("expert_ids and expert_weights must be 1-D and of equal length")
+        return self._core.experts_forward(layer, x, ids, weights)
+
+    def moe_forward(self, layer: int, x: np.ndarray) -> np.ndarray:
+        return self.route_and_forward(layer, x)[0]
+
+    def route_and_forward(self, layer: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(y, chosen expert ids, their weights)."""
+        return self._core.moe_forward(layer, self._activation(layer, x))
+
+    def placement(self, samples_per_group: int = 4096) -> dict:
+        """Policy, nodes, and where sampled pages of each tensor group really are (node → pages)."""
+        pages = self._core.placement(samples_per_group)
+        return {"policy": self.plan.policy, "nodes": list(self.plan.nodes),
+                "bytes_per_node": {str(n): b for n, b in self.plan.bytes_per_node},
+                "resident_bytes": self._core.resident_bytes(),
+                "pages": {group: {str(node): count for node, count in sorted(counts.items())}
+                          for group, counts in sorted(pages.items())},
+                "worker_cpus": list(self._core.worker_cpus())}
+
+    def decode_bench(self, tokens: int = 32, warmup: int = 4, seed: int = 0) -> dict:
+        if tokens < 1 or warmup < 0:
+            raise NumatuneError("decode_bench: tokens must be ≥ 1 and warmup ≥ 0")
+        stats = self._core.decode_bench(tokens, warmup, seed)
+        seconds = stats["seconds"]
+        per_token = stats["bytes_per_token"]
+        return {"tokens": tokens, "warmup": warmup, "seconds": seconds,
+                "tokens_per_s": tokens / seconds if seconds > 0 else float("inf"),
+                "bytes_per_token": per_token,
+                "gb_per_s": per_token * tokens / seconds / 1e9 if seconds > 0 else float("inf"),
+                "isa": _kernels.active_isa(), "threads": len(self.cpus), "policy": self.plan.policy}
+
+    def _activation(self, layer: int, x: np.ndarray) -> np.ndarray:
+        if not 0 <= layer < self.layers:
+            raise NumatuneError(f"layer {layer} out of range (the model has {self.layers} MoE layers)")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.shape != (self.model.hidden,):
+            raise NumatuneError(f"x must have shape ({self.model.hidden},), got {x.shape}")
+        return x

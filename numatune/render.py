@@ -1,0 +1,170 @@
+"""Human output with rich: the topology as a tree much like lstopo, tables, findings."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+console = Console()
+GIB = 1 << 30
+
+
+def gib(n: int | None) -> str:
+    return "?" if n is None else f"{n / GIB:.1f} GiB"
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:g} {unit}"
+    return f"{n} B"
+
+
+def cpulist(cpus: Iterable[int]) -> str:
+    from .audit import _cpus
+    return _cpus(cpus) or "none"
+
+
+def topology(t, measured=None) -> None:
+    console.print(_machine_tree(t))
+    console.print(_distance_table(t))
+    console.print(_cache_table(t))
+    console.print(_context_table(t))
+    if t.unknown:
+        console.print("[yellow]Not known from this root:[/]")
+        for item in t.unknown:
+            console.print(f"  · {item}")
+    if measured is not None:
+        bandwidth(measured)
+
+
+def _machine_tree(t) -> Tree:
+    smt = f"{t.threads_per_core} threads/core" if t.threads_per_core else "threads/core unknown"
+    title = (f"[bold]Machine[/] {t.isa.model_name or ''} — {t.packages} package(s), "
+             f"{t.cores} cores, {t.pus} PUs ({smt}), {gib(t.memory_total_bytes)}  [dim]{t.root}[/]")
+    tree = Tree(title)
+    for node in t.nodes:
+        pages = ", ".join(f"{size(p.size_bytes)} pages {p.free}/{p.total} free" for p in node.hugepages
+                          if p.total) or "no huge pages"
+        label = (f"[bold cyan]NUMA node {node.id}[/] {gib(node.memory_total_bytes)} "
+                 f"({gib(node.memory_free_bytes)} free), {pages}")
+        if not node.has_cpus:
+            label += " [yellow]memory only[/]"
+        if not node.has_memory:
+            label += " [yellow]no memory[/]"
+        branch = tree.add(label)
+        for core in t.core_groups(node.cpus):
+            marks = []
+            for cpu in core:
+                info = t.cpu(cpu)
+                tag = f"PU {cpu}"
+                if not info.online:
+                    tag += " [red](offline)[/]"
+                elif cpu not in t.allowed.cpus:
+                    tag += " [dim](not allowed)[/]"
+                if info.isolated:
+                    tag += " [magenta](isolated)[/]"
+                marks.append(tag)
+            first = t.cpu(core[0])
+            where = f"P{first.package}" if first.package is not None else "P?"
+            branch.add(f"Core {first.core if first.core is not None else '?'} ({where}): " + ", ".join(marks))
+    return tree
+
+
+def _distance_table(t) -> Table:
+    table = Table(title="Node distances", show_edge=False)
+    table.add_column("node")
+    for node in t.nodes:
+        table.add_column(str(node.id), justify="right")
+    for node in t.nodes:
+        row = [str(d) for d in node.distances] if node.distances else ["?"] * len(t.nodes)
+        table.add_row(str(node.id), *row)
+    return table
+
+
+def _cache_table(t) -> Table:
+    table = Table(title="Caches", show_edge=False)
+    for col in ("level", "type", "size", "shared by CPUs"):
+        table.add_column(col)
+    seen = set()
+    for cache in sorted(t.caches, key=lambda c: (c.level, c.type, c.cpus)):
+        key = (cache.level, cache.type, cache.size_bytes, len(cache.cpus))
+        count = sum(1 for c in t.caches if (c.level, c.type, c.size_bytes, len(c.cpus)) == key)
+        if key in seen:
+            continue
+        seen.add(key)
+        table.add_row(f"L{cache.level}", cache.type, size(cache.size_bytes),
+                      f"{cpulist(cache.cpus)}" + (f"  (×{count})" if count > 1 else ""))
+    return table
+
+
+def _context_table(t) -> Table:
+    table = Table(title="What this process may use, and kernel knobs", show_edge=False, show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    a, k = t.allowed, t.knobs
+    table.add_row("online / all CPUs", f"{cpulist(t.online_cpus)} / {cpulist(t.all_cpus)}")
+    if t.isolated_cpus:
+        table.add_row("isolated CPUs", cpulist(t.isolated_cpus))
+    table.add_row("allowed CPUs", cpulist(a.cpus))
+    table.add_row("allowed memory nodes", cpulist(a.nodes))
+    if a.cgroup_version:
+        table.add_row("cgroup", f"v{a.cgroup_version} {a.cgroup_path or ''}")
+    table.add_row("memory limit", gib(a.memory_limit_bytes) if a.memory_limit_bytes else "none")
+    table.add_row("CPU quota", f"{a.cpu_quota_cpus:g} CPUs" if a.cpu_quota_cpus else "none")
+    table.add_row("ISA", " ".join(t.isa.flags) or "?")
+    table.add_row("kernel.numa_balancing", _known(k.numa_balancing))
+    table.add_row("transparent huge pages", f"enabled={_known(k.thp_enabled)} defrag={_known(k.thp_defrag)}")
+    table.add_row("vm.zone_reclaim_mode", _known(k.zone_reclaim_mode))
+    table.add_row("CPU governor", ", ".join(f"{g} ({cpulist(c)})" for g, c in k.governors) or "?")
+    table.add_row("numactl / lstopo", f"{t.tools.numactl or 'absent'} / {t.tools.lstopo or 'absent'}")
+    return table
+
+
+def _known(value) -> str:
+    return "?" if value is None else str(value)
+
+
+def bandwidth(probed) -> None:
+    cells = probed.matrix.cells
+    kernels = sorted({c.result.kernel for c in cells}, key=("read", "copy", "triad").index)
+    cpu_nodes = sorted({c.cpu_node for c in cells})
+    memory_nodes = sorted({c.result.memory_node for c in cells})
+    for kernel in kernels:
+        table = Table(title=f"{kernel} GB/s (median ± spread)", show_edge=False,
+                      caption="rows: all cores of a node; columns: memory node")
+        table.add_column("CPU node")
+        for mem in memory_nodes:
+            table.add_column(f"mem {mem}", justify="right")
+        for cpu_node in cpu_nodes:
+            row = []
+            for mem in memory_nodes:
+                m = probed.matrix.gbps(cpu_node, mem, kernel)
+                row.append(f"{m.median:.1f} ± {m.spread:.1f}")
+            table.add_row(str(cpu_node), *row)
+        console.print(table)
+    for node, curve in probed.curves:
+        points = "   ".join(f"{len(r.cpus)} thr: {r.gbps.median:.1f}" for r in curve)
+        console.print(f"node {node}, read GB/s by threads (local memory): {points}")
+
+
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def findings(items) -> None:
+    if not items:
+        console.print("[green]No findings: nothing to fix for NUMA inference on this machine.[/]")
+        return
+    for f in items:
+        console.print(f"[{_SEVERITY_STYLE[f.severity]}]{f.severity.upper():7}[/] [bold]{f.id}[/]: {f.title}")
+        for e in f.evidence:
+            console.print(f"          {e.what} = {e.value}  [dim]({e.where})[/]")
+        console.print(f"          {f.explanation}")
+        if f.fix:
+            console.print(f"          [green]fix:[/] {f.fix}")
+    counts = {s: sum(1 for f in items if f.severity == s) for s in ("error", "warning", "info")}
+    console.print(f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} note(s)")

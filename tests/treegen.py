@@ -1,0 +1,200 @@
+"""Writes a Linux sysfs/procfs tree for a made-up machine, as a modern kernel lays it out.
+
+Tests point the probe at it (`--root DIR`) to reproduce situations no captured machine has:
+the seed's two-socket Xeon, sub-NUMA clustering, containers with quotas, odd kernel knobs.
+CPUs are numbered like Linux on Intel: first one hardware thread of every core, socket by socket,
+then the SMT siblings in the same order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+GIB = 1 << 30
+
+
+@dataclass
+class FakeMachine:
+    sockets: int = 2
+    nodes_per_socket: int = 1
+    cores_per_node: int = 4
+    threads_per_core: int = 1
+    memory_per_node: int = 16 * GIB
+    free_per_node: Optional[list] = None          # bytes per node; default: 90% of total
+    memory_only_nodes: int = 0                    # extra nodes with memory and no CPUs
+    remote_distance: int = 21
+    numa_balancing: int = 0
+    thp_enabled: str = "madvise"
+    thp_defrag: str = "madvise"
+    zone_reclaim_mode: int = 0
+    governor: Optional[str] = "performance"
+    cgroup_cpus: Optional[str] = None             # cgroup v2 cpuset.cpus.effective
+    cgroup_mems: Optional[str] = None
+    cpu_max: str = "max 100000"
+    memory_max: str = "max"
+    model_name: str = "Intel(R) Xeon(R) Gold 6462C"
+    flags: str = "fpu sse sse2 avx avx2 fma f16c avx512f avx512bw avx512vl avx512dq avx512_vnni avx512_bf16"
+    hugepages_2m: int = 0
+    extra_files: dict = field(default_factory=dict)
+
+    @property
+    def cpu_nodes(self) -> int:
+        return self.sockets * self.nodes_per_socket
+
+    @property
+    def node_count(self) -> int:
+        return self.cpu_nodes + self.memory_only_nodes
+
+    @property
+    def cores(self) -> int:
+        return self.cpu_nodes * self.cores_per_node
+
+    def cpus_of_node(self, node: int) -> list[int]:
+        if node >= self.cpu_nodes:
+            return []
+        first = [node * self.cores_per_node + c for c in range(self.cores_per_node)]
+        return [cpu + t * self.cores for t in range(self.threads_per_core) for cpu in first]
+
+    def node_of_cpu(self, cpu: int) -> int:
+        return (cpu % self.cores) // self.cores_per_node
+
+
+def _cpulist(cpus) -> str:
+    cpus = sorted(cpus)
+    runs, start = [], None
+    for i, cpu in enumerate(cpus):
+        if start is None:
+            start = cpu
+        if i + 1 == len(cpus) or cpus[i + 1] != cpu + 1:
+            runs.append(str(start) if start == cpu else f"{start}-{cpu}")
+            start = None
+    return ",".join(runs)
+
+
+def _write(root: Path, rel: str, text: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def write_tree(root: Path, m: FakeMachine) -> Path:
+    all_cpus = list(range(m.cores * m.threads_per_core))
+    cpu_list = _cpulist(all_cpus)
+    for rel in ("online", "possible", "present"):
+        _write(root, f"sys/devices/system/cpu/{rel}", cpu_list + "\n")
+    _write(root, "sys/devices/system/cpu/offline", "\n")
+    _write(root, "sys/devices/system/cpu/isolated", "\n")
+    for cpu in all_cpus:
+        _write_cpu(root, m, cpu)
+    _write_nodes(root, m)
+    _write_proc(root, m, all_cpus)
+    for rel, text in m.extra_files.items():
+        _write(root, rel, text)
+    return root
+
+
+def _write_cpu(root: Path, m: FakeMachine, cpu: int) -> None:
+    base = f"sys/devices/system/cpu/cpu{cpu}"
+    core_index = cpu % m.cores
+    node = m.node_of_cpu(cpu)
+    socket = node // m.nodes_per_socket
+    siblings = [core_index + t * m.cores for t in range(m.threads_per_core)]
+    socket_cpus = [c for c in range(m.cores * m.threads_per_core)
+                   if m.node_of_cpu(c) // m.nodes_per_socket == socket]
+    node_cpus = m.cpus_of_node(node)
+    _write(root, f"{base}/online", "1\n")
+    topo = {
+        "physical_package_id": str(socket), "die_id": "0",
+        "core_id": str(core_index % (m.cores_per_node * m.nodes_per_socket)),
+        "core_cpus_list": _cpulist(siblings), "thread_siblings_list": _cpulist(siblings),
+        "package_cpus_list": _cpulist(socket_cpus), "core_siblings_list": _cpulist(socket_cpus),
+        "die_cpus_list": _cpulist(socket_cpus),
+    }
+    for name, value in topo.items():
+        _write(root, f"{base}/topology/{name}", value + "\n")
+    caches = [(1, "Data", "48K", siblings), (1, "Instruction", "32K", siblings),
+              (2, "Unified", "2048K", siblings), (3, "Unified", "61440K", node_cpus)]
+    for index, (level, kind, size, shared) in enumerate(caches):
+        cache = f"{base}/cache/index{index}"
+        _write(root, f"{cache}/level", f"{level}\n")
+        _write(root, f"{cache}/type", f"{kind}\n")
+        _write(root, f"{cache}/size", f"{size}\n")
+        _write(root, f"{cache}/shared_cpu_list", _cpulist(shared) + "\n")
+    if m.governor:
+        _write(root, f"{base}/cpufreq/scaling_governor", m.governor + "\n")
+    (root / base / f"node{node}").mkdir(parents=True, exist_ok=True)
+
+
+def _write_nodes(root: Path, m: FakeMachine) -> None:
+    ids = list(range(m.node_count))
+    base = "sys/devices/system/node"
+    _write(root, f"{base}/online", _cpulist(ids) + "\n")
+    _write(root, f"{base}/possible", _cpulist(ids) + "\n")
+    _write(root, f"{base}/has_memory", _cpulist(ids) + "\n")
+    _write(root, f"{base}/has_normal_memory", _cpulist(ids) + "\n")
+    _write(root, f"{base}/has_cpu", _cpulist(range(m.cpu_nodes)) + "\n")
+    for node in ids:
+        free = m.free_per_node[node] if m.free_per_node else int(m.memory_per_node * 0.9)
+        total_kb, free_kb = m.memory_per_node // 1024, free // 1024
+        _write(root, f"{base}/node{node}/cpulist", _cpulist(m.cpus_of_node(node)) + "\n")
+        _write(root, f"{base}/node{node}/meminfo",
+               f"Node {node} MemTotal:       {total_kb} kB\nNode {node} MemFree:        {free_kb} kB\n"
+               f"Node {node} MemUsed:        {total_kb - free_kb} kB\n")
+        row = [10 if other == node else _distance(m, node, other) for other in ids]
+        _write(root, f"{base}/node{node}/distance", " ".join(map(str, row)) + "\n")
+        pages = f"{base}/node{node}/hugepages"
+        _write(root, f"{pages}/hugepages-2048kB/nr_hugepages", f"{m.hugepages_2m}\n")
+        _write(root, f"{pages}/hugepages-2048kB/free_hugepages", f"{m.hugepages_2m}\n")
+        _write(root, f"{pages}/hugepages-1048576kB/nr_hugepages", "0\n")
+        _write(root, f"{pages}/hugepages-1048576kB/free_hugepages", "0\n")
+        for cpu in m.cpus_of_node(node):
+            (root / base / f"node{node}" / f"cpu{cpu}").mkdir(parents=True, exist_ok=True)
+
+
+def _distance(m: FakeMachine, a: int, b: int) -> int:
+    same_socket = (a < m.cpu_nodes and b < m.cpu_nodes
+                   and a // m.nodes_per_socket == b // m.nodes_per_socket)
+    return 12 if same_socket else m.remote_distance
+
+
+def _write_proc(root: Path, m: FakeMachine, all_cpus: list[int]) -> None:
+    total_kb = m.memory_per_node * m.node_count // 1024
+    _write(root, "proc/meminfo", f"MemTotal:       {total_kb} kB\nMemFree:        {int(total_kb * 0.9)} kB\n"
+           f"MemAvailable:   {int(total_kb * 0.9)} kB\n")
+    cpuinfo = []
+    for cpu in all_cpus:
+        node = m.node_of_cpu(cpu)
+        cpuinfo.append(
+            f"processor\t: {cpu}\nvendor_id\t: GenuineIntel\nmodel name\t: {m.model_name}\n"
+            f"physical id\t: {node // m.nodes_per_socket}\ncore id\t\t: {cpu % m.cores}\n"
+            f"flags\t\t: {m.flags}\n")
+    _write(root, "proc/cpuinfo", "\n".join(cpuinfo) + "\n")
+    cpus = m.cgroup_cpus or _cpulist(all_cpus)
+    mems = m.cgroup_mems or _cpulist(range(m.node_count))
+    _write(root, "proc/self/status", f"Name:\tpython\nCpus_allowed_list:\t{cpus}\nMems_allowed_list:\t{mems}\n")
+    _write(root, "proc/self/cgroup", "0::/numatune.slice\n")
+    _write(root, "proc/mounts", "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime 0 0\n")
+    group = "sys/fs/cgroup/numatune.slice"
+    _write(root, "sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory pids\n")
+    _write(root, f"{group}/cpuset.cpus.effective", cpus + "\n")
+    _write(root, f"{group}/cpuset.mems.effective", mems + "\n")
+    _write(root, f"{group}/cpu.max", m.cpu_max + "\n")
+    _write(root, f"{group}/memory.max", m.memory_max + "\n")
+    _write(root, "proc/sys/kernel/numa_balancing", f"{m.numa_balancing}\n")
+    _write(root, "proc/sys/vm/zone_reclaim_mode", f"{m.zone_reclaim_mode}\n")
+    _write(root, "proc/cmdline", "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro\n")
+    thp = "sys/kernel/mm/transparent_hugepage"
+    _write(root, f"{thp}/enabled", _bracket(["always", "madvise", "never"], m.thp_enabled))
+    _write(root, f"{thp}/defrag", _bracket(["always", "defer", "defer+madvise", "madvise", "never"], m.thp_defrag))
+
+
+def _bracket(choices: list[str], chosen: str) -> str:
+    return " ".join(f"[{c}]" if c == chosen else c for c in choices) + "\n"
+
+
+def seed_machine(**changes) -> FakeMachine:
+    """The seed's server: 2 × Xeon Gold 6462C, 32 cores and 64 hardware threads per socket."""
+    spec = dict(sockets=2, cores_per_node=32, threads_per_core=2, memory_per_node=512 * GIB)
+    spec.update(changes)
+    return FakeMachine(**spec)
