@@ -145,5 +145,79 @@ def audit_command(
     return 1 if failing else 0
 
 
+def _cpu_list(text: str, flag: str) -> list[int]:
+    from .sysfs import parse_cpulist
+    try:
+        cpus = parse_cpulist(text)
+    except ValueError:
+        raise NumatuneError(f"{flag}: '{text}' is not a CPU or node list like 0-3,8") from None
+    if not cpus:
+        raise NumatuneError(f"{flag}: empty list")
+    return cpus
+
+
+def _model_path(model: Optional[str], synthetic: Optional[str], type_name: str) -> str:
+    if (model is None) == (synthetic is None):
+        raise NumatuneError("give exactly one of --model FILE.gguf and --synthetic PRESET")
+    if model is not None:
+        return model
+    from .synth import cached_model
+    return str(cached_model(synthetic, type_name))
+
+
+@app.command("bench")
+def bench_command(
+    model: Optional[str] = typer.Option(None, "--model", help="GGUF file with MoE layers."),
+    synthetic: Optional[str] = typer.Option(None, "--synthetic", help="Generated model preset "
+                                            "(default, qwen3-30b-a3b, deepseek-v3), cached after first use."),
+    type_name: str = typer.Option("Q4_K_M", "--type", help="Weight type of a --synthetic model."),
+    cpus: Optional[str] = typer.Option(None, "--cpus", help="CPUs to run on, e.g. 0-31,64-95."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Thread count (CPUs chosen one per core)."),
+    policy: str = typer.Option("first-touch", "--policy", help="first-touch, interleave, bind, replicate, partition."),
+    nodes: Optional[str] = typer.Option(None, "--nodes", help="Node set of the policy, e.g. 0,1."),
+    tokens: int = typer.Option(64, "--tokens", min=1, help="Decoded tokens per repetition."),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="Repetitions (median and spread)."),
+    no_bandwidth: bool = typer.Option(False, "--no-bandwidth", help="Skip the read-bandwidth reference."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> int:
+    """Decode with the bundled engine and compare its weight traffic with the memory's read bandwidth."""
+    from .bench import pick_cpus, run_bench
+    topology = _probe("/")
+    if (cpus is None) == (threads is None):
+        raise NumatuneError("give exactly one of --cpus LIST and --threads N")
+    chosen = _cpu_list(cpus, "--cpus") if cpus else list(pick_cpus(topology, threads))
+    node_set = _cpu_list(nodes, "--nodes") if nodes else None
+    path = _model_path(model, synthetic, type_name)
+    result = run_bench(path, chosen, policy, node_set, topology, tokens=tokens, repeats=repeats,
+                       measure_read=not no_bandwidth)
+    if as_json:
+        _emit_json(result.to_json())
+    else:
+        render.bench(result)
+    return 0
+
+
+model_app = typer.Typer(help="Generate and inspect models for the bundled engine.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("synth")
+def model_synth_command(
+    out: Path = typer.Option(..., "--out", help="GGUF file to write (atomically)."),
+    preset_name: str = typer.Option("default", "--preset", help="default, qwen3-30b-a3b or deepseek-v3."),
+    type_name: str = typer.Option("Q4_K_M", "--type", help="Q4_K_M, Q4_K, Q6_K, Q8_0, BF16, F16 or F32."),
+    layers: Optional[int] = typer.Option(None, "--layers", min=1, help="MoE layers (default: the preset's)."),
+    experts: Optional[int] = typer.Option(None, "--experts", min=1, help="Experts per layer."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+) -> int:
+    """Write a GGUF with real MoE layer shapes and random weights."""
+    from .synth import preset, synthesize
+    result = synthesize(out, preset(preset_name, layers, experts), type_name, seed)
+    render.console.print(f"wrote {result.path}: {result.preset.description}; {result.type_name}, "
+                         f"{result.preset.layers} layers × {result.preset.experts} experts, "
+                         f"{result.expert_bytes / 1e9:.2f} GB of experts")
+    return 0
+
+
 if __name__ == "__main__":
     app()

@@ -13,8 +13,10 @@ import yaml
 
 from .errors import ProfileError
 
-PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
-if not PROFILES_DIR.is_dir():  # running from a source checkout: profiles/ beside the package
+# Installed, the YAML files are the package numatune.profiledata; in a source checkout they are
+# profiles/ beside the package.
+PROFILES_DIR = Path(__file__).resolve().parent / "profiledata"
+if not PROFILES_DIR.is_dir():
     PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
 # Average bits per weight of common GGUF quantizations. Single types follow from their block

@@ -168,3 +168,20 @@ def findings(items) -> None:
             console.print(f"          [green]fix:[/] {f.fix}")
     counts = {s: sum(1 for f in items if f.severity == s) for s in ("error", "warning", "info")}
     console.print(f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} note(s)")
+
+
+def bench(result) -> None:
+    table = Table(title=f"numatune bench — {result.policy} on nodes {list(result.nodes)}, "
+                  f"{len(result.cpus)} threads (CPUs {cpulist(result.cpus)}), {result.isa}", show_edge=False)
+    table.add_column("measure")
+    table.add_column("median ± spread", justify="right")
+    table.add_column("n, min…max", justify="right")
+    for label, m in (("decode tok/s", result.tokens_per_s), ("weight GB/s", result.weight_gb_per_s),
+                     ("read GB/s (probe, same CPUs+memory)", result.read_gb_per_s)):
+        if m is not None:
+            table.add_row(label, f"{m.median:.2f} ± {m.spread:.2f}", f"{m.n}, {m.minimum:.2f}…{m.maximum:.2f}")
+    console.print(table)
+    if result.fraction_of_read is not None:
+        console.print(f"weight traffic = {result.fraction_of_read:.2f} of the read bandwidth")
+    console.print(f"weights read per token: {result.bytes_per_token / 1e6:.1f} MB; placed weights "
+                  f"{gib(result.resident_bytes)}, process RSS {gib(result.rss_bytes)}")

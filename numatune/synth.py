@@ -150,3 +150,22 @@ def _add_block(writer, rng, p: Preset, block: int, gate_t: str, up_t: str, down_
         writer.add_tensor(prefix + name + ".weight", data, raw_dtype=kind)
         total += data.nbytes
     return total
+
+
+def cache_dir() -> Path:
+    """Where generated models are kept: $NUMATUNE_CACHE, else $XDG_CACHE_HOME/numatune, else ~/.cache."""
+    if os.environ.get("NUMATUNE_CACHE"):
+        return Path(os.environ["NUMATUNE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "numatune"
+
+
+def cached_model(name: str, type_name: str = "Q4_K_M", layers: int | None = None,
+                 experts: int | None = None) -> Path:
+    """A preset's GGUF, generated on first use and kept in the cache directory."""
+    chosen = preset(name, layers, experts)
+    expert_types(type_name)
+    path = cache_dir() / "models" / f"{chosen.name}-{type_name.upper()}-{chosen.layers}x{chosen.experts}.gguf"
+    if not path.is_file():
+        synthesize(path, chosen, type_name)
+    return path
