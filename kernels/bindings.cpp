@@ -4,6 +4,11 @@
 #include <pybind11/stl.h>
 
 #include "cpu_features.h"
+#include "numa_syscalls.h"
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
 
 namespace py = pybind11;
 
@@ -36,6 +41,23 @@ void register_system(py::module_& m) {
     }, "Kernel variants this CPU and this build can run, slowest first.");
     m.def("active_isa", [] { return std::string(isa_name(active_isa())); },
           "Kernel variant in force (NUMATUNE_ISA or the best supported).");
+    m.def("set_memory_policy", [](const std::string& mode, const std::vector<int>& nodes) {
+        int value;
+        if (mode == "default") value = numa::MPOL_DEFAULT;
+        else if (mode == "bind") value = numa::MPOL_BIND;
+        else if (mode == "interleave") value = numa::MPOL_INTERLEAVE;
+        else if (mode == "preferred") value = numa::MPOL_PREFERRED;
+        else throw std::invalid_argument("unknown memory policy '" + mode + "'");
+        if (value != numa::MPOL_DEFAULT && nodes.empty()) {
+            throw std::invalid_argument("memory policy '" + mode + "' needs at least one node");
+        }
+        numa::NodeMask mask(nodes);
+        if (numa::set_mempolicy(value, value == numa::MPOL_DEFAULT ? nullptr : &mask) != 0) {
+            throw std::invalid_argument("set_mempolicy(" + mode + "): " + std::strerror(errno));
+        }
+    }, py::arg("mode"), py::arg("nodes"),
+    "Memory policy of the calling thread (inherited by children and kept across exec), as "
+    "numactl --membind/--interleave/--preferred sets it.");
     m.def("set_active_isa", [](const std::string& name) { set_active_isa(isa_from_name(name)); },
           py::arg("name"), "Force a kernel variant; ValueError if it cannot run here.");
 }

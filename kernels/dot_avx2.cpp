@@ -16,10 +16,10 @@ namespace numatune {
 namespace {
 
 // How far ahead of the row being read the weights are prefetched. The hardware prefetcher alone
-// falls behind once the loop also computes: measured on a Zen 3 core (benchmarks/kernels.py),
-// prefetching 2-3 KiB ahead lifted gemv from about 11 to 15-17 GB/s; 1 KiB and 6 KiB did worse.
-// Running 2 or 4 rows at once against the same activation block was slower (two streams a row
-// apart), hence one row at a time.
+// falls behind once the loop also computes: on a Zen 3 core (512 MiB of weights), prefetching
+// 2-3 KiB ahead lifted gemv from 11-13 to 15-17 GB/s; 1 KiB gained less, 6 KiB lost some.
+// Quantized rows go one at a time: 2 or 4 rows against the same activation block measured
+// slower there (8-10 GB/s for Q4_K), unlike float rows (see kFloatRows).
 constexpr size_t kPrefetchBytes = 2048;
 
 template <class Block>

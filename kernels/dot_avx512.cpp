@@ -13,6 +13,9 @@
 //    per gemv into x_hi = bf16(x) and x_lo = bf16(x − x_hi) and each row is dotted with both:
 //    products of bf16 values are exact in f32, and x keeps about 16 significant bits, so the
 //    result stays within float rounding of the f32 path (which the other table uses).
+//
+// Tested against quant_ref.cpp on AVX-512 hardware when present, and on any AVX2 host under
+// SIMDe's emulation of these instructions (tests/test_quant.py).
 #if NUMATUNE_X86_VARIANTS
 
 // GCC 12's AVX-512 headers build their unmasked intrinsics on a deliberately uninitialised
@@ -28,11 +31,8 @@
 namespace numatune {
 namespace {
 
-// How far ahead of the row being read the weights are prefetched. The hardware prefetcher alone
-// falls behind once the loop also computes: measured on a Zen 3 core (benchmarks/kernels.py),
-// prefetching 2-3 KiB ahead lifted gemv from about 11 to 15-17 GB/s; 1 KiB and 6 KiB did worse.
-// Running 2 or 4 rows at once against the same activation block was slower (two streams a row
-// apart), hence one row at a time.
+// Prefetch distance and one quantized row at a time, as in dot_avx2.cpp (measured there on
+// Zen 3; not tuned on an AVX-512 machine).
 constexpr size_t kPrefetchBytes = 2048;
 
 template <class Block>

@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 
 from .engines import EngineInstall
 from .models import ModelFootprint
+from .sysfs import format_cpulist as _cpus
 from .topology import Topology
 
 SEVERITIES = ("info", "warning", "error")
@@ -80,21 +81,6 @@ def _path(topology: Topology, rel: str) -> str:
 
 def _gib(n: int | None) -> str:
     return "unknown" if n is None else f"{n / GIB:.1f} GiB"
-
-
-def _cpus(cpus: Iterable[int]) -> str:
-    """Compact CPU list, as the kernel writes it ("0-3,8")."""
-    ordered = sorted(set(cpus))
-    runs: list[str] = []
-    start = prev = None
-    for cpu in ordered + [None]:
-        if cpu is not None and prev is not None and cpu == prev + 1:
-            prev = cpu
-            continue
-        if start is not None:
-            runs.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = cpu
-    return ",".join(runs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -111,13 +111,13 @@ def _fit_affine(x: np.ndarray, lo: np.ndarray, span: np.ndarray) -> tuple[np.nda
         q = np.clip(np.rint(shifted * inverse[:, None]), 0, 15)
         sum_q, sum_qq, sum_qx = q.sum(axis=-1), (q * q).sum(axis=-1), (q * x).sum(axis=-1)
         det = count * sum_qq - sum_q * sum_q
-        safe_det = np.where(det > 0, det, 1)
-        a = np.where(det > 0, (count * sum_qx - sum_q * sum_x) / safe_det, 0)
-        b = np.where(det > 0, (sum_x - a * sum_q) / count, lo)
-        # The format needs −m ≤ 0: refit through the origin where the free fit went above it.
-        above = b > 0
-        a = np.where(above, sum_qx / np.where(sum_qq > 0, sum_qq, 1), a)
-        b = np.where(above, 0, b)
+        free_a = (count * sum_qx - sum_q * sum_x) / np.where(det > 0, det, 1)
+        free_b = (sum_x - free_a * sum_q) / count
+        # The format needs −m ≤ 0: where the free fit goes above it (or q is constant), fit
+        # through the origin; where q is all zero, the block is its (non-positive) mean.
+        use_free = (det > 0) & (free_b <= 0)
+        a = np.where(use_free, free_a, np.where(sum_qq > 0, sum_qx / np.where(sum_qq > 0, sum_qq, 1), 0))
+        b = np.where(use_free, free_b, np.where(sum_qq > 0, 0, np.minimum(sum_x / count, 0)))
         a = np.maximum(a, 0)
         err = np.square(a[:, None] * q + b[:, None] - x).sum(axis=-1)
         better = err < best_err

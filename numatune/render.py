@@ -7,6 +7,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from .sysfs import format_cpulist
+
 console = Console()
 GIB = 1 << 30
 
@@ -25,8 +27,7 @@ def size(n: int | None) -> str:
 
 
 def cpulist(cpus: Iterable[int]) -> str:
-    from .audit import _cpus
-    return _cpus(cpus) or "none"
+    return format_cpulist(cpus) or "none"
 
 
 def topology(t, measured=None) -> None:

@@ -18,7 +18,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from .errors import ProbeError
 
@@ -503,3 +503,17 @@ def parse_memory_limit(text: str) -> Optional[int]:
         return None
     value = int(cleaned)
     return None if value >= _UNLIMITED_BYTES else value
+
+
+def format_cpulist(values: Iterable[int]) -> str:
+    """The kernel's list syntax for CPU or node numbers: [0, 1, 2, 3, 8] → "0-3,8"."""
+    ordered = sorted(set(values))
+    runs: list[str] = []
+    for value in ordered:
+        if runs and value == last + 1:
+            start = runs[-1].split("-")[0]
+            runs[-1] = f"{start}-{value}"
+        else:
+            runs.append(str(value))
+        last = value
+    return ",".join(runs)

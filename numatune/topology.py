@@ -16,15 +16,16 @@ import os
 import posixpath
 import re
 import shutil
+from collections import Counter
 from dataclasses import dataclass, fields, is_dataclass
 from functools import cached_property
 from typing import Callable, Iterable, Optional, TypeVar
 
 from .errors import ProbeError
 from .sysfs import (CgroupHierarchy, CgroupMembership, Mount, Root, cgroup_hierarchies,
-                    cgroup_path_of, parse_bracketed_choice, parse_cfs_quota, parse_cpu_max,
-                    parse_cpuinfo, parse_cpulist, parse_cpumask, parse_distances, parse_int,
-                    parse_isolcpus, parse_memory_limit, parse_meminfo, parse_mounts,
+                    cgroup_path_of, format_cpulist, parse_bracketed_choice, parse_cfs_quota,
+                    parse_cpu_max, parse_cpuinfo, parse_cpulist, parse_cpumask, parse_distances,
+                    parse_int, parse_isolcpus, parse_memory_limit, parse_meminfo, parse_mounts,
                     parse_proc_cgroup, parse_size, parse_status)
 
 SCHEMA_VERSION = 1
@@ -136,7 +137,7 @@ class Cache:
 class Isa:
     vendor: Optional[str]
     model_name: Optional[str]
-    flags: tuple[str, ...]             # among KNOWN_FLAGS, sorted
+    flags: tuple[str, ...]             # among KNOWN_FLAGS, in that order
 
     def has(self, name: str) -> bool:
         return _normal_flag(name) in self.flags
@@ -335,17 +336,6 @@ def _strip(text: str) -> str:
     return text.replace("\x00", "").strip()
 
 
-def _cpulist_text(cpus: Iterable[int]) -> str:
-    ordered = sorted(cpus)
-    runs, start = [], None
-    for i, cpu in enumerate(ordered):
-        start = cpu if start is None else start
-        if i + 1 == len(ordered) or ordered[i + 1] != cpu + 1:
-            runs.append(str(start) if start == cpu else f"{start}-{cpu}")
-            start = None
-    return ",".join(runs)
-
-
 # ---------------------------------------------------------------------------------------------
 # CPUs
 
@@ -367,6 +357,9 @@ def _cpu_ids(reader: _Reader) -> list[int]:
 def _online_cpus(reader: _Reader, cpu_ids: list[int]) -> list[int]:
     listed = reader.value(f"{SYS_CPU}/online", parse_cpulist)
     if listed is not None:
+        strays = set(listed) - set(cpu_ids)
+        if strays:
+            reader.note(f"CPUs {format_cpulist(strays)}: online but without a cpuN directory; left out")
         return sorted(set(listed) & set(cpu_ids))
     states = {cpu: reader.value(f"{SYS_CPU}/cpu{cpu}/online", parse_int) for cpu in cpu_ids}
     if all(state is None for state in states.values()):
@@ -443,11 +436,11 @@ class _Counts:
 
 def _count(online: list[int], packages: dict[int, int], dies: dict[int, int],
            cores: dict[int, int]) -> _Counts:
-    online_cores = [cores[cpu] for cpu in online if cpu in cores]
-    threads = max((online_cores.count(core) for core in set(online_cores)), default=None)
+    threads_of_core = Counter(cores[cpu] for cpu in online if cpu in cores)
     die_keys = {(packages.get(cpu), dies[cpu]) for cpu in online if cpu in dies}
     return _Counts(len({packages[cpu] for cpu in online if cpu in packages}),
-                   len(die_keys) if die_keys else None, len(set(online_cores)), threads)
+                   len(die_keys) if die_keys else None, len(threads_of_core),
+                   max(threads_of_core.values(), default=None))
 
 
 def _isolated_cpus(reader: _Reader, cmdline: Optional[str]) -> list[int]:
@@ -518,7 +511,7 @@ def _distance_rows(reader: _Reader, ids: list[int]) -> dict[int, Optional[tuple[
         rows[node] = tuple(row) if row is not None else None
     missing = [node for node in ids if not reader.root.exists(f"{SYS_NODE}/node{node}/distance")]
     if missing:
-        reader.note(f"node distances: no nodeN/distance in this root for node(s) {_cpulist_text(missing)}")
+        reader.note(f"node distances: no nodeN/distance in this root for node(s) {format_cpulist(missing)}")
     return rows
 
 
@@ -575,7 +568,7 @@ def _node_of_cpus(reader: _Reader, nodes: tuple[Node, ...], cpu_ids: list[int]) 
             owners.setdefault(cpu, []).append(node.id)
     shared = [cpu for cpu, ids in owners.items() if len(ids) > 1]
     if shared:
-        reader.note(f"CPUs {_cpulist_text(shared)}: listed by several nodes (broken firmware NUMA "
+        reader.note(f"CPUs {format_cpulist(shared)}: listed by several nodes (broken firmware NUMA "
                     "information?); each is counted in the lowest")
     node_of = {cpu: ids[0] for cpu, ids in owners.items()}
     for cpu in cpu_ids:
@@ -610,8 +603,8 @@ def _caches(reader: _Reader, cpu_ids: list[int]) -> tuple[Cache, ...]:
             kind = reader.value(f"{directory}/type", _strip)
             if level is None or not kind:
                 continue
-            shared = reader.first_value([f"{directory}/shared_cpu_list"], parse_cpulist)
-            if shared is None:
+            shared = reader.value(f"{directory}/shared_cpu_list", parse_cpulist)
+            if shared is None:   # kernels before 2.6.26 write only the mask
                 shared = reader.value(f"{directory}/shared_cpu_map", parse_cpumask)
             if not shared:
                 unshared += 1

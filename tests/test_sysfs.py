@@ -10,7 +10,7 @@ import pytest
 
 from numatune.errors import NumatuneError, ProbeError
 from numatune.sysfs import (CgroupHierarchy, CgroupMembership, Mount, ProcessLists, Root,
-                            cgroup_hierarchies, cgroup_path_of, parse_bracketed_choice,
+                            cgroup_hierarchies, cgroup_path_of, format_cpulist, parse_bracketed_choice,
                             parse_cfs_quota, parse_cpu_max, parse_cpuinfo, parse_cpulist,
                             parse_cpumask, parse_distances, parse_int, parse_isolcpus,
                             parse_memory_limit, parse_meminfo, parse_mounts, parse_proc_cgroup,
@@ -41,6 +41,15 @@ def test_parse_cpulist(text, cpus):
 def test_parse_cpulist_rejects_what_the_kernel_never_writes(text):
     with pytest.raises(ValueError):
         parse_cpulist(text)
+
+
+@pytest.mark.parametrize("cpus, text", [
+    ([0, 1, 2, 3, 8], "0-3,8"), ([], ""), ([5], "5"), ([3, 1, 2, 2], "1-3"), ([0, 2, 4], "0,2,4"),
+    (range(0, 256), "0-255"),
+])
+def test_format_cpulist_is_the_inverse_of_parse(cpus, text):
+    assert format_cpulist(cpus) == text
+    assert parse_cpulist(text) == sorted(set(cpus))
 
 
 @pytest.mark.parametrize("text, cpus", [

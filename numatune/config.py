@@ -1,0 +1,74 @@
+"""A configuration to run: which CPUs, which memory policy on which nodes — and how a process is
+placed to realise it (by numactl or by numatune itself)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+POLICIES = ("first-touch", "interleave", "bind", "replicate", "partition")
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One point of the search space; also what a saved result and a recommendation hold.
+
+    `cpus` are the worker CPUs (one thread each); `nodes` the memory nodes of the policy:
+    bind → one node; interleave → the set; replicate/partition → the nodes holding a copy or
+    a slice (each with workers); first-touch → the nodes of the workers.
+    """
+
+    cpus: tuple[int, ...]
+    policy: str
+    nodes: tuple[int, ...]
+    instances: int = 1
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}")
+        if not self.cpus or not self.nodes or self.instances < 1:
+            raise ValueError("a configuration needs CPUs, nodes and at least one instance")
+
+    @property
+    def threads(self) -> int:
+        return len(self.cpus)
+
+    def label(self) -> str:
+        from .sysfs import format_cpulist
+        return (f"{self.policy} nodes={format_cpulist(self.nodes)} threads={self.threads} "
+                f"cpus={format_cpulist(self.cpus)}" + (f" ×{self.instances}" if self.instances > 1 else ""))
+
+    def to_json(self) -> dict:
+        return {"cpus": list(self.cpus), "policy": self.policy, "nodes": list(self.nodes),
+                "instances": self.instances}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Configuration":
+        return cls(tuple(int(c) for c in data["cpus"]), str(data["policy"]),
+                   tuple(int(n) for n in data["nodes"]), int(data.get("instances", 1)))
+
+
+@dataclass(frozen=True)
+class ProcessPlacement:
+    """What the launcher sets on a process before it starts: CPU affinity and memory policy.
+
+    memory_mode: "default" (local allocation, first touch), "bind", "interleave", or
+    "preferred" over `memory_nodes` — the modes of set_mempolicy(2) and of numactl.
+    """
+
+    cpus: tuple[int, ...]
+    memory_mode: str
+    memory_nodes: tuple[int, ...]
+
+
+def process_placement(config: Configuration, engine_places_memory: bool) -> ProcessPlacement:
+    """The process-level placement of a configuration.
+
+    bind and interleave are process memory policies. first-touch is the default policy. For
+    replicate and partition the engine places each copy or slice itself (numatune's engine, a
+    NUMA build of ktransformers), so the process only gets its CPUs; an engine that cannot place
+    memory itself gets them as an interleave over the nodes, the closest it can come.
+    """
+    if config.policy in ("bind", "interleave"):
+        return ProcessPlacement(config.cpus, config.policy, config.nodes)
+    if config.policy in ("replicate", "partition") and not engine_places_memory:
+        return ProcessPlacement(config.cpus, "interleave", config.nodes)
+    return ProcessPlacement(config.cpus, "default", ())

@@ -1,0 +1,159 @@
+"""Tuning results on disk: keyed by a host fingerprint, written atomically."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .config import Configuration
+from .errors import NumatuneError
+from .stats import Measurement
+from .topology import Topology
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What makes a measurement comparable: CPU model, topology, memory, kernel."""
+
+    cpu_model: str
+    packages: int
+    cores: int
+    pus: int
+    nodes: tuple[tuple[int, tuple[int, ...]], ...]       # node → CPUs
+    memory_gib: int
+    kernel: str
+
+    @property
+    def host_id(self) -> str:
+        text = json.dumps(self.to_json(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def differences(self, other: "Fingerprint") -> list[str]:
+        mine, theirs = self.to_json(), other.to_json()
+        return [f"{key}: {theirs[key]!r} → {mine[key]!r}" for key in mine if mine[key] != theirs.get(key)]
+
+    def to_json(self) -> dict:
+        return {"cpu_model": self.cpu_model, "packages": self.packages, "cores": self.cores, "pus": self.pus,
+                "nodes": {str(n): list(c) for n, c in self.nodes}, "memory_gib": self.memory_gib,
+                "kernel": self.kernel}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Fingerprint":
+        return cls(data["cpu_model"], int(data["packages"]), int(data["cores"]), int(data["pus"]),
+                   tuple((int(n), tuple(c)) for n, c in sorted(data["nodes"].items(), key=lambda i: int(i[0]))),
+                   int(data["memory_gib"]), data["kernel"])
+
+
+def fingerprint(topology: Topology, kernel: Optional[str] = None) -> Fingerprint:
+    """The kernel release is this machine's (`platform.release()`) unless given (captured roots)."""
+    memory = topology.memory_total_bytes or sum(n.memory_total_bytes for n in topology.nodes)
+    return Fingerprint(
+        cpu_model=topology.isa.model_name or "unknown", packages=topology.packages, cores=topology.cores,
+        pus=topology.pus, nodes=tuple((n.id, tuple(n.cpus)) for n in topology.nodes),
+        memory_gib=round(memory / (1 << 30)), kernel=kernel if kernel is not None else platform.release())
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One configuration measured: decode tokens/s samples, weight GB/s, memory placed."""
+
+    config: Configuration
+    tokens_per_s: Measurement
+    weight_gb_per_s: Optional[Measurement]
+    resident_bytes: int
+    stage: int                       # successive-halving round that measured it (0 = first)
+    error: Optional[str] = None      # set when the trial failed; then the measurements are empty
+
+    def to_json(self) -> dict:
+        return {"config": self.config.to_json(), "tokens_per_s": self.tokens_per_s.to_json(),
+                "weight_gb_per_s": self.weight_gb_per_s.to_json() if self.weight_gb_per_s else None,
+                "resident_bytes": self.resident_bytes, "stage": self.stage, "error": self.error}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Trial":
+        gbps = data.get("weight_gb_per_s")
+        return cls(Configuration.from_json(data["config"]), Measurement.from_json(data["tokens_per_s"]),
+                   Measurement.from_json(gbps) if gbps else None, int(data["resident_bytes"]),
+                   int(data["stage"]), data.get("error"))
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What `numatune tune` saves: the host, the model measured, every trial, and the winner."""
+
+    fingerprint: Fingerprint
+    model: str
+    trials: tuple[Trial, ...]
+    winner: Optional[Trial]
+    runner_up: Optional[Trial]
+    complete: bool                   # False when interrupted: `--resume` continues it
+    created: str                     # ISO 8601 time
+
+    def to_json(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, "host_id": self.fingerprint.host_id,
+                "fingerprint": self.fingerprint.to_json(), "model": self.model,
+                "trials": [t.to_json() for t in self.trials],
+                "winner": self.winner.to_json() if self.winner else None,
+                "runner_up": self.runner_up.to_json() if self.runner_up else None,
+                "complete": self.complete, "created": self.created}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TuneResult":
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        opt = lambda key: Trial.from_json(data[key]) if data.get(key) else None  # noqa: E731
+        return cls(Fingerprint.from_json(data["fingerprint"]), data["model"],
+                   tuple(Trial.from_json(t) for t in data["trials"]), opt("winner"), opt("runner_up"),
+                   bool(data["complete"]), data["created"])
+
+
+def data_dir() -> Path:
+    """$NUMATUNE_DATA, else $XDG_DATA_HOME/numatune, else ~/.local/share/numatune."""
+    if os.environ.get("NUMATUNE_DATA"):
+        return Path(os.environ["NUMATUNE_DATA"])
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "numatune"
+
+
+def default_path(fp: Fingerprint) -> Path:
+    return data_dir() / "results" / f"{fp.host_id}.json"
+
+
+def save_result(result: TuneResult, path: Optional[Path] = None) -> Path:
+    """Writes the result atomically: a temporary file in the same directory, renamed into place."""
+    path = Path(path) if path else default_path(result.fingerprint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(result.to_json(), out, indent=2)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_result(path: Path) -> TuneResult:
+    path = Path(path)
+    try:
+        return TuneResult.from_json(json.loads(path.read_text()))
+    except OSError as exc:
+        raise NumatuneError(f"{path}: cannot read ({exc.strerror})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise NumatuneError(f"{path}: not a numatune tuning result ({exc})") from None
+
+
+def saved_result(fp: Fingerprint) -> Optional[TuneResult]:
+    """The saved result for this host, if any."""
+    path = default_path(fp)
+    return load_result(path) if path.is_file() else None
