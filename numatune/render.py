@@ -32,7 +32,8 @@ def cpulist(cpus: Iterable[int]) -> str:
 
 def topology(t, measured=None) -> None:
     console.print(_machine_tree(t))
-    console.print(_distance_table(t))
+    if any(node.distances for node in t.nodes):
+        console.print(_distance_table(t))
     console.print(_cache_table(t))
     console.print(_context_table(t))
     if t.unknown:
@@ -98,8 +99,8 @@ def _cache_table(t) -> Table:
         if key in seen:
             continue
         seen.add(key)
-        table.add_row(f"L{cache.level}", cache.type, size(cache.size_bytes),
-                      f"{cpulist(cache.cpus)}" + (f"  (×{count})" if count > 1 else ""))
+        shared = (f"{len(cache.cpus)} CPU(s) each, ×{count}" if count > 1 else cpulist(cache.cpus))
+        table.add_row(f"L{cache.level}", cache.type, size(cache.size_bytes), shared)
     return table
 
 
