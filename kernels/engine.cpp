@@ -59,6 +59,8 @@ struct MoeEngine::Scratch {
     std::vector<float> h;             // top_k × intermediate
     std::vector<uint8_t> h_q;         // top_k × activation bytes of intermediate
     std::vector<float> partial;       // groups × hidden (partition)
+    std::vector<float> down_out;      // workers × hidden: each worker's rows of one expert's down
+    size_t down_out_stride = 0;
     std::vector<int> ids;
     std::vector<float> weights;
     size_t h_q_stride = 0;
@@ -212,6 +214,8 @@ int MoeEngine::add_layer(const LayerSource& src) {
     S.h_q_stride = std::max(S.h_q_stride, activation_bytes(src.down_type, src.intermediate));
     S.h_q.resize(std::max(S.h_q.size(), max_k * S.h_q_stride));
     S.partial.resize(std::max(S.partial.size(), groups * src.hidden));
+    S.down_out_stride = std::max<size_t>(S.down_out_stride, src.hidden);
+    S.down_out.resize(S.down_out_stride * pool_->size());
     S.ids.resize(std::max<size_t>(S.ids.size(), k));
     S.weights.resize(std::max<size_t>(S.weights.size(), k));
     layers_.push_back(std::move(layer));
@@ -335,18 +339,16 @@ void MoeEngine::run_experts(Layer& L, const int* ids, const float* weights, int 
         if (r1 <= r0) return;
         float* out = partition ? S.partial.data() + static_cast<size_t>(group) * s.hidden : y;
         std::fill(out + r0, out + r1, 0.0f);
-        float tmp[64];
+        // One long gemv per expert over this worker's rows keeps the prefetcher streaming.
+        float* tmp = S.down_out.data() + static_cast<size_t>(worker) * S.down_out_stride;
         const size_t h_offset = activation_offset(s.down_type, slice.row_begin);
         const int cols = slice.row_end - slice.row_begin;
         for (int j = 0; j < k; ++j) {
             const uint8_t* base = slice.down->data() + ids[j] * slice.down_expert_bytes;
             const void* hq = S.h_q.data() + j * S.h_q_stride + h_offset;
-            for (int r = r0; r < r1; r += 64) {
-                const int rows = std::min(64, r1 - r);
-                q.gemv(s.down_type, base + static_cast<size_t>(r) * slice.down_row_bytes, slice.down_row_bytes,
-                       rows, hq, cols, tmp);
-                for (int i = 0; i < rows; ++i) out[r + i] += weights[j] * tmp[i];
-            }
+            q.gemv(s.down_type, base + static_cast<size_t>(r0) * slice.down_row_bytes, slice.down_row_bytes,
+                   r1 - r0, hq, cols, tmp);
+            for (int r = r0; r < r1; ++r) out[r] += weights[j] * tmp[r - r0];
         }
     };
     pool_->run(down_job);

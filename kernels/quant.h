@@ -187,7 +187,8 @@ inline void q4k_unpack_scales(const uint8_t packed[12], uint32_t words[4]) {
 //  * n > 0 is a whole number of blocks of the weight type (any n > 0 for F32, F16, BF16);
 //  * a row is n weights of the type, contiguous; rows of a matrix are row_stride bytes apart;
 //  * weight rows are 2-byte aligned (4-byte for F32) — always so in GGUF, whose tensor data is
-//    32-byte aligned and whose block sizes are even — and xq is 4-byte aligned;
+//    32-byte aligned and whose block sizes are even — and xq is 4-byte aligned (2-byte for Q8_0
+//    activations, whose 34-byte blocks a buffer may hold at any whole-block offset);
 //  * xq holds activation_bytes(type, n) bytes written by quantize_activation for the same type.
 //    Every variant writes the same bytes, so xq from one variant may be used by another.
 // Nothing else is assumed: vector loads are unaligned, nothing reads past a row or past xq.

