@@ -136,19 +136,20 @@ def bandwidth(probed) -> None:
     kernels = sorted({c.result.kernel for c in cells}, key=("read", "copy", "triad").index)
     cpu_nodes = sorted({c.cpu_node for c in cells})
     memory_nodes = sorted({c.result.memory_node for c in cells})
-    for kernel in kernels:
-        table = Table(title=f"{kernel} GB/s (median ± spread)", show_edge=False,
-                      caption="rows: all cores of a node; columns: memory node")
-        table.add_column("CPU node")
-        for mem in memory_nodes:
-            table.add_column(f"mem {mem}", justify="right")
-        for cpu_node in cpu_nodes:
+    table = Table(title="Memory bandwidth GB/s", caption="median ± spread; rows: all cores of a node",
+                  show_edge=False)
+    table.add_column("CPU node")
+    table.add_column("kernel")
+    for mem in memory_nodes:
+        table.add_column(f"mem {mem}", justify="right")
+    for cpu_node in cpu_nodes:
+        for kernel in kernels:
             row = []
             for mem in memory_nodes:
                 m = probed.matrix.gbps(cpu_node, mem, kernel)
                 row.append(f"{m.median:.1f} ± {m.spread:.1f}")
-            table.add_row(str(cpu_node), *row)
-        console.print(table)
+            table.add_row(str(cpu_node), kernel, *row)
+    console.print(table)
     for node, curve in probed.curves:
         points = "   ".join(f"{len(r.cpus)} thr: {r.gbps.median:.1f}" for r in curve)
         console.print(f"node {node}, read GB/s by threads (local memory): {points}")

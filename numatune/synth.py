@@ -38,13 +38,12 @@ class Preset:
 
 PRESETS = {
     "default": Preset("default", "qwen3moe", 2048, 768, 128, 8, 2,
-                      "Qwen3-30B-A3B expert shapes, 128 experts × 2 layers (0.78 GB at Q4_K_M): "
-                      "quick trials; more layers where the last-level cache is larger"),
+                      "Qwen3-30B-A3B expert shapes (hidden 2048, width 768, top-8), for quick trials"),
     "qwen3-30b-a3b": Preset("qwen3-30b-a3b", "qwen3moe", 2048, 768, 128, 8, 4,
-                            "Qwen3-30B-A3B: all 128 experts, 4 of its 48 layers"),
+                            "Qwen3-30B-A3B (hidden 2048, width 768, top-8), a few of its 48 layers"),
     "deepseek-v3": Preset("deepseek-v3", "deepseek2", 7168, 2048, 16, 8, 2,
-                          "DeepSeek-V3/R1 expert shapes (hidden 7168, width 2048, top-8), "
-                          "16 of 256 experts, 2 of 58 MoE layers"),
+                          "DeepSeek-V3/R1 expert shapes (hidden 7168, width 2048, top-8, sigmoid "
+                          "router), fewer of its 256 experts and 58 MoE layers"),
 }
 
 
@@ -169,3 +168,24 @@ def cached_model(name: str, type_name: str = "Q4_K_M", layers: int | None = None
     if not path.is_file():
         synthesize(path, chosen, type_name)
     return path
+
+
+def layer_bytes(chosen: Preset, type_name: str) -> int:
+    """Bytes of one layer's routed experts in a type (what one pass over all experts reads)."""
+    from .quants import row_bytes
+    gate_t, up_t, down_t = expert_types(type_name)
+    per_expert = (row_bytes(gate_t, chosen.hidden) + row_bytes(up_t, chosen.hidden)) * chosen.intermediate \
+        + row_bytes(down_t, chosen.intermediate) * chosen.hidden
+    return per_expert * chosen.experts
+
+
+def default_model_for(topology, type_name: str = "Q4_K_M") -> Path:
+    """The default preset with enough layers that one pass over all experts reads at least four
+    times the machine's last-level caches (all of them, every socket's), so trials stream from
+    memory rather than from cache."""
+    caches = {(c.level, c.cpus): c.size_bytes or 0 for c in topology.caches if c.type == "Unified"}
+    top = max((level for level, _ in caches), default=0)
+    llc_total = sum(size for (level, _), size in caches.items() if level == top)
+    base = PRESETS["default"]
+    layers = max(base.layers, -(-4 * llc_total // layer_bytes(base, type_name)))
+    return cached_model("default", type_name, layers=layers)
