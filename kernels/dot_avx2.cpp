@@ -256,19 +256,6 @@ __m256 load8(const void* row, int i) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-template <GgmlType kType>
-float tail_dot(const void* row, const float* x, int from, int n) {
-    float sum = 0;
-    for (int i = from; i < n; ++i) {
-        float w;
-        if (kType == GgmlType::F32) w = static_cast<const float*>(row)[i];
-        else if (kType == GgmlType::F16) w = f16_to_f32(static_cast<const uint16_t*>(row)[i]);
-        else w = bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
-        sum += w * x[i];
-    }
-    return sum;
-}
-
 // y[0..R) for R rows starting at `rows`, two accumulators per row.
 template <GgmlType kType, int R>
 void dot_float_rows(const uint8_t* rows, size_t row_stride, const float* x, int n, float* y) {
@@ -284,7 +271,7 @@ void dot_float_rows(const uint8_t* rows, size_t row_stride, const float* x, int 
         }
     }
     for (int r = 0; r < R; ++r) {
-        y[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + tail_dot<kType>(rows + r * row_stride, x, main, n);
+        y[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + float_row_tail_dot<kType>(rows + r * row_stride, x, main, n);
     }
 }
 

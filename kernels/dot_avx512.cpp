@@ -250,19 +250,6 @@ __m512 load16(const void* row, int i) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-template <GgmlType kType>
-float tail_dot(const void* row, const float* x, int from, int n) {
-    float sum = 0;
-    for (int i = from; i < n; ++i) {
-        float w;
-        if (kType == GgmlType::F32) w = static_cast<const float*>(row)[i];
-        else if (kType == GgmlType::F16) w = f16_to_f32(static_cast<const uint16_t*>(row)[i]);
-        else w = bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
-        sum += w * x[i];
-    }
-    return sum;
-}
-
 // y[0..R) for R rows starting at `rows`, two accumulators per row.
 template <GgmlType kType, int R>
 void dot_float_rows(const uint8_t* rows, size_t row_stride, const float* x, int n, float* y) {
@@ -278,7 +265,7 @@ void dot_float_rows(const uint8_t* rows, size_t row_stride, const float* x, int 
         }
     }
     for (int r = 0; r < R; ++r) {
-        y[r] = hsum(_mm512_add_ps(acc[r][0], acc[r][1])) + tail_dot<kType>(rows + r * row_stride, x, main, n);
+        y[r] = hsum(_mm512_add_ps(acc[r][0], acc[r][1])) + float_row_tail_dot<kType>(rows + r * row_stride, x, main, n);
     }
 }
 
@@ -315,7 +302,7 @@ void dot_bf16_rows(const uint8_t* rows, size_t row_stride, const uint16_t* x_hi,
     }
     for (int r = 0; r < R; ++r) {
         y[r] = hsum(_mm512_add_ps(acc[r][0], acc[r][1])) +
-               tail_dot<GgmlType::BF16>(rows + r * row_stride, x, main, n);
+               float_row_tail_dot<GgmlType::BF16>(rows + r * row_stride, x, main, n);
     }
 }
 

@@ -168,6 +168,21 @@ inline Int8Scale int8_scale(float amax) {
     return {amax / 127.0f, inverse};
 }
 
+// Σ w[i]·x[i] over [from, n) of a float row (F32, F16 or BF16): the scalar tail that every
+// vector variant of the float rows finishes with.
+template <GgmlType kType>
+inline float float_row_tail_dot(const void* row, const float* x, int from, int n) {
+    float sum = 0;
+    for (int i = from; i < n; ++i) {
+        float w;
+        if (kType == GgmlType::F32) w = static_cast<const float*>(row)[i];
+        else if (kType == GgmlType::F16) w = f16_to_f32(static_cast<const uint16_t*>(row)[i]);
+        else w = bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
+        sum += w * x[i];
+    }
+    return sum;
+}
+
 // Q4_K's 12 bytes of scales as four 32-bit words of bytes: sc[0..3], sc[4..7], m[0..3], m[4..7].
 // Bytes 0-3 hold sc[0..3] in bits 0-5, 4-7 hold m[0..3]; bytes 8-11 hold the low 4 bits of
 // sc[4..7] (low nibble) and m[4..7] (high nibble), whose top 2 bits sit in bits 6-7 of bytes 0-3
