@@ -20,7 +20,27 @@ inline std::pair<int, int> share(int count, int parts, int index) {
     return {static_cast<int>(begin), static_cast<int>(end)};
 }
 
-inline float silu(float v) { return v / (1.0f + std::exp(-v)); }
+// e^x for the SiLU, in a form the compiler vectorises (no call, no branch): x = n·ln2 + r with
+// |r| ≤ ln2/2, e^r by a degree-6 polynomial (the Cephes expf coefficients), 2^n in the exponent
+// bits. Relative error about 2e-7 over the clamped range, like libm's expf for our purpose.
+inline float exp_approx(float x) {
+    x = std::min(88.0f, std::max(-87.0f, x));
+    const float n = std::nearbyint(x * 1.44269504088896341f);
+    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+inline float silu(float v) { return v / (1.0f + exp_approx(-v)); }
 
 // Rows of gate/up handled as one unit of work: one activation block of the down projection,
 // so a worker can quantize the piece of h it produced without waiting for the others.
