@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -259,7 +260,10 @@ def run_with_isa(isa: str) -> subprocess.CompletedProcess:
              "    print(error); sys.exit(3)\n"
              "print(_kernels.active_isa(), y.tolist())\n")
     env = dict(os.environ, NUMATUNE_ISA=isa)
-    return subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=60)
+    # Run outside the checkout: `python -c` puts the current directory first on sys.path, and the
+    # source tree's numatune/ has no compiled _kernels.
+    return subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=60,
+                          cwd=tempfile.gettempdir())
 
 
 def test_forcing_an_isa_the_cpu_lacks_is_a_clean_error():
