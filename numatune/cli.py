@@ -219,5 +219,61 @@ def model_synth_command(
     return 0
 
 
+def _saved_for(topology, from_file: Optional[Path], root: str):
+    """A tuning result: the file given, else the one saved for this host (live machine only)."""
+    from . import store
+    if from_file is not None:
+        return store.load_result(from_file)
+    return store.saved_result(store.fingerprint(topology)) if root == "/" else None
+
+
+@app.command("recommend")
+def recommend_command(
+    engine: str = typer.Option(..., "--engine", help="ktransformers, llama.cpp, vllm-cpu, sglang-cpu, openmp, numatune."),
+    model: Optional[str] = typer.Option(None, "--model", help="GGUF file or model profile, e.g. deepseek-r1:Q4_K_M."),
+    engine_bin: Optional[Path] = typer.Option(None, "--engine-bin", help="The engine's binary or extension."),
+    root: str = RootOption,
+    from_file: Optional[Path] = typer.Option(None, "--from", help="A saved tuning result to follow."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> int:
+    """The command to run for an engine, with the reason for each choice and the warnings that apply."""
+    from .engines import ENGINES, inspect_engine
+    from .models import resolve_model
+    from .recommend import recommend
+    topology = _probe(root)
+    install = inspect_engine(engine, engine_bin) if engine in ENGINES and (engine_bin or root == "/") else None
+    result = recommend(topology, engine, resolve_model(model) if model else None,
+                       _saved_for(topology, from_file, root), install)
+    if as_json:
+        _emit_json(result.to_json())
+    else:
+        render.recommendation(result)
+    return 0
+
+
+@app.command("launch", context_settings={"allow_interspersed_args": False})
+def launch_command(
+    command: List[str] = typer.Argument(..., help="The command to run, after --."),
+    engine: str = typer.Option("openmp", "--engine", help="Engine profile that says how to pass threads."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model (for the memory fit)."),
+    from_file: Optional[Path] = typer.Option(None, "--from", help="A saved tuning result to follow."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact command and environment only."),
+    root: str = RootOption,
+) -> int:
+    """Run a command placed as the recommendation (or a saved result) says; exit status passed through."""
+    from .launch import print_plan, run
+    from .models import resolve_model
+    from .recommend import recommend
+    topology = _probe(root)
+    chosen = recommend(topology, engine, resolve_model(model) if model else None,
+                       _saved_for(topology, from_file, root), None, tuple(command))
+    for warning in chosen.plan.warnings:
+        print(f"numatune: {warning}", file=sys.stderr)
+    if dry_run:
+        print_plan(chosen.plan)
+        return 0
+    return run(chosen.plan)
+
+
 if __name__ == "__main__":
     app()

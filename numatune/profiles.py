@@ -5,6 +5,7 @@ Every problem is a ProfileError naming the file and the field, in one line.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -170,3 +171,121 @@ def find_model_profile(name: str, directory: Path | None = None) -> ModelProfile
         if wanted == profile.name or wanted in (a.lower() for a in profile.aliases):
             return profile
     raise ProfileError(f"no model profile named '{name}' (known: {', '.join(sorted(profiles))})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine profiles: how a configuration becomes a command for each target engine.
+
+TEMPLATE_VARIABLES = ("threads", "threads_plus_one", "threads_per_node", "nodes", "cpus",
+                      "cpus_by_rank", "ranks", "policy", "program")
+PLACEMENT_CONDITIONS = ("always", "never", "build-flag", "without-build-flag", "tensor-parallel")
+WHEN = ("always", "multi-node", "single-node", "replicate", "tensor-parallel")
+_TEMPLATE_FIELD = re.compile(r"{([^{}]*)}")
+
+
+@dataclass(frozen=True)
+class TemplatedFlag:
+    name: str                 # a flag ("--numa") or an environment variable
+    value: str                # template
+    when: str
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    name: str
+    executable: str
+    numa_aware: str           # yes | no | build-flag
+    build_flag: str | None
+    rebuild: str | None
+    multi_node: str
+    placements: tuple[tuple[str, str], ...]
+    threads_flag: str | None
+    threads_value: str
+    threads_counts: str
+    reserved_threads: int
+    flags: tuple[TemplatedFlag, ...]
+    env: tuple[TemplatedFlag, ...]
+    numactl: bool
+    notes: tuple[str, ...]
+    source: str
+
+    def placement_condition(self, policy: str) -> str:
+        return dict(self.placements).get(policy, "never")
+
+
+def _template(value: Any, where: str, field: str) -> str:
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise ProfileError(f"{where}: field '{field}' must be a string template, got {value!r}")
+    for name in _TEMPLATE_FIELD.findall(str(value)):
+        if name not in TEMPLATE_VARIABLES:
+            raise ProfileError(f"{where}: field '{field}' uses unknown template variable '{{{name}}}' "
+                               f"(known: {', '.join(TEMPLATE_VARIABLES)})")
+    return str(value)
+
+
+def _templated_list(data: dict, key: str, name_key: str, where: str) -> tuple[TemplatedFlag, ...]:
+    items = data.get(key) or []
+    if not isinstance(items, list):
+        raise ProfileError(f"{where}: field '{key}' must be a list")
+    out = []
+    for i, item in enumerate(items):
+        field = f"{key}[{i}]"
+        if not isinstance(item, dict) or not _text(item.get(name_key)):
+            raise ProfileError(f"{where}: field '{field}.{name_key}' is missing")
+        when = item.get("when", "always")
+        if when not in WHEN:
+            raise ProfileError(f"{where}: field '{field}.when' must be one of {', '.join(WHEN)}, got {when!r}")
+        out.append(TemplatedFlag(item[name_key], _template(item.get("value", ""), where, f"{field}.value"), when))
+    return tuple(out)
+
+
+def parse_engine_profile(data: dict, where: str) -> EngineProfile:
+    f = lambda name, check, expected, default=...: _field(data, name, where, check, expected, default)  # noqa: E731
+    # YAML 1.1 reads a bare yes/no as a boolean.
+    aware = {True: "yes", False: "no"}.get(data.get("numa_aware"), data.get("numa_aware"))
+    if aware not in ("yes", "no", "build-flag"):
+        raise ProfileError(f"{where}: field 'numa_aware' must be yes, no or build-flag, got {aware!r}")
+    build = data.get("build") or {}
+    if aware == "build-flag" and not (isinstance(build, dict) and _text(build.get("flag"))):
+        raise ProfileError(f"{where}: field 'build.flag' is missing (numa_aware is build-flag)")
+    placements = f("placements", lambda v: isinstance(v, dict), "a mapping of policy to condition")
+    for policy, condition in placements.items():
+        if policy not in ("first-touch", "interleave", "bind", "replicate", "partition"):
+            raise ProfileError(f"{where}: field 'placements.{policy}' is not a policy")
+        if condition not in PLACEMENT_CONDITIONS:
+            raise ProfileError(f"{where}: field 'placements.{policy}' must be one of "
+                               f"{', '.join(PLACEMENT_CONDITIONS)}, got {condition!r}")
+    threads = f("threads", lambda v: isinstance(v, dict), "a mapping")
+    reserved = threads.get("reserved_threads", 0)
+    if not _count(reserved):
+        raise ProfileError(f"{where}: field 'threads.reserved_threads' must be an integer ≥ 0")
+    numactl = f("numactl", lambda v: isinstance(v, bool), "true or false")
+    return EngineProfile(
+        name=f("name", _text, "a non-empty string"),
+        executable=_template(f("executable", _text, "a non-empty string"), where, "executable"),
+        numa_aware=aware, build_flag=build.get("flag") if build else None,
+        rebuild=build.get("rebuild") if build else None,
+        multi_node=f("multi_node", lambda v: v in ("replicate", "tensor-parallel", "threads-only", "none"),
+                     "replicate, tensor-parallel, threads-only or none"),
+        placements=tuple(placements.items()),
+        threads_flag=threads.get("flag"),
+        threads_value=_template(threads.get("value", "{threads}"), where, "threads.value"),
+        threads_counts=str(threads.get("counts", "")), reserved_threads=reserved,
+        flags=_templated_list(data, "flags", "flag", where), env=_templated_list(data, "env", "name", where),
+        numactl=numactl, notes=tuple(str(n) for n in data.get("notes") or ()), source=where)
+
+
+def engine_profiles(directory: Path | None = None) -> dict[str, EngineProfile]:
+    directory = directory or PROFILES_DIR / "engines"
+    out: dict[str, EngineProfile] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        profile = parse_engine_profile(read_yaml(path), str(path))
+        out[profile.name] = profile
+    return out
+
+
+def find_engine_profile(name: str, directory: Path | None = None) -> EngineProfile:
+    profiles = engine_profiles(directory)
+    if name not in profiles:
+        raise ProfileError(f"--engine: no engine profile named '{name}' (known: {', '.join(sorted(profiles))})")
+    return profiles[name]

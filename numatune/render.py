@@ -188,3 +188,12 @@ def bench(result) -> None:
         console.print(f"weight traffic = {result.fraction_of_read:.2f} of the read bandwidth")
     console.print(f"weights read per token: {result.bytes_per_token / 1e6:.1f} MB; placed weights "
                   f"{gib(result.resident_bytes)}, process RSS {gib(result.rss_bytes)}")
+
+
+def recommendation(r) -> None:
+    console.print(f"[bold]{r.engine}[/] ({'from the saved tuning result' if r.source == 'saved' else 'from the topology'}):")
+    console.print(f"  [green]{r.plan.shell()}[/]", soft_wrap=True)
+    for reason in r.reasons:
+        console.print(f"  · {reason}")
+    for warning in r.warnings:
+        console.print(f"  [yellow]warning:[/] {warning}")
