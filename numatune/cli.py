@@ -275,5 +275,109 @@ def launch_command(
     return run(chosen.plan)
 
 
+def _model_choice(topology, model: Optional[str], synthetic: Optional[str], type_name: str):
+    from .trial import ModelChoice
+    if model is not None and synthetic is not None:
+        raise NumatuneError("give at most one of --model FILE.gguf and --synthetic PRESET")
+    if model is not None:
+        return ModelChoice.from_file(model)
+    return ModelChoice.synthetic(topology, synthetic or "default", type_name)
+
+
+def _run_tune(topology, model, budget: float, engine: Optional[str], engine_bin: Optional[Path],
+              out: Optional[Path], resume: bool, quiet: bool):
+    from .engines import ENGINES, inspect_engine
+    from .profiles import find_engine_profile
+    from .tune import TuneInterrupted, tune
+    target = find_engine_profile(engine) if engine else None
+    numa_build = inspect_engine(engine, engine_bin).numa_aware if engine in ENGINES else None
+    progress = render.TuneProgress(budget)
+    try:
+        if quiet:
+            return tune(topology, model, budget, target, numa_build, out, resume)
+        with progress:
+            return tune(topology, model, budget, target, numa_build, out, resume,
+                        on_start=progress.start, on_trial=progress.trial)
+    except TuneInterrupted as stop:
+        from .errors import Interrupted
+        raise Interrupted(f"interrupted: {len(stop.result.trials)} trial(s) kept in {stop.path} "
+                          "(--resume continues)") from None
+
+
+BudgetOption = typer.Option(45.0, "--budget", min=1.0, help="Seconds the search may take (trials stop starting after it).")
+SyntheticOption = typer.Option(None, "--synthetic", help="Generated model preset (default: 'default', sized "
+                               "to this machine's caches).")
+
+
+@app.command("tune")
+def tune_command(
+    model: Optional[str] = typer.Option(None, "--model", help="GGUF file to measure (default: a synthetic model)."),
+    synthetic: Optional[str] = SyntheticOption,
+    type_name: str = typer.Option("Q4_K_M", "--type", help="Weight type of the synthetic model."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Target engine: only what it can do is searched."),
+    engine_bin: Optional[Path] = typer.Option(None, "--engine-bin", help="The target engine's binary or extension."),
+    budget: float = BudgetOption,
+    out: Optional[Path] = typer.Option(None, "--out", help="Result file (default: the data dir, keyed by host)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a saved, interrupted search."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (the saved result)."),
+) -> int:
+    """Search thread counts and memory placements against the bundled engine; save the winner."""
+    topology = _probe("/")
+    run = _run_tune(topology, _model_choice(topology, model, synthetic, type_name), budget, engine,
+                    engine_bin, out, resume, quiet=as_json)
+    if as_json:
+        _emit_json(run.result.to_json())
+    else:
+        render.tune_result(run)
+    return 0 if run.result.winner else 1
+
+
+@app.command("auto")
+def auto_command(
+    model: Optional[str] = typer.Option(None, "--model", help="GGUF file to measure (default: a synthetic model "
+                                        "sized to this machine)."),
+    budget: float = BudgetOption,
+    out: Optional[Path] = typer.Option(None, "--out", help="Result file (default: the data dir, keyed by host)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> int:
+    """Probe, audit, tune and recommend a command for every target engine, in one go."""
+    from .audit import AuditContext, run_audit
+    from .recommend import recommend_all
+    topology = _probe("/")
+    findings = run_audit(topology, AuditContext())
+    if not as_json:
+        render.topology_summary(topology)
+        render.findings(findings)
+    run = _run_tune(topology, _model_choice(topology, model, None, "Q4_K_M"), budget, None, None, out,
+                    False, quiet=as_json)
+    recommendations = recommend_all(topology, None, run.result)
+    if as_json:
+        _emit_json({"schema_version": 1, "findings": [f.to_json() for f in findings],
+                    "result": run.result.to_json(), "saved_to": str(run.path),
+                    "recommendations": {name: r.to_json() for name, r in recommendations.items()}})
+        return 0 if run.result.winner else 1
+    render.tune_result(run)
+    for r in recommendations.values():
+        render.recommendation(r)
+    return 0 if run.result.winner else 1
+
+
+@app.command("check")
+def check_command(
+    baseline: Path = typer.Argument(..., help="A result saved by `numatune tune`/`auto` (--out)."),
+    tolerance: float = typer.Option(0.10, "--tolerance", min=0.0, max=0.9, help="Slowdown allowed, as a fraction."),
+    allow_other_host: bool = typer.Option(False, "--allow-other-host", help="Compare even if the host differs."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> int:
+    """Re-measure a saved winner: exit 1 on a regression beyond the tolerance, 2 on another host or bad input."""
+    from .tune import check
+    outcome = check(_probe("/"), baseline, tolerance, allow_other_host)
+    if as_json:
+        _emit_json(outcome.to_json())
+    else:
+        render.check_outcome(outcome, baseline)
+    return 1 if outcome.regressed else 0
+
+
 if __name__ == "__main__":
     app()

@@ -21,3 +21,9 @@ class ModelError(NumatuneError):
 
 class PlacementError(NumatuneError):
     """Memory or CPUs cannot be placed as asked (names the node)."""
+
+
+class Interrupted(NumatuneError):
+    """Stopped by the user (Ctrl-C); what was done is kept."""
+
+    exit_code = 130

@@ -92,14 +92,20 @@ def build_plan(config: Configuration, profile: EngineProfile, user_argv: Sequenc
         if replaced:
             warnings.append(f"replaced the command's own {flag} {replaced} with {value}")
     env = tuple((e.name, e.value.format(**values)) for e in profile.env if _applies(e, config, multi_node))
+    placement, numactl = placement_for(config, profile)
+    argv = tuple((numactl_args(placement) if numactl else []) + command)
+    return LaunchPlan(argv, env, placement, numactl, tuple(warnings))
+
+
+def placement_for(config: Configuration, profile: EngineProfile) -> tuple[ProcessPlacement, bool]:
+    """How a process running `config` for `profile` is placed, and whether by numactl (True) or
+    by numatune itself before exec (False). Shared by launch and by tune's trials."""
     places_memory = config.policy in ("replicate", "partition")
     placement = process_placement(config, engine_places_memory=places_memory)
     # A NUMA build of a build-flag engine re-binds its own workers: a numactl prefix would only
     # confine it wrongly; engines that bind themselves (profile numactl: false) get none either.
     wants_numactl = profile.numactl and not (profile.numa_aware == "build-flag" and places_memory)
-    numactl = numactl_available() if wants_numactl else None
-    argv = tuple((numactl_args(placement) if numactl else []) + command)
-    return LaunchPlan(argv, env, placement, numactl is not None, tuple(warnings))
+    return placement, bool(wants_numactl and numactl_available())
 
 
 def _set_flag(argv: list[str], flag: str, value: str) -> tuple[list[str], str | None]:

@@ -17,6 +17,7 @@ from .engines import EngineInstall
 from .launch import LaunchPlan, build_plan
 from .models import ModelFootprint
 from .profiles import EngineProfile, engine_profiles, find_engine_profile
+from .search import engine_can
 from .store import TuneResult
 from .topology import Topology
 
@@ -48,12 +49,9 @@ def _node_cores(t: Topology) -> dict[int, tuple[int, ...]]:
 
 
 def _can(profile: EngineProfile, policy: str, numa_build: Optional[bool]) -> bool:
-    condition = profile.placement_condition(policy)
-    if condition == "build-flag":
-        return numa_build is not False
-    if condition == "without-build-flag":
-        return numa_build is False
-    return condition in ("always", "tensor-parallel")
+    """What the engine can do as built; an uninspected build is given the benefit of the doubt
+    (the warnings then say which build the command needs)."""
+    return engine_can(profile, policy, numa_build)
 
 
 def _from_topology(t: Topology, profile: EngineProfile, model: Optional[ModelFootprint],
@@ -87,8 +85,9 @@ def _from_topology(t: Topology, profile: EngineProfile, model: Optional[ModelFoo
         reasons.append(f"bind: threads and memory on node {best} ({len(cores[best])} physical cores)")
         return Configuration(cores[best], "bind", (best,)), reasons
     policy = "interleave" if _can(profile, "interleave", numa_build) else "first-touch"
-    reasons.append(f"{policy} over nodes {nodes}: the weights do not fit one node, so one copy is spread "
-                   "over all of them")
+    why = ("the weights do not fit one node" if available_bytes(t, best) < weights
+           else f"{profile.name} cannot be bound to one node as built")
+    reasons.append(f"{policy} over nodes {nodes}: {why}, so one copy is spread over all of them")
     return Configuration(all_cpus, policy, tuple(nodes)), reasons
 
 

@@ -197,3 +197,72 @@ def recommendation(r) -> None:
         console.print(f"  · {reason}")
     for warning in r.warnings:
         console.print(f"  [yellow]warning:[/] {warning}")
+
+
+class TuneProgress:
+    """rich progress for a search: trials done, best so far, time left."""
+
+    def __init__(self, budget_s: float) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        self.budget_s = budget_s
+        self.progress = Progress(TextColumn("[bold]tune[/]"), BarColumn(), TextColumn("{task.description}"),
+                                 TimeElapsedColumn(), console=console, transient=False)
+        self.task = None
+
+    def __enter__(self) -> "TuneProgress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def start(self, space) -> None:
+        console.print(f"search space: {len(space.candidates)} configurations "
+                      f"({len(space.pruned)} pruned); budget {self.budget_s:.0f} s")
+        self.task = self.progress.add_task("", total=self.budget_s)
+
+    def trial(self, state, trial, left_s: float) -> None:
+        ranked = state.final()
+        best = f"best {ranked[0].tokens_per_s.median:.1f} tok/s ({ranked[0].config.label()})" if ranked else "no winner yet"
+        last = ("failed: " + trial.error) if trial.error else f"{trial.tokens_per_s.median:.1f} tok/s"
+        self.progress.update(self.task, completed=min(self.budget_s, self.budget_s - max(left_s, 0.0)),
+                             description=f"{len(state.trials)} trials, stage {state.stage}; last {last}; "
+                                         f"{best}; {max(left_s, 0):.0f} s left")
+
+
+def tune_result(run) -> None:
+    result = run.result
+    table = Table(title=f"Trials ({result.model})", show_lines=False)
+    for column in ("stage", "configuration", "tok/s (median ± spread, n)", "weight GB/s", "placed"):
+        table.add_column(column)
+    for t in sorted(result.trials, key=lambda t: (-t.stage, -t.tokens_per_s.median)):
+        table.add_row(str(t.stage), t.config.label(),
+                      f"[red]{t.error}[/]" if t.error else t.tokens_per_s.describe(1),
+                      f"{t.weight_gb_per_s.median:.1f}" if t.weight_gb_per_s else "-", gib(t.resident_bytes))
+    console.print(table)
+    if result.winner:
+        console.print(f"[bold green]winner:[/] {result.winner.config.label()} — "
+                      f"{result.winner.tokens_per_s.describe(1)}")
+        if result.runner_up and result.runner_up.tokens_per_s.ties_with(result.winner.tokens_per_s):
+            console.print(f"  tie with {result.runner_up.config.label()} "
+                          f"({result.runner_up.tokens_per_s.describe(1)}): within the noise, the one with fewer "
+                          "threads / less memory wins")
+    else:
+        console.print("[red]no configuration completed a trial[/]")
+    console.print(f"saved to {run.path}")
+
+
+def check_outcome(outcome, path) -> None:
+    verdict = "[red]REGRESSION[/]" if outcome.regressed else "[green]ok[/]"
+    console.print(f"{verdict}: {outcome.baseline.config.label()}")
+    console.print(f"  baseline {outcome.baseline.tokens_per_s.describe(1)}")
+    console.print(f"  now      {outcome.current.tokens_per_s.describe(1)}"
+                  + (f" [red]({outcome.current.error})[/]" if outcome.current.error else ""))
+    console.print(f"  ratio {outcome.ratio:.3f}, tolerance {outcome.tolerance:.0%} (baseline {path})")
+
+
+def topology_summary(t) -> None:
+    console.print(f"[bold]{t.isa.model_name or 'unknown CPU'}[/]: {t.packages} package(s), {len(t.nodes)} NUMA "
+                  f"node(s), {t.cores} cores, {t.pus} hardware threads")
+    for node in t.nodes:
+        console.print(f"  node {node.id}: CPUs {cpulist(node.cpus)}, memory {gib(node.memory_total_bytes)}")

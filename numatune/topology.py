@@ -652,7 +652,9 @@ def _isa(reader: _Reader) -> Isa:
                  for r in records if r.get("flags") or r.get("Features") or r.get("features")]
     # A flag counts only if every CPU has it (hybrid parts may differ between core types).
     flags = set.intersection(*flag_sets) if flag_sets else set()
-    if reader.root.is_live:
+    # py-cpuinfo runs CPUID in a child process (about a second); trial children, which need no
+    # ISA facts, skip it with NUMATUNE_QUICK_PROBE=1.
+    if reader.root.is_live and not os.environ.get("NUMATUNE_QUICK_PROBE"):
         flags |= _py_cpuinfo_flags(reader)
     return Isa(_first_field(records, ("vendor_id", "vendor", "CPU implementer")),
                _first_field(records, ("model name", "cpu", "family")),

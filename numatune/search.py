@@ -1,0 +1,229 @@
+"""The search space of `numatune tune`, and the budgeted, noise-aware search over it.
+
+The space comes from the probe: node sets (each node alone, all nodes together), threads per
+node (a ladder from 1 to the node's cores, plus every hardware thread when the cores have SMT
+siblings), and memory policies. What cannot fit in the nodes' free memory, what the target
+engine cannot do, and thread counts beyond what the cpuset or the CPU quota can run are pruned,
+each with its reason.
+
+The search is successive halving: every candidate gets a short trial; the better part (1/eta)
+goes on to a longer one, and so on, until one stays or the budget ends. The winner is the best
+median, except that a candidate whose difference from it is within the noise of both (a tie)
+wins when it uses fewer threads, then less memory.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional, Sequence
+
+from .capacity import available_bytes, bytes_per_node
+from .config import Configuration
+from .profiles import EngineProfile
+from .store import Trial
+from .topology import Topology
+
+WORKING_MEMORY = 0.05          # headroom over the weights a node must have free
+
+
+@dataclass(frozen=True)
+class Space:
+    candidates: tuple[Configuration, ...]
+    pruned: tuple[tuple[str, str], ...]          # (configuration label, why it was left out)
+
+
+def thread_ladder(cores: int) -> list[int]:
+    """Thread counts per node to try: every count up to 4, then powers of two and the quarters
+    of the core count, always ending with all cores."""
+    counts = {n for n in range(1, min(cores, 4) + 1)}
+    counts |= {2 ** k for k in range(2, int(math.log2(cores)) + 1)} if cores > 4 else set()
+    counts |= {max(1, cores * q // 4) for q in (1, 2, 3, 4)}
+    return sorted(c for c in counts if 1 <= c <= cores)
+
+
+def _memory_nodes_usable(t: Topology) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """node → (one CPU per physical core, every usable hardware thread), for the nodes this
+    process can run on and allocate from."""
+    out = {}
+    for node in t.nodes:
+        usable = t.usable_cpus_of_node(node.id)
+        if usable and node.has_memory and node.id in t.allowed.nodes:
+            out[node.id] = (tuple(t.one_cpu_per_core(usable)), tuple(usable))
+    return out
+
+
+def max_busy_threads(t: Topology) -> int:
+    """Threads that can run at once: the usable CPUs, capped by the cgroup CPU quota if any."""
+    usable = len([c for n in t.nodes for c in t.usable_cpus_of_node(n.id)])
+    quota = getattr(t.allowed, "cpu_quota", None)
+    if quota:
+        usable = min(usable, max(1, math.floor(quota)))
+    return max(1, usable)
+
+
+def engine_can(profile: Optional[EngineProfile], policy: str, numa_build: Optional[bool] = None) -> bool:
+    if profile is None:
+        return True
+    condition = profile.placement_condition(policy)
+    if condition == "build-flag":
+        return numa_build is not False
+    if condition == "without-build-flag":
+        return numa_build is not True
+    return condition in ("always", "tensor-parallel")
+
+
+def build_space(t: Topology, weight_bytes: int, profile: Optional[EngineProfile] = None,
+                numa_build: Optional[bool] = None) -> Space:
+    nodes = _memory_nodes_usable(t)
+    if not nodes:
+        raise ValueError("no node with CPUs and memory that this process may use")
+    limit = max_busy_threads(t)
+    raw: list[Configuration] = []
+    node_sets = [(n,) for n in sorted(nodes)] + ([tuple(sorted(nodes))] if len(nodes) > 1 else [])
+    for node_set in node_sets:
+        cores = min(len(nodes[n][0]) for n in node_set)
+        hw = min(len(nodes[n][1]) for n in node_set)
+        counts = [(c, False) for c in thread_ladder(cores)] + ([(hw, True)] if hw > cores else [])
+        policies = ("bind",) if len(node_set) == 1 else ("first-touch", "interleave", "replicate", "partition")
+        for per_node, smt in counts:
+            cpus = tuple(sorted(c for n in node_set for c in (nodes[n][1] if smt else nodes[n][0][:per_node])))
+            for policy in policies:
+                raw.append(Configuration(cpus, policy, node_set))
+    kept, pruned = [], []
+    for config in raw:
+        why = _prune_reason(t, config, weight_bytes, profile, numa_build, limit)
+        if why:
+            pruned.append((config.label(), why))
+        else:
+            kept.append(config)
+    return Space(tuple(kept), tuple(pruned))
+
+
+def _prune_reason(t, config: Configuration, weight_bytes: int, profile, numa_build, limit: int) -> Optional[str]:
+    if not engine_can(profile, config.policy, numa_build):
+        return f"{profile.name} cannot do {config.policy}" + (
+            f" ({profile.build_flag} build)" if profile.placement_condition(config.policy) == "without-build-flag"
+            else "")
+    if config.threads > limit:
+        return f"{config.threads} threads exceed the {limit} that the cpuset/CPU quota can run at once"
+    worker_nodes = [t.node_of_cpu(c) for c in config.cpus]
+    need = bytes_per_node(config.policy, weight_bytes, list(config.nodes), worker_nodes)
+    for node, needed in sorted(need.items()):
+        have = available_bytes(t, node)
+        if needed * (1 + WORKING_MEMORY) > have:
+            return f"node {node} has {have / 2**30:.1f} GiB free, {config.policy} needs {needed / 2**30:.1f} GiB there"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Successive halving
+
+@dataclass(frozen=True)
+class Stage:
+    tokens: int
+    repeats: int
+
+
+def stage_plan(stage: int, base_tokens: int = 32) -> Stage:
+    """Later stages decode more tokens and repeat more: the noise band narrows as candidates thin."""
+    return Stage(tokens=base_tokens * 2 ** stage, repeats=min(3 + 2 * stage, 9))
+
+
+def rank(trials: Iterable[Trial]) -> list[Trial]:
+    """Best first: by median tok/s; a tie with a better one (within both noise bands) is broken
+    towards fewer threads, then less memory."""
+    ok = sorted((t for t in trials if t.error is None), key=lambda t: -t.tokens_per_s.median)
+    if not ok:
+        return []
+    ranked: list[Trial] = []
+    remaining = ok
+    while remaining:
+        top = remaining[0]
+        tied = [t for t in remaining if t.tokens_per_s.ties_with(top.tokens_per_s)]
+        chosen = min(tied, key=lambda t: (t.config.threads, t.resident_bytes, -t.tokens_per_s.median))
+        ranked.append(chosen)
+        remaining = [t for t in remaining if t is not chosen]
+    return ranked
+
+
+@dataclass
+class SearchState:
+    """What the search has measured so far; the caller saves it when interrupted."""
+
+    trials: list[Trial] = field(default_factory=list)
+    stage: int = 0
+    unmeasured: list[Configuration] = field(default_factory=list)
+    stopped_by_budget: bool = False
+
+    def final(self) -> list[Trial]:
+        """The trials of the deepest stage each configuration reached, ranked."""
+        deepest: dict[Configuration, Trial] = {}
+        for t in self.trials:
+            if t.config not in deepest or t.stage >= deepest[t.config].stage:
+                deepest[t.config] = t
+        top_stage = max((t.stage for t in deepest.values() if t.error is None), default=0)
+        # Compare like with like: only trials of the deepest stage reached compete for the win.
+        return rank(t for t in deepest.values() if t.stage == top_stage)
+
+
+Measure = Callable[[Configuration, int, Stage], Trial]
+
+
+def successive_halving(candidates: Sequence[Configuration], measure: Measure, budget_s: float,
+                       eta: int = 2, base_tokens: int = 32, state: Optional[SearchState] = None,
+                       clock: Callable[[], float] = time.monotonic,
+                       on_trial: Optional[Callable[[SearchState, Trial, float], None]] = None) -> SearchState:
+    """Measures candidates in rounds until one remains or the budget runs out. `measure` runs one
+    trial; trials already in `state` (a resumed search) are reused, not measured again."""
+    state = state or SearchState()
+    done = {(t.config, t.stage): t for t in state.trials}
+    start = clock()
+    alive = list(candidates)
+    stage = 0
+    costs: list[float] = []
+    while alive:
+        plan = stage_plan(stage, base_tokens)
+        state.stage = stage
+        measured: list[Trial] = []
+        for i, config in enumerate(alive):
+            if (config, stage) in done:
+                measured.append(done[(config, stage)])
+                continue
+            left = budget_s - (clock() - start)
+            estimate = (sum(costs) / len(costs)) * (2 ** stage) if costs else 0.0
+            # Always measure at least two candidates of the first stage, so there is a winner.
+            if left <= 0 or (estimate > left and (stage > 0 or len(measured) >= 2)):
+                state.stopped_by_budget = True
+                state.unmeasured = list(alive[i:])
+                break
+            began = clock()
+            trial = measure(config, stage, plan)
+            costs.append((clock() - began) / (2 ** stage))
+            state.trials.append(trial)
+            measured.append(trial)
+            if on_trial:
+                on_trial(state, trial, budget_s - (clock() - start))
+        ranked = rank(measured)
+        if state.stopped_by_budget or len(ranked) <= 1:
+            break
+        keep = max(1, len(ranked) // eta)
+        # A candidate tied with the last one kept goes on too: the noise cannot separate them.
+        while keep < len(ranked) and ranked[keep].tokens_per_s.ties_with(ranked[keep - 1].tokens_per_s) \
+                and keep < max(2, len(ranked) // eta * 2):
+            keep += 1
+        if keep == 1 and len(ranked) > 1 and stage == 0:
+            keep = 2                                    # the final stage compares at least two
+        alive = [t.config for t in ranked[:keep]]
+        if len(alive) == len(measured) and stage > 0:
+            break                                       # nothing eliminated: more rounds cannot help
+        stage += 1
+        if len(alive) == 1:
+            break
+    return state
+
+
+def order_for_budget(candidates: Sequence[Configuration]) -> list[Configuration]:
+    """Most promising first, so a budget that ends early has measured what matters: every node
+    set and policy at its most threads first, then the lower thread counts, higher first."""
+    return sorted(candidates, key=lambda c: (-c.threads, len(c.nodes) == 1, c.policy, c.nodes))

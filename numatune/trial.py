@@ -1,0 +1,114 @@
+"""One trial of the search: the bundled engine decoding in a child process, placed exactly as
+`numatune launch` would place the target engine for the same configuration (a numactl prefix
+when the target's profile uses numactl and it is installed; otherwise CPU affinity and memory
+policy set by numatune in the child before exec).
+
+The child is `python -m numatune.cli bench --json`, run from `/` so that a source checkout in
+the current directory cannot shadow the installed package.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .config import Configuration
+from .errors import NumatuneError
+from .launch import apply_placement, numactl_args, placement_for
+from .profiles import EngineProfile, find_engine_profile
+from .search import Stage
+from .stats import Measurement
+from .store import Trial
+from .sysfs import format_cpulist
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model trials decode: a user's GGUF file, or a synthetic preset (regenerated from its
+    label when the cached file is gone, e.g. on a fresh CI runner)."""
+
+    path: Path
+    label: str               # stored in results: the file's absolute path, or synthetic:PRESET:TYPE:LxE
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ModelChoice":
+        p = Path(path).resolve()
+        if not p.is_file():
+            raise NumatuneError(f"--model: {path}: no such GGUF file")
+        return cls(p, str(p))
+
+    @classmethod
+    def synthetic(cls, topology, preset: str = "default", type_name: str = "Q4_K_M") -> "ModelChoice":
+        from .synth import cached_model, default_model_for
+        path = default_model_for(topology, type_name) if preset == "default" else cached_model(preset, type_name)
+        layers_experts = path.stem.rsplit("-", 1)[-1]          # e.g. 2x128
+        return cls(path, f"synthetic:{preset}:{type_name.upper()}:{layers_experts}")
+
+    @classmethod
+    def from_label(cls, label: str) -> "ModelChoice":
+        if not label.startswith("synthetic:"):
+            return cls.from_file(label)
+        try:
+            _, preset, type_name, shape = label.split(":")
+            layers, experts = (int(x) for x in shape.split("x"))
+        except ValueError:
+            raise NumatuneError(f"model '{label}': not a file path or synthetic:PRESET:TYPE:LAYERSxEXPERTS") from None
+        from .synth import cached_model
+        return cls(cached_model(preset, type_name, layers=layers, experts=experts), label)
+
+
+def trial_argv(model: Path, config: Configuration, stage: Stage) -> list[str]:
+    return [sys.executable, "-m", "numatune.cli", "bench", "--model", str(model),
+            "--cpus", format_cpulist(config.cpus), "--policy", config.policy,
+            "--nodes", format_cpulist(config.nodes), "--tokens", str(stage.tokens),
+            "--repeats", str(stage.repeats), "--no-bandwidth", "--json"]
+
+
+def run_trial(config: Configuration, model: ModelChoice, stage_index: int, stage: Stage,
+              target: Optional[EngineProfile] = None, timeout: float = 600.0) -> Trial:
+    """Runs one trial to completion. A failed child is a Trial with `error` set (its last line
+    of stderr), never an exception: one bad configuration does not stop the search."""
+    target = target or find_engine_profile("numatune")
+    placement, by_numactl = placement_for(config, target)
+    argv = (numactl_args(placement) if by_numactl else []) + trial_argv(model.path, config, stage)
+    env = dict(os.environ, NUMATUNE_QUICK_PROBE="1")
+    preexec = None if by_numactl else (lambda: apply_placement(placement))
+    try:
+        child = subprocess.Popen(argv, env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, preexec_fn=preexec, start_new_session=True)
+    except (OSError, subprocess.SubprocessError) as exc:     # e.g. the kernel refused the placement
+        return _failed(config, stage_index, f"could not start the placed child: {exc}")
+    try:
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill(child)
+        return _failed(config, stage_index, f"timed out after {timeout:.0f} s")
+    except BaseException:               # Ctrl-C: the child is in its own session; stop it too
+        _kill(child)
+        raise
+    if child.returncode != 0:
+        lines = [line for line in (err or "").strip().splitlines() if line.strip()]
+        return _failed(config, stage_index, lines[-1] if lines else f"exit status {child.returncode}")
+    try:
+        data = json.loads(out)
+        return Trial(config, Measurement.from_json(data["tokens_per_s"]),
+                     Measurement.from_json(data["weight_gb_per_s"]), int(data["resident_bytes"]), stage_index)
+    except (ValueError, KeyError, TypeError) as exc:
+        return _failed(config, stage_index, f"unreadable trial output ({exc})")
+
+
+def _kill(child: subprocess.Popen) -> None:
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    child.wait()
+
+
+def _failed(config: Configuration, stage: int, why: str) -> Trial:
+    return Trial(config, Measurement.of([0.0], "tok/s"), None, 0, stage, error=why)

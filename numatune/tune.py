@@ -1,0 +1,133 @@
+"""`numatune tune` and `numatune check`: the search run end to end, saved; and its winner
+re-measured against a saved baseline."""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import store
+from .errors import NumatuneError
+from .profiles import EngineProfile
+from .search import SearchState, Space, build_space, order_for_budget, stage_plan, successive_halving
+from .store import Trial, TuneResult
+from .topology import Topology
+from .trial import ModelChoice, run_trial
+
+ProgressHook = Callable[[SearchState, Trial, float], None]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _result(topology: Topology, model: ModelChoice, state: SearchState, complete: bool) -> TuneResult:
+    ranked = state.final()
+    return TuneResult(store.fingerprint(topology), model.label, tuple(state.trials),
+                      ranked[0] if ranked else None, ranked[1] if len(ranked) > 1 else None,
+                      complete, _now())
+
+
+@dataclass
+class TuneRun:
+    space: Space
+    result: TuneResult
+    path: Path
+    interrupted: bool
+
+
+def tune(topology: Topology, model: ModelChoice, budget_s: float, target: Optional[EngineProfile] = None,
+         numa_build: Optional[bool] = None, out: Optional[Path] = None, resume: bool = False,
+         on_start: Optional[Callable[[Space], None]] = None, on_trial: Optional[ProgressHook] = None,
+         measure=run_trial) -> TuneRun:
+    """Builds the space, searches it within the budget, and saves the result atomically (also
+    when interrupted by Ctrl-C: what was measured is kept, marked incomplete)."""
+    weight_bytes = model.path.stat().st_size
+    space = build_space(topology, weight_bytes, target, numa_build)
+    if not space.candidates:
+        reasons = "; ".join(f"{label}: {why}" for label, why in space.pruned[:3])
+        raise NumatuneError(f"tune: nothing to measure, every configuration was pruned ({reasons})")
+    path = Path(out) if out else store.default_path(store.fingerprint(topology))
+    state = SearchState()
+    if resume:
+        state.trials = list(_resumable(topology, model, path).trials)
+    if on_start:
+        on_start(space)
+    measure_one = lambda config, stage, plan: measure(config, model, stage, plan, target)  # noqa: E731
+    interrupted = False
+    try:
+        successive_halving(order_for_budget(space.candidates), measure_one, budget_s, state=state,
+                           on_trial=on_trial)
+    except KeyboardInterrupt:
+        interrupted = True
+    result = _result(topology, model, state, complete=not interrupted)
+    if result.trials:
+        store.save_result(result, path)
+    if interrupted:
+        raise TuneInterrupted(result, path)
+    return TuneRun(space, result, path, interrupted)
+
+
+class TuneInterrupted(Exception):
+    def __init__(self, result: TuneResult, path: Path) -> None:
+        super().__init__("interrupted")
+        self.result, self.path = result, path
+
+
+def _resumable(topology: Topology, model: ModelChoice, path: Path) -> TuneResult:
+    if not path.is_file():
+        raise NumatuneError(f"--resume: no saved result at {path}")
+    saved = store.load_result(path)
+    differences = store.fingerprint(topology).differences(saved.fingerprint)
+    if differences:
+        raise NumatuneError(f"--resume: {path} was measured on another host ({'; '.join(differences)})")
+    if saved.model != model.label:
+        raise NumatuneError(f"--resume: {path} measured model '{saved.model}', not '{model.label}'")
+    return saved
+
+
+# ---------------------------------------------------------------------------------------------
+# check: CI regression guard
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    baseline: Trial
+    current: Trial
+    tolerance: float
+
+    @property
+    def ratio(self) -> float:
+        base = self.baseline.tokens_per_s.median
+        return self.current.tokens_per_s.median / base if base else 0.0
+
+    @property
+    def regressed(self) -> bool:
+        """Slower by more than the tolerance, and not within the two measurements' noise."""
+        if self.current.error:
+            return True
+        return self.ratio < 1 - self.tolerance and not self.current.tokens_per_s.ties_with(self.baseline.tokens_per_s)
+
+    def to_json(self) -> dict:
+        return {"baseline": self.baseline.to_json(), "current": self.current.to_json(),
+                "ratio": self.ratio, "tolerance": self.tolerance, "regressed": self.regressed}
+
+
+class OtherHost(NumatuneError):
+    pass
+
+
+def check(topology: Topology, baseline_path: Path, tolerance: float, allow_other_host: bool = False,
+          measure=run_trial) -> CheckOutcome:
+    baseline = store.load_result(baseline_path)
+    if baseline.winner is None:
+        raise NumatuneError(f"{baseline_path}: the saved result has no winner to check")
+    differences = store.fingerprint(topology).differences(baseline.fingerprint)
+    if differences and not allow_other_host:
+        raise OtherHost(f"{baseline_path}: measured on another host ({'; '.join(differences)}); "
+                        "--allow-other-host to compare anyway")
+    model = ModelChoice.from_label(baseline.model)
+    winner = baseline.winner
+    # Measure as the baseline's winner was measured: same stage, hence same tokens and repeats.
+    current = measure(winner.config, model, winner.stage, stage_plan(winner.stage), None)
+    return CheckOutcome(winner, current, tolerance)

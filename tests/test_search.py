@@ -1,0 +1,263 @@
+"""The search: its space on generated trees, successive halving with a scripted measurement, and
+real trials, `tune` and `check` on this host with a small generated model."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from numatune.cli import main
+from numatune.config import Configuration
+from numatune.models import resolve_model
+from numatune.profiles import find_engine_profile
+from numatune.search import (SearchState, build_space, rank, stage_plan, successive_halving,
+                             thread_ladder)
+from numatune.stats import Measurement
+from numatune.store import Trial, TuneResult, fingerprint, load_result, save_result
+from numatune.synth import PRESETS, synthesize
+from numatune.sysfs import Root
+from numatune.topology import probe
+from numatune.trial import ModelChoice, run_trial
+from numatune.tune import TuneInterrupted, check, tune
+from treegen import seed_machine, write_tree
+
+GIB = 1 << 30
+R1 = resolve_model("deepseek-r1:Q4_K_M").weight_bytes
+
+
+def tree(tmp_path, **changes):
+    return probe(Root.open(str(write_tree(tmp_path / "root", seed_machine(**changes)))))
+
+
+# ----- the space -------------------------------------------------------------------------------
+
+def test_ladder_covers_one_to_all_cores():
+    assert thread_ladder(1) == [1]
+    assert thread_ladder(2) == [1, 2]
+    assert thread_ladder(32) == [1, 2, 3, 4, 8, 16, 24, 32]
+    assert thread_ladder(24)[-1] == 24 and 12 in thread_ladder(24) and 18 in thread_ladder(24)
+
+
+def test_seed_space_has_every_node_set_policy_and_smt(tmp_path):
+    t = tree(tmp_path)
+    space = build_space(t, R1)
+    configs = space.candidates
+    assert {c.policy for c in configs} == {"bind", "first-touch", "interleave", "replicate", "partition"}
+    assert {c.nodes for c in configs} == {(0,), (1,), (0, 1)}
+    both = [c for c in configs if c.nodes == (0, 1)]
+    assert max(c.threads for c in both) == 128                 # every hardware thread (SMT)
+    assert 64 in {c.threads for c in both}                     # one per physical core
+    for c in configs:
+        per_node = {n: sum(1 for cpu in c.cpus if t.node_of_cpu(cpu) == n) for n in c.nodes}
+        assert len(set(per_node.values())) == 1                # equal threads on each node of the set
+        assert all(t.node_of_cpu(cpu) in c.nodes for cpu in c.cpus)
+    assert not space.pruned
+
+
+def test_what_does_not_fit_is_pruned_with_its_reason(tmp_path):
+    t = tree(tmp_path, memory_per_node=256 * GIB)              # 379 GiB of R1 fits neither one node nor a copy each
+    space = build_space(t, R1)
+    policies = {c.policy for c in space.candidates}
+    assert policies == {"first-touch", "interleave", "partition"}
+    assert any("replicate needs" in why for _, why in space.pruned)
+    assert any("bind needs" in why for _, why in space.pruned)
+
+
+@pytest.mark.parametrize("engine, numa_build, expected", [
+    ("llama.cpp", None, {"bind", "first-touch", "interleave"}),
+    ("ktransformers", False, {"bind", "first-touch", "interleave"}),
+    ("ktransformers", True, {"replicate"}),
+    ("numatune", None, {"bind", "first-touch", "interleave", "replicate", "partition"}),
+])
+def test_the_target_engine_limits_the_policies(tmp_path, engine, numa_build, expected):
+    space = build_space(tree(tmp_path), R1, find_engine_profile(engine), numa_build)
+    assert {c.policy for c in space.candidates} == expected
+
+
+def test_cpu_quota_caps_the_thread_counts(tmp_path):
+    t = tree(tmp_path)
+    if not hasattr(t.allowed, "cpu_quota"):
+        pytest.skip("this probe does not read the CPU quota")
+    limited = replace(t, allowed=replace(t.allowed, cpu_quota=6.0))
+    space = build_space(limited, R1)
+    assert max(c.threads for c in space.candidates) == 6 or max(c.threads for c in space.candidates) <= 6
+    assert any("CPU quota" in why for _, why in space.pruned)
+
+
+# ----- successive halving with a scripted measurement ------------------------------------------
+
+def scripted(speeds: dict, clock: list, cost: float = 1.0, noise: float = 0.01):
+    """A measurement whose median is speeds[threads] and spread ±noise; each trial costs `cost`
+    seconds of the fake clock."""
+    calls = []
+
+    def measure(config, stage, plan):
+        calls.append((config, stage))
+        clock[0] += cost * (2 ** stage)
+        v = speeds[config.threads]
+        return Trial(config, Measurement.of([v * (1 - noise), v, v * (1 + noise)]), None,
+                     config.threads * GIB, stage)
+    return measure, calls
+
+
+def configs(*threads):
+    return [Configuration(tuple(range(n)), "bind", (0,)) for n in threads]
+
+
+def test_halving_finds_the_best_with_fewer_trials_than_the_sweep():
+    clock = [0.0]
+    speeds = {1: 10.0, 2: 19.0, 4: 35.0, 8: 50.0, 16: 61.0, 24: 58.0, 32: 40.0}
+    measure, calls = scripted(speeds, clock)
+    state = successive_halving(configs(*speeds), measure, budget_s=1000, clock=lambda: clock[0])
+    assert state.final()[0].config.threads == 16
+    assert len(calls) < 2 * len(speeds)
+    stages = [stage for _, stage in calls]
+    assert stages.count(0) == len(speeds) and max(stages) >= 1
+    assert stage_plan(1).tokens > stage_plan(0).tokens and stage_plan(1).repeats > stage_plan(0).repeats
+
+
+def test_a_tie_goes_to_fewer_threads():
+    clock = [0.0]
+    measure, _ = scripted({8: 50.0, 16: 50.5, 32: 20.0}, clock, noise=0.02)
+    state = successive_halving(configs(8, 16, 32), measure, budget_s=1000, clock=lambda: clock[0])
+    winner = state.final()[0]
+    assert winner.config.threads == 8                        # 50.5 vs 50.0 is inside ±2 %
+
+
+def test_a_clear_win_is_not_a_tie():
+    a = Trial(configs(8)[0], Measurement.of([50, 50.2, 49.8]), None, GIB, 0)
+    b = Trial(configs(16)[0], Measurement.of([60, 60.2, 59.8]), None, GIB, 0)
+    assert rank([a, b])[0] is b
+
+
+def test_budget_stops_the_search_and_says_so():
+    clock = [0.0]
+    measure, calls = scripted({n: float(n) for n in range(1, 21)}, clock, cost=1.0)
+    state = successive_halving(configs(*range(1, 21)), measure, budget_s=5.5, clock=lambda: clock[0])
+    assert state.stopped_by_budget and len(calls) <= 6 and state.unmeasured
+    assert state.final()                                      # still a winner among those measured
+
+
+def test_failed_trials_never_win():
+    clock = [0.0]
+    measure, _ = scripted({1: 10.0, 2: 20.0}, clock)
+
+    def flaky(config, stage, plan):
+        trial = measure(config, stage, plan)
+        return replace(trial, error="boom") if config.threads == 2 else trial
+    state = successive_halving(configs(1, 2), flaky, budget_s=100, clock=lambda: clock[0])
+    assert state.final()[0].config.threads == 1
+
+
+def test_resumed_search_does_not_measure_again():
+    clock = [0.0]
+    speeds = {1: 10.0, 2: 19.0, 4: 35.0}
+    measure, first_calls = scripted(speeds, clock)
+    state = successive_halving(configs(*speeds), measure, budget_s=1000, clock=lambda: clock[0])
+    again, second_calls = scripted(speeds, clock)
+    successive_halving(configs(*speeds), again, budget_s=1000, clock=lambda: clock[0],
+                       state=SearchState(trials=list(state.trials)))
+    assert first_calls and not second_calls
+
+
+# ----- tune(): saving, Ctrl-C, --resume --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "small.gguf"
+    synthesize(path, replace(PRESETS["default"], hidden=512, intermediate=256, experts=8, top_k=2, layers=2), "Q8_0")
+    return ModelChoice.from_file(path)
+
+
+def test_interrupted_tune_keeps_its_trials_and_resume_continues(tmp_path, small_model):
+    t = tree(tmp_path)
+    out = tmp_path / "result.json"
+    seen = []
+
+    def measure(config, model, stage, plan, target):
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        seen.append(config)
+        return Trial(config, Measurement.of([float(config.threads)] * 3), None, GIB, stage)
+    with pytest.raises(TuneInterrupted) as info:
+        tune(t, small_model, 1000, out=out, measure=measure)
+    saved = load_result(out)
+    assert not saved.complete and len(saved.trials) == 3 and info.value.path == out
+    resumed = []
+
+    def measure_rest(config, model, stage, plan, target):
+        resumed.append((config, stage))
+        return Trial(config, Measurement.of([float(config.threads)] * 3), None, GIB, stage)
+    run = tune(t, small_model, 1000, out=out, resume=True, measure=measure_rest)
+    assert run.result.complete and run.result.winner is not None
+    assert not {(c, 0) for c in seen} & set(resumed)          # the three kept trials are not re-run
+    assert len(run.result.trials) == 3 + len(resumed)
+
+
+def test_resume_refuses_another_model(tmp_path, small_model):
+    t = tree(tmp_path)
+    out = tmp_path / "r.json"
+    other = ModelChoice(small_model.path, "synthetic:default:Q8_0:1x8")
+    result = TuneResult(fingerprint(t), other.label, (Trial(configs(1)[0], Measurement.of([1.0]), None, 0, 0),),
+                        None, None, False, "2026-11-25T00:00:00+00:00")
+    save_result(result, out)
+    with pytest.raises(Exception, match="measured model"):
+        tune(t, small_model, 10, out=out, resume=True, measure=lambda *a: None)
+
+
+# ----- real trials on this host ---------------------------------------------------------------
+
+def host_config(policy="bind"):
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    t = probe(Root.open("/"))
+    return t, Configuration((cpu,), policy, (t.node_of_cpu(cpu),))
+
+
+def test_a_real_trial_decodes_in_a_placed_child(small_model):
+    _, config = host_config()
+    trial = run_trial(config, small_model, 0, stage_plan(0))
+    assert trial.error is None, trial.error
+    assert trial.tokens_per_s.n == stage_plan(0).repeats and trial.tokens_per_s.median > 0
+    assert trial.resident_bytes > 0 and trial.weight_gb_per_s.median > 0
+
+
+def test_a_failing_trial_is_recorded_not_raised(small_model):
+    _, config = host_config()
+    impossible = Configuration(config.cpus, "bind", (4095,))
+    trial = run_trial(impossible, small_model, 0, stage_plan(0))
+    assert trial.error and "\n" not in trial.error
+
+
+def test_tune_and_check_from_the_command_line(tmp_path, small_model, capsys):
+    out = tmp_path / "tuned.json"
+    code = main(["tune", "--model", str(small_model.path), "--budget", "4", "--out", str(out), "--json"])
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    data = json.loads(printed)
+    assert data["winner"] and data["complete"] and out.is_file()
+    assert load_result(out).winner.config.to_json() == data["winner"]["config"]
+
+    # A baseline far faster than anything this host can do is a regression (exit 1) ...
+    fast = json.loads(out.read_text())
+    fast["winner"]["tokens_per_s"]["samples"] = [1e9, 1e9, 1e9]
+    (tmp_path / "fast.json").write_text(json.dumps(fast))
+    assert main(["check", str(tmp_path / "fast.json"), "--json"]) == 1
+    verdict = json.loads(capsys.readouterr()[0])
+    assert verdict["regressed"] and verdict["ratio"] < 0.01
+    # ... and one far slower is not (exit 0).
+    fast["winner"]["tokens_per_s"]["samples"] = [1e-3] * 3
+    (tmp_path / "slow.json").write_text(json.dumps(fast))
+    assert main(["check", str(tmp_path / "slow.json")]) == 0
+
+
+def test_check_on_another_host_is_exit_2(tmp_path, small_model, capsys):
+    t, config = host_config()
+    winner = Trial(config, Measurement.of([5.0] * 3), None, GIB, 0)
+    other = replace(fingerprint(t), cpu_model="Some Other CPU")
+    save_result(TuneResult(other, small_model.label, (winner,), winner, None, True, "x"), tmp_path / "b.json")
+    assert main(["check", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr()[1]
+    assert err.count("\n") == 1 and "another host" in err and "'Some Other CPU' →" in err
