@@ -170,17 +170,92 @@ class SearchState:
 Measure = Callable[[Configuration, int, Stage], Trial]
 
 
+MAX_STAGE = 2                  # the last stage decodes 128 tokens × 7 repeats per candidate
+SMALL_SPACE = 3
+
+
+def search(candidates: Sequence[Configuration], measure: Measure, budget_s: float,
+           state: Optional[SearchState] = None, clock: Callable[[], float] = time.monotonic,
+           on_trial: Optional[Callable[[SearchState, Trial, float], None]] = None) -> SearchState:
+    """Scout, descend, then halve.
+
+    1. Scout: candidates sharing a node set and policy differ only in thread count, which rarely
+       reorders policies, so one short trial per (node set, policy) at its most threads ranks
+       the groups.
+    2. Descend: in the two best groups (and any tied with the best), thread counts are tried from
+       the most down, until two in a row are clearly slower than the group's best (beyond both
+       noise bands): fewer threads than that cannot win on a bandwidth-bound decode, and a tie
+       would already have been found.
+    3. Successive halving over everything measured so far.
+    """
+    state = state or SearchState()
+    if len(candidates) <= SMALL_SPACE:
+        # Halving only pays when it can eliminate: a handful of candidates are simply all
+        # measured at the final length (the search is the sweep).
+        return successive_halving(candidates, measure, budget_s, state=state, clock=clock, on_trial=on_trial,
+                                  first_stage=MAX_STAGE)
+    start = clock()
+    remaining = lambda: budget_s - (clock() - start)  # noqa: E731
+    groups: dict[tuple, list[Configuration]] = {}
+    for config in order_for_budget(candidates):
+        groups.setdefault((config.nodes, config.policy), []).append(config)
+    if len(groups) > 1:
+        scouts = [members[0] for members in groups.values()]
+        successive_halving(scouts, measure, remaining(), state=state, clock=clock, on_trial=on_trial, max_stage=0)
+        if state.stopped_by_budget:
+            return state
+        ranked = rank(t for t in state.trials if t.stage == 0 and t.config in scouts)
+        best = ranked[0].tokens_per_s if ranked else None
+        chosen = [(t.config.nodes, t.config.policy) for i, t in enumerate(ranked)
+                  if i < 2 or t.tokens_per_s.ties_with(best)]
+    else:
+        chosen = list(groups)
+    for key in chosen:
+        if not _descend(groups[key], measure, remaining, state, clock, on_trial):
+            return state
+    measured = list(dict.fromkeys(t.config for t in state.trials if t.stage == 0))
+    return successive_halving(measured, measure, remaining(), state=state, clock=clock, on_trial=on_trial)
+
+
+def _descend(members: list[Configuration], measure: Measure, remaining, state: SearchState, clock,
+             on_trial) -> bool:
+    """Stage-0 trials of one group, most threads first; False when the budget ran out."""
+    done = {t.config: t for t in state.trials if t.stage == 0}
+    best: Optional[Trial] = None
+    worse_in_a_row = 0
+    for config in members:
+        trial = done.get(config)
+        if trial is None:
+            if remaining() <= 0:
+                state.stopped_by_budget = True
+                state.unmeasured = [c for c in members if c not in done]
+                return False
+            trial = measure(config, 0, stage_plan(0))
+            state.trials.append(trial)
+            if on_trial:
+                on_trial(state, trial, remaining())
+        if trial.error is None and (best is None or trial.tokens_per_s.median > best.tokens_per_s.median):
+            best, worse_in_a_row = trial, 0
+        elif trial.error is not None or not trial.tokens_per_s.ties_with(best.tokens_per_s):
+            worse_in_a_row += 1
+            if worse_in_a_row >= 2:
+                break
+    return True
+
+
 def successive_halving(candidates: Sequence[Configuration], measure: Measure, budget_s: float,
                        eta: int = 2, base_tokens: int = 32, state: Optional[SearchState] = None,
                        clock: Callable[[], float] = time.monotonic,
-                       on_trial: Optional[Callable[[SearchState, Trial, float], None]] = None) -> SearchState:
-    """Measures candidates in rounds until one remains or the budget runs out. `measure` runs one
-    trial; trials already in `state` (a resumed search) are reused, not measured again."""
+                       on_trial: Optional[Callable[[SearchState, Trial, float], None]] = None,
+                       max_stage: int = MAX_STAGE, first_stage: int = 0) -> SearchState:
+    """Measures candidates in rounds until one remains, the last stage is done, or the budget
+    runs out. `measure` runs one trial; trials already in `state` (a resumed search, or the
+    scouting round) are reused, not measured again."""
     state = state or SearchState()
     done = {(t.config, t.stage): t for t in state.trials}
     start = clock()
     alive = list(candidates)
-    stage = 0
+    stage = first_stage
     costs: list[float] = []
     while alive:
         plan = stage_plan(stage, base_tokens)
@@ -193,7 +268,7 @@ def successive_halving(candidates: Sequence[Configuration], measure: Measure, bu
             left = budget_s - (clock() - start)
             estimate = (sum(costs) / len(costs)) * (2 ** stage) if costs else 0.0
             # Always measure at least two candidates of the first stage, so there is a winner.
-            if left <= 0 or (estimate > left and (stage > 0 or len(measured) >= 2)):
+            if left <= 0 or (estimate > left and (stage > first_stage or len(measured) >= 2)):
                 state.stopped_by_budget = True
                 state.unmeasured = list(alive[i:])
                 break
@@ -205,7 +280,7 @@ def successive_halving(candidates: Sequence[Configuration], measure: Measure, bu
             if on_trial:
                 on_trial(state, trial, budget_s - (clock() - start))
         ranked = rank(measured)
-        if state.stopped_by_budget or len(ranked) <= 1:
+        if state.stopped_by_budget or len(ranked) <= 1 or stage >= max_stage:
             break
         keep = max(1, len(ranked) // eta)
         # A candidate tied with the last one kept goes on too: the noise cannot separate them.

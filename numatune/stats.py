@@ -51,8 +51,9 @@ class Measurement:
         return self.spread / abs(self.median) if self.median else 0.0
 
     def ties_with(self, other: "Measurement") -> bool:
-        """True when the medians differ by no more than the two noise bands together."""
-        return abs(self.median - other.median) <= self.spread + other.spread
+        """True when the medians differ by no more than the wider of the two noise bands: the
+        difference is within the spread of either measurement."""
+        return abs(self.median - other.median) <= max(self.spread, other.spread)
 
     def describe(self, digits: int = 2) -> str:
         return (f"{self.median:.{digits}f} ± {self.spread:.{digits}f} {self.unit}".rstrip()

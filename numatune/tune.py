@@ -10,7 +10,7 @@ from typing import Callable, Optional
 from . import store
 from .errors import NumatuneError
 from .profiles import EngineProfile
-from .search import SearchState, Space, build_space, order_for_budget, stage_plan, successive_halving
+from .search import SearchState, Space, build_space, search, stage_plan
 from .store import Trial, TuneResult
 from .topology import Topology
 from .trial import ModelChoice, run_trial
@@ -57,8 +57,7 @@ def tune(topology: Topology, model: ModelChoice, budget_s: float, target: Option
     measure_one = lambda config, stage, plan: measure(config, model, stage, plan, target)  # noqa: E731
     interrupted = False
     try:
-        successive_halving(order_for_budget(space.candidates), measure_one, budget_s, state=state,
-                           on_trial=on_trial)
+        search(space.candidates, measure_one, budget_s, state=state, on_trial=on_trial)
     except KeyboardInterrupt:
         interrupted = True
     result = _result(topology, model, state, complete=not interrupted)

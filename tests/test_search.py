@@ -13,8 +13,8 @@ from numatune.cli import main
 from numatune.config import Configuration
 from numatune.models import resolve_model
 from numatune.profiles import find_engine_profile
-from numatune.search import (SearchState, build_space, rank, stage_plan, successive_halving,
-                             thread_ladder)
+from numatune.search import (MAX_STAGE, SearchState, build_space, rank, search, stage_plan,
+                             successive_halving, thread_ladder)
 from numatune.stats import Measurement
 from numatune.store import Trial, TuneResult, fingerprint, load_result, save_result
 from numatune.synth import PRESETS, synthesize
@@ -117,6 +117,43 @@ def test_halving_finds_the_best_with_fewer_trials_than_the_sweep():
     stages = [stage for _, stage in calls]
     assert stages.count(0) == len(speeds) and max(stages) >= 1
     assert stage_plan(1).tokens > stage_plan(0).tokens and stage_plan(1).repeats > stage_plan(0).repeats
+
+
+def grid(tmp_path):
+    """The seed's space with a plausible surface: replicate best at 32 threads per socket."""
+    space = build_space(tree(tmp_path), 50 * GIB).candidates
+    def speed(c):
+        per_node = c.threads / len(c.nodes)
+        local = min(per_node, 32) / (min(per_node, 32) + 4) * (0.9 if per_node > 32 else 1.0)
+        factor = {"bind": 1.0, "replicate": 2.0, "partition": 1.7, "interleave": 1.2, "first-touch": 1.1}
+        return 100 * local * factor[c.policy]
+    return space, speed
+
+
+def test_scouting_search_finds_the_best_of_a_large_space_cheaply(tmp_path):
+    space, speed = grid(tmp_path)
+    clock = [0.0]
+    calls = []
+
+    def measure(config, stage, plan):
+        calls.append((config, stage))
+        clock[0] += 1 + plan.tokens * plan.repeats / 1000
+        v = speed(config)
+        return Trial(config, Measurement.of([v * 0.995, v, v * 1.005]), None, 0, stage)
+    state = search(space, measure, budget_s=1e6, clock=lambda: clock[0])
+    best = max(space, key=speed)
+    assert state.final()[0].config == best
+    first_stage = [c for c, stage in calls if stage == 0]
+    assert len(first_stage) < len(space) // 2                       # scouting skipped most of the space
+    assert {c.policy for c in first_stage} == {c.policy for c in space}   # but saw every policy
+
+
+def test_a_small_space_is_measured_whole_at_the_final_length():
+    clock = [0.0]
+    measure, calls = scripted({1: 10.0, 2: 19.0}, clock)
+    state = search(configs(1, 2), measure, budget_s=1000, clock=lambda: clock[0])
+    assert [stage for _, stage in calls] == [MAX_STAGE, MAX_STAGE]
+    assert state.final()[0].config.threads == 2
 
 
 def test_a_tie_goes_to_fewer_threads():
