@@ -67,6 +67,15 @@ RootOption = typer.Option("/", "--root", help="Machine to read: '/', a captured 
                           "hwloc-gather-topology tarball (.tar.bz2), read in place.")
 
 
+class Objective(str, Enum):
+    latency = "latency"
+    throughput = "throughput"
+
+
+ObjectiveOption = typer.Option(Objective.latency, "--objective", help="latency: one instance, its tokens/s; "
+                               "throughput: also one instance per node, their sum.")
+
+
 def _probe(root: str):
     from .sysfs import Root
     from .topology import probe
@@ -234,6 +243,7 @@ def recommend_command(
     engine_bin: Optional[Path] = typer.Option(None, "--engine-bin", help="The engine's binary or extension."),
     root: str = RootOption,
     from_file: Optional[Path] = typer.Option(None, "--from", help="A saved tuning result to follow."),
+    objective: Objective = ObjectiveOption,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> int:
     """The command to run for an engine, with the reason for each choice and the warnings that apply."""
@@ -243,7 +253,7 @@ def recommend_command(
     topology = _probe(root)
     install = inspect_engine(engine, engine_bin) if engine in ENGINES and (engine_bin or root == "/") else None
     result = recommend(topology, engine, resolve_model(model) if model else None,
-                       _saved_for(topology, from_file, root), install)
+                       _saved_for(topology, from_file, root), install, objective=objective.value)
     if as_json:
         _emit_json(result.to_json())
     else:
@@ -258,6 +268,7 @@ def launch_command(
     model: Optional[str] = typer.Option(None, "--model", help="Model (for the memory fit)."),
     from_file: Optional[Path] = typer.Option(None, "--from", help="A saved tuning result to follow."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact command and environment only."),
+    instance: Optional[int] = typer.Option(None, "--instance", min=0, help="With one instance per node: which one to run."),
     root: str = RootOption,
 ) -> int:
     """Run a command placed as the recommendation (or a saved result) says; exit status passed through."""
@@ -267,12 +278,19 @@ def launch_command(
     topology = _probe(root)
     chosen = recommend(topology, engine, resolve_model(model) if model else None,
                        _saved_for(topology, from_file, root), None, tuple(command))
-    for warning in chosen.plan.warnings:
+    plans = chosen.plans
+    if len(plans) > 1 and instance is None:
+        raise NumatuneError(f"--instance: the configuration runs {len(plans)} instances, one per node; "
+                            f"start each with --instance 0 … {len(plans) - 1}")
+    if instance is not None and instance >= len(plans):
+        raise NumatuneError(f"--instance: {instance} asked, the configuration has {len(plans)} instance(s)")
+    plan = plans[instance or 0]
+    for warning in plan.warnings:
         print(f"numatune: {warning}", file=sys.stderr)
     if dry_run:
-        print_plan(chosen.plan)
+        print_plan(plan)
         return 0
-    return run(chosen.plan)
+    return run(plan)
 
 
 def _model_choice(topology, model: Optional[str], synthetic: Optional[str], type_name: str):
@@ -285,7 +303,7 @@ def _model_choice(topology, model: Optional[str], synthetic: Optional[str], type
 
 
 def _run_tune(topology, model, budget: float, engine: Optional[str], engine_bin: Optional[Path],
-              out: Optional[Path], resume: bool, quiet: bool):
+              out: Optional[Path], resume: bool, quiet: bool, objective: "Objective" = Objective.latency):
     from .engines import ENGINES, inspect_engine
     from .profiles import find_engine_profile
     from .tune import TuneInterrupted, tune
@@ -294,10 +312,10 @@ def _run_tune(topology, model, budget: float, engine: Optional[str], engine_bin:
     progress = render.TuneProgress(budget)
     try:
         if quiet:
-            return tune(topology, model, budget, target, numa_build, out, resume)
+            return tune(topology, model, budget, target, numa_build, out, resume, objective=objective.value)
         with progress:
             return tune(topology, model, budget, target, numa_build, out, resume,
-                        on_start=progress.start, on_trial=progress.trial)
+                        on_start=progress.start, on_trial=progress.trial, objective=objective.value)
     except TuneInterrupted as stop:
         from .errors import Interrupted
         raise Interrupted(f"interrupted: {len(stop.result.trials)} trial(s) kept in {stop.path} "
@@ -319,12 +337,13 @@ def tune_command(
     budget: float = BudgetOption,
     out: Optional[Path] = typer.Option(None, "--out", help="Result file (default: the data dir, keyed by host)."),
     resume: bool = typer.Option(False, "--resume", help="Continue a saved, interrupted search."),
+    objective: Objective = ObjectiveOption,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output (the saved result)."),
 ) -> int:
     """Search thread counts and memory placements against the bundled engine; save the winner."""
     topology = _probe("/")
     run = _run_tune(topology, _model_choice(topology, model, synthetic, type_name), budget, engine,
-                    engine_bin, out, resume, quiet=as_json)
+                    engine_bin, out, resume, quiet=as_json, objective=objective)
     if as_json:
         _emit_json(run.result.to_json())
     else:
@@ -338,6 +357,7 @@ def auto_command(
                                         "sized to this machine)."),
     budget: float = BudgetOption,
     out: Optional[Path] = typer.Option(None, "--out", help="Result file (default: the data dir, keyed by host)."),
+    objective: Objective = ObjectiveOption,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> int:
     """Probe, audit, tune and recommend a command for every target engine, in one go."""
@@ -349,8 +369,8 @@ def auto_command(
         render.topology_summary(topology)
         render.findings(findings)
     run = _run_tune(topology, _model_choice(topology, model, None, "Q4_K_M"), budget, None, None, out,
-                    False, quiet=as_json)
-    recommendations = recommend_all(topology, None, run.result)
+                    False, quiet=as_json, objective=objective)
+    recommendations = recommend_all(topology, None, run.result, objective.value)
     if as_json:
         _emit_json({"schema_version": 1, "findings": [f.to_json() for f in findings],
                     "result": run.result.to_json(), "saved_to": str(run.path),

@@ -26,6 +26,15 @@ class Configuration:
             raise ValueError(f"unknown policy {self.policy!r}")
         if not self.cpus or not self.nodes or self.instances < 1:
             raise ValueError("a configuration needs CPUs, nodes and at least one instance")
+        if self.instances > 1 and (self.policy != "bind" or len(self.nodes) != self.instances):
+            raise ValueError("several instances run one per node, each bound to its node")
+
+    def split(self, node_of_cpu) -> tuple["Configuration", ...]:
+        """One configuration per instance: instance i runs on node i's CPUs, bound to node i."""
+        if self.instances == 1:
+            return (self,)
+        return tuple(Configuration(tuple(c for c in self.cpus if node_of_cpu(c) == node), "bind", (node,))
+                     for node in self.nodes)
 
     @property
     def threads(self) -> int:
@@ -34,7 +43,7 @@ class Configuration:
     def label(self) -> str:
         from .sysfs import format_cpulist
         return (f"{self.policy} nodes={format_cpulist(self.nodes)} threads={self.threads} "
-                f"cpus={format_cpulist(self.cpus)}" + (f" ×{self.instances}" if self.instances > 1 else ""))
+                f"cpus={format_cpulist(self.cpus)}" + (f" ×{self.instances} instances" if self.instances > 1 else ""))
 
     def to_json(self) -> dict:
         return {"cpus": list(self.cpus), "policy": self.policy, "nodes": list(self.nodes),

@@ -32,9 +32,15 @@ class Recommendation:
     reasons: tuple[str, ...]
     warnings: tuple[str, ...]
     source: str                        # "saved" or "topology"
+    instance_plans: tuple[LaunchPlan, ...] = ()    # one per node when the config runs several instances
+
+    @property
+    def plans(self) -> tuple[LaunchPlan, ...]:
+        return self.instance_plans or (self.plan,)
 
     def to_json(self) -> dict:
         return {"engine": self.engine, "config": self.config.to_json(), "command": self.plan.to_json(),
+                "instances": [p.to_json() for p in self.plans],
                 "reasons": list(self.reasons), "warnings": list(self.warnings), "source": self.source}
 
 
@@ -103,22 +109,50 @@ def _from_saved(t: Topology, profile: EngineProfile, saved: TuneResult, model, n
     return config, reasons
 
 
+def _per_instance(t: Topology, profile: EngineProfile, model: Optional[ModelFootprint],
+                  numa_build: Optional[bool]) -> Optional[tuple[Configuration, list[str]]]:
+    """One instance per node, each bound to its node with its own copy: for throughput serving."""
+    cores = _node_cores(t)
+    nodes = sorted(cores)
+    weights = model.weight_bytes if model else 0
+    if len(nodes) < 2 or not _can(profile, "bind", numa_build):
+        return None
+    short = [n for n in nodes if available_bytes(t, n) < weights]
+    if short:
+        return None
+    cpus = tuple(c for n in nodes for c in cores[n])
+    return Configuration(cpus, "bind", tuple(nodes), instances=len(nodes)), [
+        f"throughput: {len(nodes)} instances, one per node, each bound to its node with its own copy "
+        "(no cross-node traffic or synchronisation; spread requests over the instances, each on its own port)"]
+
+
 def recommend(topology: Topology, engine: str, model: Optional[ModelFootprint] = None,
               saved: Optional[TuneResult] = None, install: Optional[EngineInstall] = None,
-              user_argv: tuple[str, ...] = ()) -> Recommendation:
+              user_argv: tuple[str, ...] = (), objective: str = "latency") -> Recommendation:
     profile = find_engine_profile(engine)
     numa_build = install.numa_aware if install is not None else None
+    chosen = _per_instance(topology, profile, model, numa_build) if objective == "throughput" else None
     if saved is not None and saved.winner is not None:
         config, reasons = _from_saved(topology, profile, saved, model, numa_build)
         source = "saved"
+    elif chosen is not None:
+        config, reasons = chosen
+        source = "topology"
     else:
         config, reasons = _from_topology(topology, profile, model, numa_build)
         source = "topology"
-    reasons.append(f"threads: one per physical core, {config.threads} in all"
+    per = config.threads // config.instances
+    reasons.append(f"threads: one per physical core, {per}" + (" per instance" if config.instances > 1 else " in all")
                    + (f" ({profile.threads_flag}: {profile.threads_counts})" if profile.threads_flag else ""))
     plan = build_plan(config, profile, user_argv, topology, numa_build)
+    instance_plans = tuple(build_plan(part, profile, user_argv, topology, numa_build)
+                           for part in config.split(topology.node_of_cpu)) if config.instances > 1 else ()
     warnings = list(plan.warnings) + _warnings(topology, profile, config, model, install, numa_build)
-    return Recommendation(engine, config, plan, tuple(reasons), tuple(warnings), source)
+    if config.instances > 1 and model is not None:
+        warnings.append(f"memory: {config.instances} instances each hold a copy: "
+                        f"{config.instances} × {model.weight_bytes / GIB:.0f} GiB")
+    return Recommendation(engine, config, instance_plans[0] if instance_plans else plan, tuple(reasons),
+                          tuple(warnings), source, instance_plans)
 
 
 def _warnings(t, profile, config, model, install, numa_build) -> list[str]:
@@ -142,5 +176,5 @@ def _warnings(t, profile, config, model, install, numa_build) -> list[str]:
 
 
 def recommend_all(topology: Topology, model: Optional[ModelFootprint] = None,
-                  saved: Optional[TuneResult] = None) -> dict[str, Recommendation]:
-    return {name: recommend(topology, name, model, saved) for name in engine_profiles()}
+                  saved: Optional[TuneResult] = None, objective: str = "latency") -> dict[str, Recommendation]:
+    return {name: recommend(topology, name, model, saved, objective=objective) for name in engine_profiles()}

@@ -192,7 +192,9 @@ def bench(result) -> None:
 
 def recommendation(r) -> None:
     console.print(f"[bold]{r.engine}[/] ({'from the saved tuning result' if r.source == 'saved' else 'from the topology'}):")
-    console.print(f"  [green]{r.plan.shell()}[/]", soft_wrap=True)
+    for i, plan in enumerate(r.plans):
+        prefix = f"instance {i} (node {r.config.nodes[i]}): " if len(r.plans) > 1 else ""
+        console.print(f"  {prefix}[green]{plan.shell()}[/]", soft_wrap=True)
     for reason in r.reasons:
         console.print(f"  · {reason}")
     for warning in r.warnings:

@@ -73,8 +73,15 @@ def engine_can(profile: Optional[EngineProfile], policy: str, numa_build: Option
     return condition in ("always", "tensor-parallel")
 
 
+OBJECTIVES = ("latency", "throughput")
+
+
 def build_space(t: Topology, weight_bytes: int, profile: Optional[EngineProfile] = None,
-                numa_build: Optional[bool] = None) -> Space:
+                numa_build: Optional[bool] = None, objective: str = "latency") -> Space:
+    """`latency`: one engine instance, scored by its tokens/s. `throughput` adds one instance
+    per node (each bound to its node, with its own copy), scored by the instances' sum."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
     nodes = _memory_nodes_usable(t)
     if not nodes:
         raise ValueError("no node with CPUs and memory that this process may use")
@@ -90,6 +97,8 @@ def build_space(t: Topology, weight_bytes: int, profile: Optional[EngineProfile]
             cpus = tuple(sorted(c for n in node_set for c in (nodes[n][1] if smt else nodes[n][0][:per_node])))
             for policy in policies:
                 raw.append(Configuration(cpus, policy, node_set))
+            if objective == "throughput" and len(node_set) > 1:
+                raw.append(Configuration(cpus, "bind", node_set, instances=len(node_set)))
     kept, pruned = [], []
     for config in raw:
         why = _prune_reason(t, config, weight_bytes, profile, numa_build, limit)
@@ -108,7 +117,10 @@ def _prune_reason(t, config: Configuration, weight_bytes: int, profile, numa_bui
     if config.threads > limit:
         return f"{config.threads} threads exceed the {limit} that the cpuset/CPU quota can run at once"
     worker_nodes = [t.node_of_cpu(c) for c in config.cpus]
-    need = bytes_per_node(config.policy, weight_bytes, list(config.nodes), worker_nodes)
+    if config.instances > 1:       # a copy per instance, each on its own node
+        need = {n: weight_bytes for n in config.nodes}
+    else:
+        need = bytes_per_node(config.policy, weight_bytes, list(config.nodes), worker_nodes)
     for node, needed in sorted(need.items()):
         have = available_bytes(t, node)
         if needed * (1 + WORKING_MEMORY) > have:
@@ -198,7 +210,7 @@ def search(candidates: Sequence[Configuration], measure: Measure, budget_s: floa
     remaining = lambda: budget_s - (clock() - start)  # noqa: E731
     groups: dict[tuple, list[Configuration]] = {}
     for config in order_for_budget(candidates):
-        groups.setdefault((config.nodes, config.policy), []).append(config)
+        groups.setdefault((config.nodes, config.policy, config.instances), []).append(config)
     if len(groups) > 1:
         scouts = [members[0] for members in groups.values()]
         successive_halving(scouts, measure, remaining(), state=state, clock=clock, on_trial=on_trial, max_stage=0)
@@ -206,7 +218,7 @@ def search(candidates: Sequence[Configuration], measure: Measure, budget_s: floa
             return state
         ranked = rank(t for t in state.trials if t.stage == 0 and t.config in scouts)
         best = ranked[0].tokens_per_s if ranked else None
-        chosen = [(t.config.nodes, t.config.policy) for i, t in enumerate(ranked)
+        chosen = [(t.config.nodes, t.config.policy, t.config.instances) for i, t in enumerate(ranked)
                   if i < 2 or t.tokens_per_s.ties_with(best)]
     else:
         chosen = list(groups)
@@ -301,4 +313,4 @@ def successive_halving(candidates: Sequence[Configuration], measure: Measure, bu
 def order_for_budget(candidates: Sequence[Configuration]) -> list[Configuration]:
     """Most promising first, so a budget that ends early has measured what matters: every node
     set and policy at its most threads first, then the lower thread counts, higher first."""
-    return sorted(candidates, key=lambda c: (-c.threads, len(c.nodes) == 1, c.policy, c.nodes))
+    return sorted(candidates, key=lambda c: (-c.threads, len(c.nodes) == 1, c.policy, c.nodes, c.instances))

@@ -72,37 +72,75 @@ def trial_argv(model: Path, config: Configuration, stage: Stage) -> list[str]:
 def run_trial(config: Configuration, model: ModelChoice, stage_index: int, stage: Stage,
               target: Optional[EngineProfile] = None, timeout: float = 600.0) -> Trial:
     """Runs one trial to completion. A failed child is a Trial with `error` set (its last line
-    of stderr), never an exception: one bad configuration does not stop the search."""
+    of stderr), never an exception: one bad configuration does not stop the search.
+
+    Several instances (one per node) run as that many children at once; the trial's tokens/s
+    is their sum, repeat by repeat (the aggregate throughput), its memory their sum."""
     target = target or find_engine_profile("numatune")
+    parts = config.split(_node_of_cpu()) if config.instances > 1 else (config,)
+    children = []
+    try:
+        for part in parts:
+            child = _start(part, model, stage, target)
+            if isinstance(child, str):
+                return _failed(config, stage_index, child)
+            children.append(child)
+        outputs = [_finish(child, timeout) for child in children]
+    except BaseException:               # Ctrl-C: the children are in their own sessions; stop them too
+        for child in children:
+            _kill(child)
+        raise
+    failed = [out for out in outputs if isinstance(out, str)]
+    if failed:
+        return _failed(config, stage_index, failed[0])
+    if len(outputs) == 1:
+        tokens, gbps, resident = outputs[0]
+        return Trial(config, tokens, gbps, resident, stage_index)
+    speeds = [sum(values) for values in zip(*(o[0].samples for o in outputs))]
+    gbps = [sum(values) for values in zip(*(o[1].samples for o in outputs))]
+    return Trial(config, Measurement.of(speeds, "tok/s"), Measurement.of(gbps, "GB/s"),
+                 sum(o[2] for o in outputs), stage_index)
+
+
+def _node_of_cpu():
+    from .sysfs import Root
+    from .topology import probe
+    return probe(Root.open("/")).node_of_cpu
+
+
+def _start(config: Configuration, model: ModelChoice, stage: Stage, target: EngineProfile):
     placement, by_numactl = placement_for(config, target)
     argv = (numactl_args(placement) if by_numactl else []) + trial_argv(model.path, config, stage)
     env = dict(os.environ, NUMATUNE_QUICK_PROBE="1")
     preexec = None if by_numactl else (lambda: apply_placement(placement))
     try:
-        child = subprocess.Popen(argv, env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, preexec_fn=preexec, start_new_session=True)
+        return subprocess.Popen(argv, env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, preexec_fn=preexec, start_new_session=True)
     except (OSError, subprocess.SubprocessError) as exc:     # e.g. the kernel refused the placement
-        return _failed(config, stage_index, f"could not start the placed child: {exc}")
+        return f"could not start the placed child: {exc}"
+
+
+def _finish(child: subprocess.Popen, timeout: float):
+    """The child's (tokens/s, weight GB/s, resident bytes), or its error as a string."""
     try:
         out, err = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill(child)
-        return _failed(config, stage_index, f"timed out after {timeout:.0f} s")
-    except BaseException:               # Ctrl-C: the child is in its own session; stop it too
-        _kill(child)
-        raise
+        return f"timed out after {timeout:.0f} s"
     if child.returncode != 0:
         lines = [line for line in (err or "").strip().splitlines() if line.strip()]
-        return _failed(config, stage_index, lines[-1] if lines else f"exit status {child.returncode}")
+        return lines[-1] if lines else f"exit status {child.returncode}"
     try:
         data = json.loads(out)
-        return Trial(config, Measurement.from_json(data["tokens_per_s"]),
-                     Measurement.from_json(data["weight_gb_per_s"]), int(data["resident_bytes"]), stage_index)
+        return (Measurement.from_json(data["tokens_per_s"]), Measurement.from_json(data["weight_gb_per_s"]),
+                int(data["resident_bytes"]))
     except (ValueError, KeyError, TypeError) as exc:
-        return _failed(config, stage_index, f"unreadable trial output ({exc})")
+        return f"unreadable trial output ({exc})"
 
 
 def _kill(child: subprocess.Popen) -> None:
+    if child.poll() is not None:
+        return
     try:
         os.killpg(child.pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -40,11 +40,11 @@ class TuneRun:
 def tune(topology: Topology, model: ModelChoice, budget_s: float, target: Optional[EngineProfile] = None,
          numa_build: Optional[bool] = None, out: Optional[Path] = None, resume: bool = False,
          on_start: Optional[Callable[[Space], None]] = None, on_trial: Optional[ProgressHook] = None,
-         measure=run_trial) -> TuneRun:
+         measure=run_trial, objective: str = "latency") -> TuneRun:
     """Builds the space, searches it within the budget, and saves the result atomically (also
     when interrupted by Ctrl-C: what was measured is kept, marked incomplete)."""
     weight_bytes = model.path.stat().st_size
-    space = build_space(topology, weight_bytes, target, numa_build)
+    space = build_space(topology, weight_bytes, target, numa_build, objective)
     if not space.candidates:
         reasons = "; ".join(f"{label}: {why}" for label, why in space.pruned[:3])
         raise NumatuneError(f"tune: nothing to measure, every configuration was pruned ({reasons})")

@@ -231,3 +231,23 @@ def test_signals_reach_the_child(tiny_root, tmp_path):
     assert ready.exists(), parent.stderr.read() if parent.poll() is not None else "child never started"
     parent.send_signal(signal.SIGTERM)
     assert parent.wait(timeout=30) == 42
+
+
+def test_throughput_recommendation_is_one_command_per_node(seed, capsys, tmp_path):
+    r = recommend(seed, "llama.cpp", resolve_model("qwen3-30b-a3b:Q4_K_M"), objective="throughput")
+    assert r.config.instances == 2 and len(r.plans) == 2
+    assert [p.placement.memory_nodes for p in r.plans] == [(0,), (1,)]
+    assert r.plans[1].placement.cpus == tuple(range(32, 64))
+    root = str(tmp_path / "seed")
+    code, out, err = cli(capsys, "launch", "--root", root, "--engine", "llama.cpp", "--model", "qwen3-30b-a3b:Q4_K_M",
+                         "--dry-run", "--", "llama-server")
+    assert code == 0, err                       # latency: one instance, no --instance needed
+    saved = tmp_path / "tp.json"
+    winner = Trial(r.config, Measurement.of([30.0, 31.0, 29.0]), None, 1 << 30, stage=2)
+    save_result(TuneResult(fingerprint(seed, kernel="6.1"), "m", (winner,), winner, None, True, "x"), saved)
+    code, out, err = cli(capsys, "launch", "--root", root, "--engine", "llama.cpp", "--from", str(saved),
+                         "--dry-run", "--", "llama-server")
+    assert code == 2 and "--instance 0 … 1" in err
+    code, out, err = cli(capsys, "launch", "--root", root, "--engine", "llama.cpp", "--from", str(saved),
+                         "--instance", "1", "--dry-run", "--", "llama-server")
+    assert code == 0 and "32-63" in out

@@ -298,3 +298,20 @@ def test_check_on_another_host_is_exit_2(tmp_path, small_model, capsys):
     assert main(["check", str(tmp_path / "b.json")]) == 2
     err = capsys.readouterr()[1]
     assert err.count("\n") == 1 and "another host" in err and "'Some Other CPU' →" in err
+
+
+# ----- throughput: one instance per node -------------------------------------------------------
+
+def test_throughput_objective_adds_one_instance_per_node(tmp_path):
+    t = tree(tmp_path)
+    latency = build_space(t, 50 * GIB).candidates
+    throughput = build_space(t, 50 * GIB, objective="throughput").candidates
+    assert all(c.instances == 1 for c in latency)
+    multi = [c for c in throughput if c.instances > 1]
+    assert multi and all(c.instances == 2 and c.policy == "bind" and c.nodes == (0, 1) for c in multi)
+    parts = multi[0].split(t.node_of_cpu)
+    assert [p.nodes for p in parts] == [(0,), (1,)]
+    assert all(t.node_of_cpu(cpu) == p.nodes[0] for p in parts for cpu in p.cpus)
+    # A copy per instance must fit on every node.
+    assert not [c for c in build_space(tree(tmp_path / "small", memory_per_node=256 * GIB), R1,
+                                       objective="throughput").candidates if c.instances > 1]
