@@ -377,15 +377,15 @@ def auto_command(
                     "recommendations": {name: r.to_json() for name, r in recommendations.items()}})
         return 0 if run.result.winner else 1
     render.tune_result(run)
-    for r in recommendations.values():
-        render.recommendation(r)
+    render.commands_table(recommendations)
     return 0 if run.result.winner else 1
 
 
 @app.command("check")
 def check_command(
     baseline: Path = typer.Argument(..., help="A result saved by `numatune tune`/`auto` (--out)."),
-    tolerance: float = typer.Option(0.10, "--tolerance", min=0.0, max=0.9, help="Slowdown allowed, as a fraction."),
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", min=0.0, max=0.9, help="Slowdown allowed, as a "
+                                              "fraction (default: 3 × the baseline's relative spread, at least 0.05)."),
     allow_other_host: bool = typer.Option(False, "--allow-other-host", help="Compare even if the host differs."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> int:
@@ -396,6 +396,7 @@ def check_command(
         _emit_json(outcome.to_json())
     else:
         render.check_outcome(outcome, baseline)
+    print(f"numatune: {outcome.reason()}", file=sys.stderr)
     return 1 if outcome.regressed else 0
 
 

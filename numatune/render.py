@@ -261,6 +261,10 @@ def check_outcome(outcome, path) -> None:
     console.print(f"  now      {outcome.current.tokens_per_s.describe(1)}"
                   + (f" [red]({outcome.current.error})[/]" if outcome.current.error else ""))
     console.print(f"  ratio {outcome.ratio:.3f}, tolerance {outcome.tolerance:.0%} (baseline {path})")
+    if outcome.runner_up_now is not None:
+        console.print(f"  runner-up {outcome.runner_up.config.label()}: baseline "
+                      f"{outcome.runner_up.tokens_per_s.describe(1)}, now "
+                      + (outcome.runner_up_now.error or outcome.runner_up_now.tokens_per_s.describe(1)))
 
 
 def topology_summary(t) -> None:
@@ -268,3 +272,16 @@ def topology_summary(t) -> None:
                   f"node(s), {t.cores} cores, {t.pus} hardware threads")
     for node in t.nodes:
         console.print(f"  node {node.id}: CPUs {cpulist(node.cpus)}, memory {gib(node.memory_total_bytes)}")
+
+
+def commands_table(recommendations) -> None:
+    table = Table(title="Recommended commands", show_lines=True)
+    for column in ("engine", "configuration", "command"):
+        table.add_column(column, overflow="fold")
+    for r in recommendations.values():
+        table.add_row(r.engine, r.config.label() + ("\n(saved result)" if r.source == "saved" else ""),
+                      "\n".join(plan.shell() for plan in r.plans))
+    console.print(table)
+    for r in recommendations.values():
+        for warning in r.warnings:
+            console.print(f"  [yellow]{r.engine}:[/] {warning}")

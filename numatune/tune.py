@@ -94,6 +94,8 @@ class CheckOutcome:
     baseline: Trial
     current: Trial
     tolerance: float
+    runner_up: Optional[Trial] = None           # the baseline's runner-up ...
+    runner_up_now: Optional[Trial] = None       # ... re-measured
 
     @property
     def ratio(self) -> float:
@@ -107,17 +109,46 @@ class CheckOutcome:
             return True
         return self.ratio < 1 - self.tolerance and not self.current.tokens_per_s.ties_with(self.baseline.tokens_per_s)
 
+    @property
+    def overtaken(self) -> bool:
+        """The runner-up now beats the winner beyond the noise: time to tune again."""
+        if self.runner_up_now is None or self.runner_up_now.error or self.current.error:
+            return False
+        now, other = self.current.tokens_per_s, self.runner_up_now.tokens_per_s
+        return other.median > now.median and not other.ties_with(now)
+
+    def reason(self) -> str:
+        """One line: the verdict and the numbers behind it."""
+        label = self.baseline.config.label()
+        if self.current.error:
+            return f"regression: {label} failed to run ({self.current.error})"
+        verdict = "regression" if self.regressed else "ok"
+        line = (f"{verdict}: {label} {self.current.tokens_per_s.median:.1f} tok/s vs baseline "
+                f"{self.baseline.tokens_per_s.median:.1f} (ratio {self.ratio:.2f}, tolerance {self.tolerance:.0%})")
+        if self.overtaken:
+            line += f"; the runner-up ({self.runner_up.config.label()}) is now faster: tune again"
+        return line
+
     def to_json(self) -> dict:
         return {"baseline": self.baseline.to_json(), "current": self.current.to_json(),
-                "ratio": self.ratio, "tolerance": self.tolerance, "regressed": self.regressed}
+                "ratio": self.ratio, "tolerance": self.tolerance, "regressed": self.regressed,
+                "runner_up": self.runner_up.to_json() if self.runner_up else None,
+                "runner_up_now": self.runner_up_now.to_json() if self.runner_up_now else None,
+                "overtaken": self.overtaken, "reason": self.reason()}
 
 
 class OtherHost(NumatuneError):
     pass
 
 
-def check(topology: Topology, baseline_path: Path, tolerance: float, allow_other_host: bool = False,
-          measure=run_trial) -> CheckOutcome:
+def default_tolerance(winner: Trial) -> float:
+    """Three times the baseline's relative noise band, at least 5 %: a slowdown the baseline's
+    own repeats would not explain."""
+    return max(0.05, 3 * winner.tokens_per_s.relative_spread)
+
+
+def check(topology: Topology, baseline_path: Path, tolerance: Optional[float] = None,
+          allow_other_host: bool = False, measure=run_trial) -> CheckOutcome:
     baseline = store.load_result(baseline_path)
     if baseline.winner is None:
         raise NumatuneError(f"{baseline_path}: the saved result has no winner to check")
@@ -126,7 +157,9 @@ def check(topology: Topology, baseline_path: Path, tolerance: float, allow_other
         raise OtherHost(f"{baseline_path}: measured on another host ({'; '.join(differences)}); "
                         "--allow-other-host to compare anyway")
     model = ModelChoice.from_label(baseline.model)
-    winner = baseline.winner
-    # Measure as the baseline's winner was measured: same stage, hence same tokens and repeats.
-    current = measure(winner.config, model, winner.stage, stage_plan(winner.stage), None)
-    return CheckOutcome(winner, current, tolerance)
+    # Measure as each was measured: same stage, hence same tokens and repeats.
+    remeasure = lambda t: measure(t.config, model, t.stage, stage_plan(t.stage), None)  # noqa: E731
+    winner, runner_up = baseline.winner, baseline.runner_up
+    current = remeasure(winner)
+    return CheckOutcome(winner, current, default_tolerance(winner) if tolerance is None else tolerance,
+                        runner_up, remeasure(runner_up) if runner_up else None)

@@ -282,12 +282,34 @@ def test_tune_and_check_from_the_command_line(tmp_path, small_model, capsys):
     fast["winner"]["tokens_per_s"]["samples"] = [1e9, 1e9, 1e9]
     (tmp_path / "fast.json").write_text(json.dumps(fast))
     assert main(["check", str(tmp_path / "fast.json"), "--json"]) == 1
-    verdict = json.loads(capsys.readouterr()[0])
+    printed, err = capsys.readouterr()
+    verdict = json.loads(printed)
     assert verdict["regressed"] and verdict["ratio"] < 0.01
+    assert err.startswith("numatune: regression: ") and err.count("\n") == 1
     # ... and one far slower is not (exit 0).
     fast["winner"]["tokens_per_s"]["samples"] = [1e-3] * 3
     (tmp_path / "slow.json").write_text(json.dumps(fast))
     assert main(["check", str(tmp_path / "slow.json")]) == 0
+
+
+def test_check_tolerance_comes_from_the_baseline_spread_and_the_runner_up_is_remeasured(tmp_path, small_model):
+    t, config = host_config()
+    winner = Trial(config, Measurement.of([100.0, 90.0, 110.0, 100.0, 100.0]), None, GIB, 2)
+    runner = Trial(replace(config, policy="first-touch"), Measurement.of([95.0] * 5), None, GIB, 2)
+    save_result(TuneResult(fingerprint(t), small_model.label, (winner, runner), winner, runner, True, "x"),
+                tmp_path / "b.json")
+    speeds = {"bind": 80.0, "first-touch": 99.0}
+    measured = []
+
+    def measure(config, model, stage, plan, target):
+        measured.append((config.policy, stage))
+        return Trial(config, Measurement.of([speeds[config.policy]] * 5), None, GIB, stage)
+    outcome = check(t, tmp_path / "b.json", measure=measure)
+    assert measured == [("bind", 2), ("first-touch", 2)]
+    assert outcome.tolerance == pytest.approx(max(0.05, 3 * winner.tokens_per_s.relative_spread))
+    assert outcome.regressed and outcome.overtaken and "tune again" in outcome.reason()
+    speeds["bind"] = 99.5
+    assert not check(t, tmp_path / "b.json", measure=measure).regressed
 
 
 def test_check_on_another_host_is_exit_2(tmp_path, small_model, capsys):
