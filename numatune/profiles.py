@@ -154,13 +154,17 @@ def parse_model_profile(data: dict, where: str) -> ModelProfile:
     )
 
 
-def model_profiles(directory: Path | None = None) -> dict[str, ModelProfile]:
-    directory = directory or PROFILES_DIR / "models"
-    out: dict[str, ModelProfile] = {}
+def load_profiles(directory: Path, parse: Callable[[dict, str], Any]) -> dict[str, Any]:
+    """Every `*.yaml` of a directory, parsed and validated, by profile name."""
+    out: dict[str, Any] = {}
     for path in sorted(directory.glob("*.yaml")):
-        profile = parse_model_profile(read_yaml(path), str(path))
+        profile = parse(read_yaml(path), str(path))
         out[profile.name] = profile
     return out
+
+
+def model_profiles(directory: Path | None = None) -> dict[str, ModelProfile]:
+    return load_profiles(directory or PROFILES_DIR / "models", parse_model_profile)
 
 
 def find_model_profile(name: str, directory: Path | None = None) -> ModelProfile:
@@ -276,12 +280,7 @@ def parse_engine_profile(data: dict, where: str) -> EngineProfile:
 
 
 def engine_profiles(directory: Path | None = None) -> dict[str, EngineProfile]:
-    directory = directory or PROFILES_DIR / "engines"
-    out: dict[str, EngineProfile] = {}
-    for path in sorted(directory.glob("*.yaml")):
-        profile = parse_engine_profile(read_yaml(path), str(path))
-        out[profile.name] = profile
-    return out
+    return load_profiles(directory or PROFILES_DIR / "engines", parse_engine_profile)
 
 
 def find_engine_profile(name: str, directory: Path | None = None) -> EngineProfile:
