@@ -7,7 +7,7 @@ memory allows it; else one node, bound; else one copy interleaved over all nodes
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from .audit import AuditContext, run_audit
@@ -17,7 +17,7 @@ from .engines import EngineInstall
 from .launch import LaunchPlan, build_plan
 from .models import ModelFootprint
 from .profiles import EngineProfile, engine_profiles, find_engine_profile
-from .search import engine_can
+from .search import engine_can, max_busy_threads
 from .store import TuneResult
 from .topology import Topology
 
@@ -126,6 +126,22 @@ def _per_instance(t: Topology, profile: EngineProfile, model: Optional[ModelFoot
         "(no cross-node traffic or synchronisation; spread requests over the instances, each on its own port)"]
 
 
+def _within_quota(t: Topology, config: Configuration) -> tuple[Configuration, Optional[str]]:
+    """The configuration with no more threads than the CPU quota can run at once, taken evenly
+    from its nodes (a saved result from before a quota change may have more)."""
+    limit = max_busy_threads(t)
+    if config.threads <= limit:
+        return config, None
+    by_node: dict[int, list[int]] = {}
+    for cpu in config.cpus:
+        by_node.setdefault(t.node_of_cpu(cpu), []).append(cpu)
+    per_node = max(1, limit // len(by_node))
+    cpus = tuple(sorted(c for cpus in by_node.values() for c in cpus[:per_node]))
+    quota = getattr(t.allowed, "cpu_quota", None)
+    return replace(config, cpus=cpus), (f"threads capped at {len(cpus)}: the CPU quota ({quota:g} CPUs) cannot run "
+                                        f"{config.threads} at once, and threads beyond it wait for their time slice")
+
+
 def recommend(topology: Topology, engine: str, model: Optional[ModelFootprint] = None,
               saved: Optional[TuneResult] = None, install: Optional[EngineInstall] = None,
               user_argv: tuple[str, ...] = (), objective: str = "latency") -> Recommendation:
@@ -141,6 +157,9 @@ def recommend(topology: Topology, engine: str, model: Optional[ModelFootprint] =
     else:
         config, reasons = _from_topology(topology, profile, model, numa_build)
         source = "topology"
+    config, capped = _within_quota(topology, config)
+    if capped:
+        reasons.append(capped)
     per = config.threads // config.instances
     reasons.append(f"threads: one per physical core, {per}" + (" per instance" if config.instances > 1 else " in all")
                    + (f" ({profile.threads_flag}: {profile.threads_counts})" if profile.threads_flag else ""))
