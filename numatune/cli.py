@@ -318,6 +318,8 @@ def _run_tune(topology, model, budget: float, engine: Optional[str], engine_bin:
                         on_start=progress.start, on_trial=progress.trial, objective=objective.value)
     except TuneInterrupted as stop:
         from .errors import Interrupted
+        if not stop.result.trials:
+            raise Interrupted("interrupted before the first trial finished; nothing saved") from None
         raise Interrupted(f"interrupted: {len(stop.result.trials)} trial(s) kept in {stop.path} "
                           "(--resume continues)") from None
 
@@ -398,6 +400,27 @@ def check_command(
         render.check_outcome(outcome, baseline)
     print(f"numatune: {outcome.reason()}", file=sys.stderr)
     return 1 if outcome.regressed else 0
+
+
+
+@app.command("plan")
+def plan_cli_command(
+    machine: Optional[str] = typer.Option(None, "--machine", help="A machine profile: YAML file or name in "
+                                          "profiles/machines/ (default: this machine, with --bandwidth)."),
+    model: str = typer.Option(..., "--model", help="Model profile with quantization, e.g. deepseek-r1:Q4_K_M."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Target engine profile: only what it can do "
+                                         "is ranked (ktransformers, llama.cpp, numatune, ...)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    top: int = typer.Option(10, "--top", min=1, help="How many configurations to show."),
+    bandwidth: bool = typer.Option(False, "--bandwidth", help="Without --machine: measure this machine's "
+                                   "bandwidth to plan from."),
+    root: str = RootOption,
+    objective: Objective = ObjectiveOption,
+) -> int:
+    """Predict decode tok/s per configuration (roofline) and rank them; predicted vs measured where known."""
+    from .plan import plan_command
+    return plan_command(machine, model, engine, as_json=as_json, top=top, bandwidth=bandwidth, root=root,
+                        objective=objective.value)
 
 
 if __name__ == "__main__":
