@@ -402,7 +402,6 @@ def check_command(
     return 1 if outcome.regressed else 0
 
 
-
 @app.command("plan")
 def plan_cli_command(
     machine: Optional[str] = typer.Option(None, "--machine", help="A machine profile: YAML file or name in "

@@ -285,3 +285,39 @@ def commands_table(recommendations) -> None:
     for r in recommendations.values():
         for warning in r.warnings:
             console.print(f"  [yellow]{r.engine}:[/] {warning}")
+
+
+def plan(result, top=None, engine=None) -> None:
+    """`numatune plan`: ranked predictions, then predicted vs measured where someone measured."""
+    from .plan import threads_argument
+    m = result.machine
+    console.print(f"[bold]{m.name}[/]: {m.description} — {len(m.nodes)} node(s), bandwidth "
+                  f"{m.bandwidth_kind} [dim]({m.source})[/]")
+    console.print(f"{result.model} on {result.engine}: {result.bytes_per_token / 1e9:.2f} GB read per token "
+                  f"({result.traits.reads}), {gib(result.weight_bytes)} per copy")
+    ranked = result.ranked[:top] if top else result.ranked
+    if not ranked:
+        console.print("[red]no configuration can run: every one was left out[/]")
+    table = Table(title="Predicted decode (roofline)", show_edge=False)
+    for column in ("#", "configuration", "threads", "tok/s", "bottleneck", "measured", "eff."):
+        table.add_column(column, justify="right" if column in ("#", "tok/s", "measured", "eff.") else "left")
+    for i, p in enumerate(ranked, 1):
+        measured = f"{p.measured.tokens_per_s:.2f}" if p.measured else ""
+        efficiency = f"{p.efficiency:.2f}" if p.measured else ""
+        table.add_row(str(i), p.config.label(), threads_argument(engine, p.config) or "",
+                      f"{p.tokens_per_s:.2f}", p.bottleneck, measured, efficiency)
+    console.print(table)
+    if result.pruned:
+        console.print(f"[dim]{len(result.pruned)} configuration(s) left out, e.g. {result.pruned[0][0]}: "
+                      f"{result.pruned[0][1]}[/]")
+    if result.observed:
+        seen = Table(title="Measured on this machine vs predicted", show_edge=False)
+        for column in ("configuration", "predicted", "measured", "efficiency", "source"):
+            seen.add_column(column, overflow="fold")
+        for p in result.observed:
+            seen.add_row(f"{p.measured.label}\n[dim]{p.config.label()}[/]", f"{p.tokens_per_s:.2f}",
+                         f"{p.measured.tokens_per_s:.2f}", f"{p.efficiency:.3f}", p.measured.source)
+        console.print(seen)
+    notes = sorted({n for p in list(ranked) + list(result.observed) for n in p.notes})
+    for note in notes:
+        console.print(f"  · {note}")
