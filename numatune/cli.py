@@ -406,7 +406,8 @@ def check_command(
 def plan_cli_command(
     machine: Optional[str] = typer.Option(None, "--machine", help="A machine profile: YAML file or name in "
                                           "profiles/machines/ (default: this machine, with --bandwidth)."),
-    model: str = typer.Option(..., "--model", help="Model profile with quantization, e.g. deepseek-r1:Q4_K_M."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model profile with quantization, e.g. deepseek-r1:Q4_K_M, "
+                                        "or a GGUF file (default without --machine: the model this host was tuned on)."),
     engine: Optional[str] = typer.Option(None, "--engine", help="Target engine profile: only what it can do "
                                          "is ranked (ktransformers, llama.cpp, numatune, ...)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),

@@ -651,18 +651,41 @@ def observation_config(machine: Machine, obs: Observation, engine: Optional[Engi
                       reserved_threads=engine.reserved_threads if engine else 0)
 
 
-def make_plan(machine: Machine, model_spec: str, engine: Optional[EngineProfile],
-              objective: str = "latency") -> Plan:
+def model_sizes(model_spec: str, traits: EngineTraits) -> tuple[str, int, int, int]:
+    """(name, bytes read per token, bytes of one copy, layers) of a model profile with its
+    quantization, or of a GGUF file's MoE layers (routed experts and routers: what the bundled
+    engine reads; for an engine that reads every active weight this undercounts, and says so)."""
     from .models import resolve_model
     footprint = resolve_model(model_spec)
-    if footprint.profile is None:
-        raise NumatuneError(f"--model: plan needs a model profile with a quantization, e.g. deepseek-r1:Q4_K_M "
-                            f"(a GGUF file does not say which weights a token reads): {model_spec}")
+    if footprint.profile is not None:
+        profile, quant = footprint.profile, footprint.quantization
+        layers = profile.moe_layers if traits.reads == "routed-experts" else profile.layers
+        return (footprint.name, cpu_bytes_per_token(profile, quant, traits), cpu_weight_bytes(profile, quant, traits),
+                layers)
+    from .gguf_moe import read_moe_model
+    moe = read_moe_model(footprint.source)
+    per_token = moe.expert_bytes * moe.top_k // moe.experts + moe.router_bytes
+    return footprint.name, per_token, moe.expert_bytes + moe.router_bytes, len(moe.layers)
+
+
+def tune_observations(result, source: str, model_name: str) -> tuple[Observation, ...]:
+    """The trials of a saved `numatune tune` result as observations of the bundled engine: each
+    configuration at the deepest stage it reached (one-instance configurations only)."""
+    deepest: dict = {}
+    for t in result.trials:
+        if t.error is None and t.config.instances == 1 and (
+                t.config not in deepest or t.stage >= deepest[t.config].stage):
+            deepest[t.config] = t
+    return tuple(Observation(f"numatune tune (stage {t.stage}): {c.label()}", "numatune", model_name, c.policy,
+                             c.nodes, c.threads, None, t.tokens_per_s.median, t.resident_bytes / 1e9, source,
+                             f"median of {t.tokens_per_s.n}, spread ±{t.tokens_per_s.spread:.1f} tok/s")
+                 for c, t in deepest.items())
+
+
+def make_plan(machine: Machine, model_spec: str, engine: Optional[EngineProfile],
+              objective: str = "latency") -> Plan:
     traits = traits_of(engine)
-    profile, quant = footprint.profile, footprint.quantization
-    per_token = cpu_bytes_per_token(profile, quant, traits)
-    weights = cpu_weight_bytes(profile, quant, traits)
-    layers = profile.moe_layers if traits.reads == "routed-experts" else profile.layers
+    name, per_token, weights, layers = model_sizes(model_spec, traits)
     kept, pruned = [], []
     for config in candidates(machine, engine, objective):
         why = prune_reason(machine, config, weights, traits)
@@ -672,7 +695,7 @@ def make_plan(machine: Machine, model_spec: str, engine: Optional[EngineProfile]
             kept.append(predict(machine, config, per_token, weights, layers, traits))
     observed = []
     for obs in machine.observations:
-        if engine and obs.engine != engine.name or _model_key(obs.model) != _model_key(footprint.name):
+        if engine and obs.engine != engine.name or _model_key(obs.model) != _model_key(name):
             continue
         config = observation_config(machine, obs, engine)
         observed.append(replace(predict(machine, config, per_token, weights, layers, traits), measured=obs))
@@ -680,7 +703,7 @@ def make_plan(machine: Machine, model_spec: str, engine: Optional[EngineProfile]
     ranked = sorted((replace(p, measured=measured.get(p.config)) for p in kept),
                     key=lambda p: (-p.tokens_per_s, p.config.total_workers, sum(b for _, b in p.resident_bytes)))
     observed.sort(key=lambda p: -p.tokens_per_s)
-    return Plan(machine, footprint.name, engine.name if engine else "generic", per_token, weights,
+    return Plan(machine, name, engine.name if engine else "generic", per_token, weights,
                 tuple(ranked), tuple(pruned), tuple(observed), traits)
 
 
@@ -707,7 +730,7 @@ def threads_argument(engine: Optional[EngineProfile], config: PlanConfig) -> Opt
         return None
 
 
-def plan_command(machine: Optional[str], model: str, engine: Optional[str], as_json: bool = False,
+def plan_command(machine: Optional[str], model: Optional[str], engine: Optional[str], as_json: bool = False,
                  top: Optional[int] = 10, bandwidth: bool = False, root: str = "/",
                  objective: str = "latency", repeats: int = 3) -> int:
     """`numatune plan`: rank configurations for a machine profile, or for this machine as probed."""
@@ -726,6 +749,12 @@ def plan_command(machine: Optional[str], model: str, engine: Optional[str], as_j
         from .topology import probe
         topology = probe(Root.open(root))
         chosen = machine_from_probe(topology, measure_topology(topology, repeats=repeats, kernels=("read",)))
+        model, observed = _this_machine_measured(topology, model, root)
+        if observed:
+            chosen = replace(chosen, observations=observed)
+    if model is None:
+        raise NumatuneError("--model: which model (a profile like deepseek-r1:Q4_K_M, or a GGUF file)? Without "
+                            "--machine, the model of this host's saved tuning result is the default")
     result = make_plan(chosen, model, target, objective)
     if as_json:
         import json
@@ -735,3 +764,21 @@ def plan_command(machine: Optional[str], model: str, engine: Optional[str], as_j
         from . import render
         render.plan(result, top, target)
     return 0
+
+
+def _this_machine_measured(topology, model: Optional[str], root: str):
+    """This host's saved tuning result, when it measured `model` (or when no model is given):
+    the model file it measured, and its trials as observations to set beside the predictions."""
+    from pathlib import Path
+
+    from . import store
+    from .trial import ModelChoice
+    saved = store.saved_result(store.fingerprint(topology)) if root == "/" else None
+    if saved is None:
+        return model, ()
+    if model is None:
+        model = str(ModelChoice.from_label(saved.model).path)
+    elif not (Path(model).is_file() and str(Path(model).resolve()) == saved.model):
+        return model, ()
+    source = str(store.default_path(saved.fingerprint))
+    return model, tune_observations(saved, source, Path(model).name)

@@ -288,3 +288,43 @@ def test_cli_bad_profile_file_is_one_line(capsys, tmp_path):
     code, _, err = run(capsys, "plan", "--machine", str(path), "--model", MODEL)
     assert code == 2 and str(path) in err and "bandwidth.per_core_read_gbps" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# ----- GGUF models and this host's own trials beside the predictions ---------------------------
+
+@pytest.fixture(scope="module")
+def small_gguf(tmp_path_factory):
+    from numatune.synth import PRESETS, synthesize
+    path = tmp_path_factory.mktemp("gguf") / "small.gguf"
+    synthesize(path, replace(PRESETS["default"], hidden=512, intermediate=256, experts=8, top_k=2, layers=2), "Q8_0")
+    return path
+
+
+def test_a_gguf_model_is_sized_from_its_moe_layers(small_gguf):
+    from numatune.gguf_moe import read_moe_model
+    from numatune.plan import make_plan, model_sizes, traits_of
+    moe = read_moe_model(small_gguf)
+    name, per_token, weights, layers = model_sizes(str(small_gguf), traits_of(find_engine_profile("numatune")))
+    assert name == "small.gguf" and layers == 2
+    assert per_token == moe.expert_bytes * 2 // 8 + moe.router_bytes      # top-2 of 8 experts, and the routers
+    assert weights == moe.expert_bytes + moe.router_bytes
+    plan = make_plan(load_machine("seed"), str(small_gguf), find_engine_profile("numatune"))
+    assert plan.bytes_per_token == per_token and plan.ranked
+
+
+def test_saved_trials_are_set_beside_the_predictions(small_gguf):
+    from numatune.config import Configuration
+    from numatune.plan import make_plan, tune_observations
+    from numatune.store import Trial, TuneResult, fingerprint
+    machine = load_machine("seed")
+    bind = Trial(Configuration(tuple(range(16)), "bind", (0,)), Measurement.of([90.0, 100.0, 110.0]), None, 1, 2)
+    early = Trial(bind.config, Measurement.of([50.0] * 3), None, 1, 0)
+    failed = Trial(Configuration(tuple(range(8)), "bind", (0,)), Measurement.of([0.0]), None, 0, 0, error="boom")
+    t = probe(Root.open(str(write_tree(Path(str(small_gguf)).parent / "tree", seed_machine()))))
+    result = TuneResult(fingerprint(t), str(small_gguf), (early, bind, failed), bind, None, True, "x")
+    observed = tune_observations(result, "saved.json", "small.gguf")
+    assert len(observed) == 1 and observed[0].tokens_per_s == 100.0 and observed[0].workers == 16
+    plan = make_plan(replace(machine, observations=observed), str(small_gguf), find_engine_profile("numatune"))
+    assert len(plan.observed) == 1
+    seen = plan.observed[0]
+    assert seen.measured.tokens_per_s == 100.0 and seen.efficiency == pytest.approx(100.0 / seen.tokens_per_s)
