@@ -5,13 +5,18 @@ command or configuration line that fixes it.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from .capacity import available_bytes
 from .engines import EngineInstall
+from .errors import NumatuneError
 from .models import ModelFootprint
+from .pagecache import PageCacheReport, drop_command_for, page_cache_nodes
+from .search import WORKING_MEMORY
 from .sysfs import format_cpulist as _cpus
+from .sysfs import parse_cpulist, parse_cpumask
 from .topology import Topology
 
 SEVERITIES = ("info", "warning", "error")
@@ -41,15 +46,143 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class EngineCommand:
+    """What a command line says about threads and placement, read without running it."""
+
+    argv: tuple[str, ...]
+    threads: int | None = None            # compute threads, counted as --threads counts them
+    thread_flag: str | None = None        # the flag as written, e.g. "--cpu_infer 42"
+    numa_mode: str | None = None          # llama.cpp --numa value ("distribute" when given bare)
+    cpu_nodes: tuple[int, ...] | None = None     # numactl --cpunodebind
+    cpus: tuple[int, ...] | None = None          # numactl --physcpubind, taskset -c
+    memory_mode: str | None = None        # numactl: "bind", "interleave", "preferred" or "local"
+    memory_nodes: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
 class AuditContext:
     """What the user intends to run, as far as they told us."""
 
     engine: EngineInstall | None = None
     model: ModelFootprint | None = None
     threads: int | None = None
+    command: EngineCommand | None = None
+    page_cache: PageCacheReport | None = None     # where the model file's cached pages are
 
 
 Rule = Callable[[Topology, AuditContext], Iterable[Finding]]
+
+# numactl's options that take a value: long name -> short name
+_NUMACTL_OPTIONS = {"--cpunodebind": "-N", "--physcpubind": "-C", "--membind": "-m",
+                    "--interleave": "-i", "--preferred": "-p", "--preferred-many": "-P"}
+_MEMORY_MODES = {"--membind": "bind", "--interleave": "interleave", "--preferred": "preferred",
+                 "--preferred-many": "preferred"}
+# an engine's thread flag and how its value counts compute threads
+_THREAD_FLAGS = {"ktransformers": (("--cpu_infer",), -1), "llama.cpp": (("-t", "--threads"), 0)}
+
+
+def _node_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = parse_cpulist(text.replace("+", ""))
+    except ValueError:
+        raise NumatuneError(f"{flag}: '{text}' is not a CPU or node list like 0-3,8") from None
+    if not values:
+        raise NumatuneError(f"{flag}: empty list")
+    return tuple(values)
+
+
+def _option(argv: list[str], i: int, names: tuple[str, ...]) -> tuple[str | None, int]:
+    """The value of argv[i] if it is one of `names` ("--x V", "--x=V", "-xV"), and the next index."""
+    word = argv[i]
+    for name in names:
+        if word == name:
+            if i + 1 >= len(argv):
+                raise NumatuneError(f"{name}: missing value in the command line")
+            return argv[i + 1], i + 2
+        if word.startswith(name + "="):
+            return word[len(name) + 1:], i + 1
+        attached = word[len(name):]
+        if len(name) == 2 and word.startswith(name) and (attached[:1].isdigit() or attached == "all"):
+            return word[2:], i + 1
+    return None, i
+
+
+def _numactl_option(argv: list[str], i: int, fields: dict) -> int:
+    """Reads one numactl option at argv[i] into `fields`; the index after it."""
+    for long, short in _NUMACTL_OPTIONS.items():
+        value, after = _option(argv, i, (long, short))
+        if value is None:
+            continue
+        if long in _MEMORY_MODES:
+            fields["memory_mode"] = _MEMORY_MODES[long]
+            fields["memory_nodes"] = None if value == "all" else _node_list(value, f"numactl {long}")
+        elif long == "--cpunodebind":
+            fields["cpu_nodes"] = _node_list(value, "numactl --cpunodebind")
+        else:
+            fields["cpus"] = _node_list(value, "numactl --physcpubind")
+        return after
+    if argv[i] in ("-l", "--localalloc"):
+        fields["memory_mode"], fields["memory_nodes"] = "local", None
+    return i + 1
+
+
+def _read_prefix(argv: list[str], fields: dict) -> int:
+    """Reads `numactl …`, `taskset -c …` and `env A=B` prefixes; the index of the engine's program."""
+    i = 0
+    while i < len(argv) and argv[i].rsplit("/", 1)[-1] in ("numactl", "taskset", "env"):
+        tool, i = argv[i].rsplit("/", 1)[-1], i + 1
+        while i < len(argv) and (argv[i].startswith("-") or (tool == "env" and "=" in argv[i])):
+            if tool == "numactl":
+                i = _numactl_option(argv, i, fields)
+                continue
+            value, after = _option(argv, i, ("-c", "--cpu-list")) if tool == "taskset" else (None, i)
+            if value is not None:
+                fields["cpus"] = _node_list(value, "taskset -c")
+            i = after if value is not None else i + 1
+        if tool == "taskset" and "cpus" not in fields and i + 1 < len(argv):
+            # taskset MASK COMMAND: a hexadecimal CPU mask before the program
+            try:
+                fields["cpus"] = tuple(parse_cpumask(argv[i]))
+                i += 1
+            except ValueError:
+                pass
+    return i
+
+
+def _read_engine_flags(engine: str | None, rest: list[str], fields: dict) -> None:
+    """Reads the engine's thread flag (as compute threads) and llama.cpp's --numa mode."""
+    flags, offset = _THREAD_FLAGS.get(engine or "", ((), 0))
+    j = 0
+    while j < len(rest):
+        value, after = _option(rest, j, flags) if flags else (None, j)
+        if value is not None:
+            flag = rest[j].split("=")[0]
+            try:
+                count = int(value)
+            except ValueError:
+                raise NumatuneError(f"{flag}: '{value}' is not a thread count") from None
+            if count + offset < 1:
+                raise NumatuneError(f"{flag}: {count} leaves no compute thread")
+            fields["threads"], fields["thread_flag"] = count + offset, f"{flag} {count}"
+            j = after
+        elif engine == "llama.cpp" and rest[j].startswith("--numa="):
+            fields["numa_mode"] = rest[j].partition("=")[2] or "distribute"
+            j += 1
+        elif engine == "llama.cpp" and rest[j] == "--numa":
+            given = j + 1 < len(rest) and not rest[j + 1].startswith("-")
+            fields["numa_mode"] = rest[j + 1] if given else "distribute"   # a bare --numa distributes
+            j += 2 if given else 1
+        else:
+            j += 1
+
+
+def parse_command(engine: str | None, argv: tuple[str, ...] | list[str]) -> EngineCommand:
+    """Reads a `numactl …`/`taskset -c …` prefix and the engine's thread and --numa flags."""
+    argv = list(argv)
+    fields: dict = {}
+    start = _read_prefix(argv, fields)
+    _read_engine_flags(engine, argv[start:], fields)
+    return EngineCommand(tuple(argv), **fields)
 
 
 def run_audit(topology: Topology, context: AuditContext = AuditContext()) -> tuple[Finding, ...]:
@@ -304,60 +437,382 @@ def node_memory_mismatch(t: Topology, c: AuditContext) -> Iterable[Finding]:
         None)
 
 
+# ---------------------------------------------------------------------------------------------
+# Thread counts: the CPU quota, and how an engine spreads its busy threads over the nodes
+
+
+def busy_threads(c: AuditContext) -> tuple[int, int, str] | None:
+    """(compute threads, extra busy threads, where the count came from) of what the user runs;
+    None when no thread count was given. The extra ones are the engine's `reserved_threads`
+    (ktransformers' submitting thread spins while its workers run)."""
+    if c.threads is not None:
+        compute, where = c.threads, "--threads"
+    elif c.command is not None and c.command.threads is not None:
+        compute, where = c.command.threads, c.command.thread_flag or "command line"
+    else:
+        return None
+    return compute, _reserved_threads(c), where
+
+
+def _reserved_threads(c: AuditContext) -> int:
+    if c.engine is None:
+        return 0
+    from .profiles import find_engine_profile
+    return find_engine_profile(c.engine.engine).reserved_threads
+
+
+def _default_threads(t: Topology, c: AuditContext) -> tuple[int, str] | None:
+    """What the engine runs when not told: (busy threads, why). Both defaults count the whole
+    machine's physical cores, whatever the cgroup allows (ollama #17916 for llama.cpp's)."""
+    if c.engine is None:
+        return None
+    if c.engine.engine == "ktransformers":   # --cpu_infer defaults to physical cores - 3
+        return max(1, t.cores - 3), f"ktransformers' default --cpu_infer (physical cores - 3 = {t.cores - 3})"
+    if c.engine.engine == "llama.cpp":       # -t defaults to the physical cores
+        return t.cores, f"llama.cpp's default -t (the machine's {t.cores} physical cores)"
+    return None
+
+
 def cpu_quota(t: Topology, c: AuditContext) -> Iterable[Finding]:
-    quota = t.allowed.cpu_quota_cpus
-    if quota is None or quota >= len(t.allowed.cpus):
+    quota, limit = t.allowed.cpu_quota, t.quota_threads()
+    if quota is None or limit is None:
+        return
+    quota_evidence = Evidence("cgroup CPU quota", f"{quota:g} CPUs' worth of time per period",
+                              _sources(t, ("cpu.max", "cfs_quota_us")) or "cpu.max / cpu.cfs_quota_us")
+    asked = busy_threads(c)
+    if asked is not None:
+        compute, reserved, where = asked
+        busy, why = compute + reserved, f"{compute} asked ({where})" + (f" + {reserved} spinning" if reserved else "")
+    else:
+        default = _default_threads(t, c)
+        busy, why = default if default else (None, "")
+    if busy is not None and busy > limit:
+        flag = _thread_flag(c.engine.engine, max(1, limit - _reserved_threads(c))) if c.engine else \
+            f"<engine> with {limit} threads"
+        yield Finding(
+            "threads-exceed-cpu-quota", "error",
+            f"{busy} busy threads but the CPU quota runs only {limit} at once",
+            (quota_evidence, Evidence("busy threads", str(busy), why),
+             Evidence("allowed CPUs", _cpus(t.allowed.cpus), ", ".join(t.allowed.sources) or "-")),
+            "The quota is CPU time, not CPUs: every thread still sees all the allowed CPUs, and once the "
+            "group has used its time the kernel stops all of it until the next period. Decode threads "
+            "wait for each other at every layer, so one throttled thread stalls the rest; a llama.cpp "
+            "container with a 4-CPU quota ran about 45 times slower with 8 threads than with 4 "
+            "(ollama #17916).",
+            f"{flag}   (or raise the quota: docker run --cpus {busy})")
+        return
+    if quota >= len(t.allowed.cpus):
         return
     yield Finding(
         "cpu-quota-below-cpuset", "warning",
         f"the CPU quota allows {quota:g} CPUs' worth of time but {len(t.allowed.cpus)} CPUs are visible",
-        (Evidence("cgroup CPU quota", f"{quota:g} CPUs", "cpu.max / cpu.cfs_quota_us"),
-         Evidence("allowed CPUs", _cpus(t.allowed.cpus), ", ".join(t.allowed.sources))),
+        (quota_evidence, Evidence("allowed CPUs", _cpus(t.allowed.cpus), ", ".join(t.allowed.sources))),
         "Engines size their thread pool from the visible CPUs; more busy threads than the quota "
         "can run get throttled every period, and spinning workers collapse throughput.",
-        f"use at most {int(quota)} threads")
+        f"use at most {limit} threads")
+
+
+def _sources(t: Topology, suffixes: tuple[str, ...]) -> str:
+    return ", ".join(s for s in t.allowed.sources if s.endswith(suffixes))
+
+
+@dataclass(frozen=True)
+class ThreadSpread:
+    """Where an engine's busy threads would run: some bound to nodes, the rest placed by the scheduler."""
+
+    busy: int
+    bound: tuple[tuple[int, int], ...]    # (node, threads the engine binds to it)
+    floating: int                         # threads the scheduler places anywhere in `pool`
+    pool: tuple[int, ...]                 # CPUs the process's threads may run on
+    how: str                              # how the engine spreads them, in one sentence
+
+
+def _evenly_by_index(workers: int, nodes: list[int]) -> dict[int, int]:
+    """ktransformers' NUMA build: worker i of W goes to node floor(i * M / W)."""
+    counts = {n: 0 for n in nodes}
+    for i in range(workers):
+        counts[nodes[i * len(nodes) // workers]] += 1
+    return counts
+
+
+def _round_robin(workers: int, nodes: list[int]) -> dict[int, int]:
+    """llama.cpp --numa distribute: thread i runs on node i mod N."""
+    counts = {n: 0 for n in nodes}
+    for i in range(workers):
+        counts[nodes[i % len(nodes)]] += 1
+    return counts
+
+
+def _command_pool(t: Topology, c: AuditContext) -> tuple[int, ...]:
+    pool = set(t.usable_cpus())
+    if c.command is not None and c.command.cpus is not None:
+        pool &= set(c.command.cpus)
+    if c.command is not None and c.command.cpu_nodes is not None:
+        pool &= {cpu for n in c.command.cpu_nodes if n in {m.id for m in t.nodes} for cpu in t.node(n).cpus}
+    return tuple(sorted(pool))
+
+
+def thread_spread(t: Topology, c: AuditContext, compute: int | None = None) -> ThreadSpread | None:
+    """How the given engine places `compute` threads (default: the count the user gave)."""
+    asked = busy_threads(c)
+    if asked is None:
+        return None
+    compute = asked[0] if compute is None else compute
+    reserved = asked[1]
+    pool = _command_pool(t, c)
+    engine = c.engine.engine if c.engine else None
+    if engine == "ktransformers" and c.engine.numa_aware and compute > 0:
+        nodes = [n.id for n in t.nodes if n.has_memory]
+        return ThreadSpread(compute + reserved, tuple(sorted(_evenly_by_index(compute, nodes).items())), reserved,
+                            tuple(t.usable_cpus()),
+                            f"ktransformers' NUMA build binds worker i of {compute} to node ⌊i·{len(nodes)}/{compute}⌋ "
+                            f"of all {len(nodes)} memory nodes (whatever numactl says); its submitting thread "
+                            "spins unbound")
+    numa_mode = c.command.numa_mode if c.command is not None else None
+    if engine == "llama.cpp" and numa_mode == "distribute":
+        nodes = [n.id for n in t.nodes if n.has_cpus]
+        return ThreadSpread(compute + reserved, tuple(sorted(_round_robin(compute, nodes).items())), reserved, pool,
+                            f"llama.cpp --numa distribute runs thread i on node i mod {len(nodes)}")
+    return ThreadSpread(compute + reserved, (), compute + reserved, pool,
+                        "the scheduler places the threads on the CPUs the process may use")
+
+
+def _fits_per_node(t: Topology, spread: ThreadSpread) -> bool:
+    return all(n <= usable_cores(t, node) for node, n in spread.bound) and spread.busy <= len(
+        t.core_groups(spread.pool))
+
+
+def node_oversubscribed(t: Topology, c: AuditContext) -> Iterable[Finding]:
+    """ktransformers PR #685: one socket got more workers than cores and decode fell to ~1 tok/s."""
+    spread = thread_spread(t, c)
+    if spread is None or not spread.bound:
+        return
+    over_cpus = [(node, n) for node, n in spread.bound if n > len(t.usable_cpus_of_node(node))]
+    over_cores = [(node, n) for node, n in spread.bound if n > usable_cores(t, node)]
+    if not over_cores:
+        return
+    compute, _, where = busy_threads(c)
+    evidence = [Evidence(f"node {node}: threads bound / usable physical cores / usable hardware threads",
+                         f"{n} / {usable_cores(t, node)} / {len(t.usable_cpus_of_node(node))}",
+                         _path(t, f"sys/devices/system/node/node{node}/cpulist")) for node, n in spread.bound]
+    evidence.append(Evidence("threads", f"{compute} compute + {spread.busy - compute} spinning", where))
+    worst = over_cpus or over_cores
+    better = next((w for w in range(compute - 1, 0, -1)
+                   if _fits_per_node(t, thread_spread(t, c, w))), None)
+    fix = _thread_flag(c.engine.engine, better) if better and c.engine else (
+        f"use at most {better} threads" if better else "use fewer threads")
+    if over_cpus:
+        explanation = ("More threads are bound to the node than it has hardware threads: they take turns on "
+                       "its CPUs while the other nodes' cores idle. Decode threads meet at a barrier after "
+                       "every expert, so each step waits for the slowest, time-sliced one (ktransformers "
+                       "PR #685: 2 × 24 cores, --cpu_infer 41 ran well, 42 fell to about 1 tok/s).")
+    else:
+        explanation = ("More threads are bound to the node than it has physical cores: some share a core "
+                       "with their SMT sibling and run at about half speed, and every step waits for them.")
+    yield Finding(
+        "node-oversubscribed", "error" if over_cpus else "warning",
+        f"node {worst[0][0]} would get {worst[0][1]} busy threads"
+        + (f" but has {len(t.usable_cpus_of_node(worst[0][0]))} usable hardware threads" if over_cpus
+           else f" but {usable_cores(t, worst[0][0])} usable physical cores"),
+        tuple(evidence), f"{explanation} How the threads are spread: {spread.how}.", fix)
+
+
+def threads_exceed_cpus(t: Topology, c: AuditContext) -> Iterable[Finding]:
+    spread = thread_spread(t, c)
+    if spread is None or spread.busy <= len(spread.pool):
+        return
+    compute, reserved, where = busy_threads(c)
+    limit = max(1, len(t.core_groups(spread.pool)) - reserved)
+    yield Finding(
+        "threads-exceed-cpus", "error",
+        f"{spread.busy} busy threads on {len(spread.pool)} CPUs",
+        (Evidence("busy threads", f"{compute} compute + {reserved} spinning", where),
+         Evidence("CPUs the threads may run on", _cpus(spread.pool) or "none",
+                  ", ".join(t.allowed.sources) or _path(t, "sys/devices/system/cpu/online"))),
+        "Busy-waiting threads beyond the CPUs take turns on them; every step of the decode then waits "
+        "for a thread that is not running.",
+        _thread_flag(c.engine.engine, limit) if c.engine else f"use at most {limit} threads")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sub-NUMA clustering and memory fit
+
+
+def snc_packages(t: Topology) -> dict[int, tuple[int, ...]]:
+    """package → its nodes, for packages split into several NUMA nodes (Intel SNC, AMD NPS>1,
+    several dies per package). A node whose CPUs span packages (broken firmware tables) is left out."""
+    nodes_of: dict[int, list[int]] = {}
+    for node in t.nodes:
+        packages = t.packages_of_node(node.id)
+        if len(packages) == 1 and node.has_cpus:
+            nodes_of.setdefault(packages[0], []).append(node.id)
+    return {p: tuple(nodes) for p, nodes in sorted(nodes_of.items()) if len(nodes) > 1}
+
+
+def _distance(t: Topology, a: int, b: int) -> int | None:
+    row = t.node(a).distances
+    ids = [n.id for n in t.nodes]
+    return row[ids.index(b)] if row and b in ids and len(row) == len(ids) else None
+
+
+def _replicating(c: AuditContext) -> bool | None:
+    """Whether the engine keeps a copy of the weights per node: True, False, None (unknown build)."""
+    if c.engine is None or c.engine.engine != "ktransformers":
+        return False
+    return c.engine.numa_aware
+
+
+def sub_numa_clustering(t: Topology, c: AuditContext) -> Iterable[Finding]:
+    split = snc_packages(t)
+    if not split:
+        return
+    evidence = []
+    for package, nodes in split.items():
+        inside = _distance(t, nodes[0], nodes[1])
+        others = [n.id for n in t.nodes if n.has_cpus and n.id not in nodes]
+        across = _distance(t, nodes[0], others[0]) if others else None
+        text = f"nodes {list(nodes)}; distance within {inside if inside is not None else '?'}" + (
+            f", to node {others[0]} {across}" if across is not None else "")
+        evidence.append(Evidence(f"package {package}", text,
+                                 _path(t, f"sys/devices/system/node/node{nodes[0]}/distance")))
+    per = max(len(n) for n in split.values())
+    total = len([n for n in t.nodes if n.has_memory])
+    replicating = _replicating(c)
+    copies = (f" A per-node engine (ktransformers' NUMA build) keeps {total} copies of the weights here, "
+              f"{per} per socket" + (": " + c.engine.engine + " as installed does." if replicating else "."))
+    first = next(iter(split.values()))
+    yield Finding(
+        "sub-numa-clustering", "warning" if replicating is not False else "info",
+        f"sub-NUMA clustering: {len(split)} package(s) split into {per} NUMA nodes each",
+        tuple(evidence),
+        "The firmware splits each socket into clusters (Intel SNC, AMD NPS) with their own memory "
+        "controllers; a node then has only part of the socket's memory bandwidth and memory, and "
+        "the socket's other nodes are near (small distance) but not local." + copies +
+        " One copy per socket interleaved over that socket's nodes, or partitioned experts, use "
+        "the whole socket's bandwidth without the extra copies (ktransformers #1147: 4 nodes on "
+        "two sockets, the per-node copies ran out of memory).",
+        f"one copy per socket: numactl --cpunodebind={_cpus(first)} --interleave={_cpus(first)} <engine> ... "
+        "(one instance per socket, each on its socket's nodes); or partition the experts over all nodes; "
+        "or one node per socket in the firmware (SNC off / NPS1)")
+
+
+def placements_that_fit(t: Topology, weight_bytes: int, nodes: list[int]) -> list[str]:
+    """The placements whose per-node share (with working memory) fits each node's free memory."""
+    need = weight_bytes * (1 + WORKING_MEMORY)
+    free = {n: available_bytes(t, n) for n in nodes}
+    options = []
+    holders = [n for n in nodes if free[n] >= need]
+    if len(holders) >= 2:
+        options.append(f"one copy on each of nodes {holders} only (fewer copies)")
+    if holders:
+        options.append(f"bind to one node: numactl --cpunodebind={holders[0]} --membind={holders[0]} <engine> ...")
+    groups = [[n for n in group if n in free] for group in snc_packages(t).values()]
+    if groups and all(len(g) > 1 and all(free[n] >= need / len(g) for n in g) for g in groups):
+        per_socket = "; ".join(f"numactl --cpunodebind={_cpus(g)} --interleave={_cpus(g)} <engine> ..." for g in groups)
+        options.append(f"one copy per socket interleaved over its nodes, one instance per socket ({per_socket})")
+    if len(nodes) > 1 and all(free[n] >= need / len(nodes) for n in nodes):
+        options.append(f"one copy interleaved or partitioned over nodes {nodes} "
+                       f"({_gib(int(need / len(nodes)))} per node)")
+    elif len(nodes) > 1 and sum(free.values()) >= need:
+        short = [n for n in nodes if free[n] < need / len(nodes)]
+        options.append(f"one copy spread over nodes {nodes} by their free memory (numactl "
+                       f"--weighted-interleave={_cpus(nodes)}, weights in /sys/kernel/mm/mempolicy/"
+                       f"weighted_interleave/nodeN, Linux 6.9+), or free memory on node(s) {short} "
+                       f"for an even interleave ({_gib(int(need / len(nodes)))} per node)")
+    return options
 
 
 def model_fit(t: Topology, c: AuditContext) -> Iterable[Finding]:
     if c.model is None:
         return
-    nodes = [n for n in t.nodes if n.has_memory and n.id in t.allowed.nodes]
+    nodes = [n.id for n in t.nodes if n.has_memory and n.id in t.allowed.nodes]
     if not nodes:
         return
     weights = c.model.weight_bytes
-
-    def available(n) -> int:
-        return available_bytes(t, n.id)
-
-    evidence = tuple(Evidence(f"node {n.id} free memory", _gib(available(n)),
-                              _path(t, f"sys/devices/system/node/node{n.id}/meminfo")) for n in nodes)
-    evidence += (Evidence(f"weights of {c.model.name}", _gib(weights), c.model.source),)
-    total = sum(available(n) for n in nodes)
-    fits_one = [n.id for n in nodes if available(n) >= weights]
-    fits_everywhere = len(fits_one) == len(nodes)
-    if weights > total:
+    need = int(weights * (1 + WORKING_MEMORY))
+    free = {n: available_bytes(t, n) for n in nodes}
+    evidence = tuple(Evidence(f"node {n}: free / a whole copy needs", f"{_gib(free[n])} / {_gib(need)}",
+                              _path(t, f"sys/devices/system/node/node{n}/meminfo")) for n in nodes)
+    evidence += (Evidence(f"weights of {c.model.name}",
+                          f"{_gib(weights)} (+{WORKING_MEMORY:.0%} working memory: {_gib(need)})", c.model.source),)
+    total = sum(free.values())
+    holders = [n for n in nodes if free[n] >= need]
+    if need > total:
         yield Finding("model-does-not-fit", "error",
-                      f"{c.model.name} needs {_gib(weights)}, all allowed nodes hold {_gib(total)} free",
+                      f"{c.model.name} needs {_gib(need)}, all allowed nodes hold {_gib(total)} free",
                       evidence, "The weights do not fit in memory even once; loading will swap or fail.",
                       "use a smaller quantization or a machine with more memory")
-    elif len(nodes) >= 2 and not fits_everywhere:
-        yield Finding("model-no-replicas", "warning",
-                      f"{c.model.name} cannot be copied to every node ({len(nodes)} × {_gib(weights)})",
-                      evidence,
-                      "A copy of the weights per node (ktransformers USE_NUMA) needs the full "
-                      "weights free on each node; here it would spill to remote memory or fail.",
-                      "partition the experts across nodes, or interleave one copy over all nodes")
-    if fits_one and weights <= total:
+        return
+    if len(nodes) >= 2 and len(holders) < len(nodes):
+        replicating = _replicating(c)
+        fitting = placements_that_fit(t, weights, nodes)
+        yield Finding(
+            "model-no-replicas", "error" if replicating else "warning",
+            f"{c.model.name} cannot be copied to every node ({len(nodes)} × {_gib(need)})"
+            + (f": {c.engine.engine} as installed copies it to each" if replicating else ""),
+            evidence,
+            "A copy of the weights per node (ktransformers USE_NUMA) needs the full weights free on "
+            "each node; here loading would spill to remote memory or run out of memory"
+            + (" — with sub-NUMA clustering there is a copy per cluster, not per socket" if snc_packages(t) else "")
+            + ".",
+            "; or ".join(fitting) if fitting else "use a smaller quantization")
+    if holders:
         yield Finding("model-fits-one-node", "info",
-                      f"{c.model.name} ({_gib(weights)}) fits on node(s) {fits_one}",
+                      f"{c.model.name} ({_gib(weights)}) fits on node(s) {holders}",
                       evidence,
                       "One node can hold the whole model: binding threads and memory to it avoids "
                       "remote reads entirely; a copy per node doubles memory for the bandwidth of both.",
-                      f"numactl --cpunodebind={fits_one[0]} --membind={fits_one[0]} <engine> ...")
+                      f"numactl --cpunodebind={holders[0]} --membind={holders[0]} <engine> ...")
+
+
+
+def _model_page_cache(t: Topology, c: AuditContext) -> PageCacheReport | None:
+    """The context's page-cache report; else, on the live machine with a model file, measured now
+    (mincore and move_pages on this host: a captured tree has no page cache to ask)."""
+    if c.page_cache is not None:
+        return c.page_cache
+    if c.model is None or c.model.profile is not None or os.path.realpath(t.root) != "/":
+        return None
+    try:
+        return page_cache_nodes(c.model.source)
+    except NumatuneError:
+        return None
+
+
+def model_page_cache(t: Topology, c: AuditContext) -> Iterable[Finding]:
+    """llama.cpp #1437: a mapped model's pages stay on the node where an earlier run read them."""
+    memory_nodes = [n.id for n in t.nodes if n.has_memory]
+    report = _model_page_cache(t, c) if len(memory_nodes) >= 2 else None
+    if report is None or report.pages == 0 or report.resident_pages < 0.05 * report.pages:
+        return
+    placed = report.bytes_by_node()
+    planned = None
+    if c.command is not None:
+        planned = c.command.memory_nodes or c.command.cpu_nodes
+    elsewhere = {n: b for n, b in placed.items() if planned is not None and n not in planned}
+    if planned is not None and not elsewhere:
+        return
+    evidence = tuple(Evidence(f"node {n}: cached pages of the model", _gib(b), f"mincore + move_pages on {report.path}")
+                     for n, b in sorted(placed.items()))
+    evidence += (Evidence("cached / file size", f"{_gib(report.resident_bytes)} / {_gib(report.size_bytes)}",
+                          report.path),)
+    mapped_reader = c.engine is None or c.engine.engine == "llama.cpp"
+    title = (f"{_gib(sum(elsewhere.values()))} of the model is cached on node(s) {sorted(elsewhere)}, "
+             f"outside the planned node(s) {list(planned)}" if elsewhere else
+             f"{report.resident_pages / report.pages:.0%} of the model is already in the page cache, on node(s) "
+             f"{sorted(placed)}")
+    yield Finding(
+        "model-in-page-cache", "warning" if (elsewhere or mapped_reader) else "info", title, evidence,
+        "A memory-mapped model is read straight from the page cache, and cached pages stay on the node "
+        "where they were first read, across runs: a NUMA-aware run (first touch, --numa, a bound node) "
+        "then reads these pages from wherever an earlier run, a copy or a checksum left them. Dropping "
+        "them first lets the run place the weights itself (llama.cpp #1437 and its --numa help say the same).",
+        drop_command_for(report.path))
 
 
 RULES: tuple[Rule, ...] = (
     engine_spans_nodes, ktransformers_without_numa, numa_balancing_on, transparent_huge_pages,
     zone_reclaim, cpu_governor, smt_counted_as_cores, cpuset_hides_nodes, unequal_free_memory,
-    memoryless_cpu_nodes, node_memory_mismatch, cpu_quota, model_fit,
+    memoryless_cpu_nodes, node_memory_mismatch, cpu_quota, node_oversubscribed, threads_exceed_cpus,
+    sub_numa_clustering, model_fit, model_page_cache,
 )

@@ -119,8 +119,10 @@ class EngineName(str, Enum):
     sglang_cpu = "sglang-cpu"
 
 
-@app.command("audit")
+@app.command("audit", context_settings={"allow_interspersed_args": False})
 def audit_command(
+    command: Optional[List[str]] = typer.Argument(None, help="The command line you intend to run, after -- "
+                                                  "(its numactl/taskset prefix and thread flags are checked)."),
     root: str = RootOption,
     engine: Optional[EngineName] = typer.Option(None, "--engine", help="Target engine to check."),
     engine_bin: Optional[Path] = typer.Option(None, "--engine-bin", help="The engine's binary or "
@@ -137,11 +139,13 @@ def audit_command(
     from .engines import inspect_engine
     from .models import resolve_model
 
+    from .audit import parse_command
     topology = _probe(root)
     context = AuditContext(
         engine=inspect_engine(engine.value, engine_bin) if engine else None,
         model=resolve_model(model) if model else None,
-        threads=threads)
+        threads=threads,
+        command=parse_command(engine.value if engine else None, command) if command else None)
     findings = run_audit(topology, context)
     if as_json:
         _emit_json({"schema_version": 1, "root": topology.root,
@@ -421,6 +425,43 @@ def plan_cli_command(
     from .plan import plan_command
     return plan_command(machine, model, engine, as_json=as_json, top=top, bandwidth=bandwidth, root=root,
                         objective=objective.value)
+
+
+@app.command("verify", context_settings={"allow_interspersed_args": False})
+def verify_cli_command(
+    command: Optional[List[str]] = typer.Argument(None, help="A command to start and inspect, after --."),
+    pid: Optional[int] = typer.Option(None, "--pid", min=1, help="A running process to inspect instead."),
+    expect: Optional[str] = typer.Option(None, "--expect", help="Intended memory placement: replicate, "
+                                         "interleave, partition, bind or first-touch."),
+    nodes: Optional[str] = typer.Option(None, "--nodes", help="Nodes of that placement, e.g. 0,1 (default: "
+                                        "every memory node)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="The engine: its build implies the placement "
+                                         "(ktransformers' NUMA build: a copy per node) and how it counts threads."),
+    engine_bin: Optional[Path] = typer.Option(None, "--engine-bin", help="The engine's binary or extension."),
+    model: Optional[str] = typer.Option(None, "--model", help="GGUF file or model profile: how big one copy is."),
+    after: float = typer.Option(30.0, "--after", help="With a command: seconds to let it load before inspecting."),
+    keep: bool = typer.Option(False, "--keep", help="With a command: leave it running afterwards (default: stop it)."),
+    sample: float = typer.Option(1.0, "--sample", help="Seconds between two reads of the threads' CPU time "
+                                 "(busy threads); 0 reads once."),
+    root: str = RootOption,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (docs/verify.md)."),
+) -> int:
+    """Check a running engine's memory (per node, /proc/PID/numa_maps) and threads against the intended placement."""
+    from .verify import verify_command
+    return verify_command(pid, tuple(command or ()), expect, nodes, engine, engine_bin, model, after, keep,
+                          sample, root, as_json)
+
+
+@app.command("pagecache")
+def pagecache_cli_command(
+    path: Path = typer.Argument(..., help="A file, e.g. a GGUF model that engines memory-map."),
+    drop: bool = typer.Option(False, "--drop", help="Then evict the file's pages from the page cache "
+                              "(posix_fadvise DONTNEED; pages another process maps stay)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> int:
+    """On which NUMA nodes a file's pages sit in the page cache (mincore + move_pages); optionally drop them."""
+    from .pagecache import pagecache_command
+    return pagecache_command(str(path), drop, as_json)
 
 
 if __name__ == "__main__":

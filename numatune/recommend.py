@@ -137,7 +137,7 @@ def _within_quota(t: Topology, config: Configuration) -> tuple[Configuration, Op
         by_node.setdefault(t.node_of_cpu(cpu), []).append(cpu)
     per_node = max(1, limit // len(by_node))
     cpus = tuple(sorted(c for cpus in by_node.values() for c in cpus[:per_node]))
-    quota = getattr(t.allowed, "cpu_quota", None)
+    quota = t.allowed.cpu_quota
     return replace(config, cpus=cpus), (f"threads capped at {len(cpus)}: the CPU quota ({quota:g} CPUs) cannot run "
                                         f"{config.threads} at once, and threads beyond it wait for their time slice")
 

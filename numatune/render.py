@@ -117,7 +117,7 @@ def _context_table(t) -> Table:
     if a.cgroup_version:
         table.add_row("cgroup", f"v{a.cgroup_version} {a.cgroup_path or ''}")
     table.add_row("memory limit", gib(a.memory_limit_bytes) if a.memory_limit_bytes else "none")
-    table.add_row("CPU quota", f"{a.cpu_quota_cpus:g} CPUs" if a.cpu_quota_cpus else "none")
+    table.add_row("CPU quota", f"{a.cpu_quota:g} CPUs" if a.cpu_quota else "none")
     table.add_row("ISA", " ".join(t.isa.flags) or "?")
     table.add_row("kernel.numa_balancing", _known(k.numa_balancing))
     table.add_row("transparent huge pages", f"enabled={_known(k.thp_enabled)} defrag={_known(k.thp_defrag)}")
@@ -321,3 +321,54 @@ def plan(result, top=None, engine=None) -> None:
     notes = sorted({n for p in list(ranked) + list(result.observed) for n in p.notes})
     for note in notes:
         console.print(f"  · {note}")
+
+
+def _check_line(passed: bool) -> str:
+    return "[green]PASS[/]" if passed else "[bold red]FAIL[/]"
+
+
+def verify_report(report) -> None:
+    """`numatune verify`: what the process looks like, then each check against the intent."""
+    view, expect = report.view, report.expectation
+    if report.preflight:
+        console.print("[bold]The command line, before it ran:[/]")
+        findings(report.preflight)
+    console.print(f"[bold]process {view.pid}[/] ({view.name}): {gib(view.resident_bytes)} resident, "
+                  f"{len(view.threads)} threads ({len(view.busy_tids)} busy)")
+    table = Table(title="Resident memory by node", show_edge=False)
+    for column in ("node", "resident", "anonymous", "file-backed"):
+        table.add_column(column, justify="right")
+    anonymous, files = dict(view.anonymous_by_node), dict(view.file_by_node)
+    for node, resident in view.resident_by_node:
+        table.add_row(str(node), size(resident), size(anonymous.get(node, 0)), size(files.get(node, 0)))
+    console.print(table)
+    console.print(f"expected: {expect.policy} on node(s) {cpulist(expect.nodes)} [dim]({expect.why})[/]")
+    for check in report.checks:
+        console.print(f"{_check_line(check.passed)} [bold]{check.id}[/]: {check.title}")
+        for e in check.evidence:
+            console.print(f"          {e.what} = {e.value}  [dim]({e.where})[/]")
+        console.print(f"          {check.explanation}")
+        if check.fix:
+            console.print(f"          [green]fix:[/] {check.fix}")
+    if report.command:
+        state = ("stopped" + (f", exit status {report.exit_status}" if report.exit_status is not None else "")
+                 if report.stopped else "left running")
+        console.print(f"command {' '.join(report.command)}: {state}")
+    console.print("placement matches" if report.passed else "[red]placement does not match the intent[/]")
+
+
+def page_cache(report, after=None) -> None:
+    """`numatune pagecache FILE`: cached bytes of the file per node (and after --drop)."""
+    share = report.resident_pages / report.pages if report.pages else 0.0
+    console.print(f"[bold]{report.path}[/]: {size(report.size_bytes)}, {size(report.resident_bytes)} in the page "
+                  f"cache ({share:.0%})")
+    for node, cached in sorted(report.bytes_by_node().items()):
+        console.print(f"  node {node}: {size(cached)}")
+    if report.unplaced_pages:
+        console.print(f"  [yellow]{report.unplaced_pages} cached page(s) whose node the kernel did not report[/]")
+    if after is not None:
+        console.print(f"after dropping: {size(after.resident_bytes)} cached "
+                      f"({after.resident_pages} of {after.pages} pages; pages mapped by a running process stay)")
+    elif len(report.bytes_by_node()) and report.resident_pages:
+        console.print("before a NUMA-aware run, drop them: numatune pagecache "
+                      f"{report.path} --drop")

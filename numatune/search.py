@@ -55,11 +55,7 @@ def _memory_nodes_usable(t: Topology) -> dict[int, tuple[tuple[int, ...], tuple[
 
 def max_busy_threads(t: Topology) -> int:
     """Threads that can run at once: the usable CPUs, capped by the cgroup CPU quota if any."""
-    usable = len([c for n in t.nodes for c in t.usable_cpus_of_node(n.id)])
-    quota = getattr(t.allowed, "cpu_quota", None)
-    if quota:
-        usable = min(usable, max(1, math.floor(quota)))
-    return max(1, usable)
+    return t.max_busy_threads()
 
 
 def engine_can(profile: Optional[EngineProfile], policy: str, numa_build: Optional[bool] = None) -> bool:

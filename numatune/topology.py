@@ -12,6 +12,7 @@ their first CPU.
 """
 from __future__ import annotations
 
+import math
 import os
 import posixpath
 import re
@@ -157,14 +158,16 @@ class Allowed:
     cpuset_cpus: Optional[tuple[int, ...]]
     cpuset_mems: Optional[tuple[int, ...]]
     memory_limit_bytes: Optional[int]
-    cpu_quota_cpus: Optional[float]
+    cpu_quota: Optional[float]         # CPUs' worth of time per period (cgroup cpu.max); None: unlimited
     sources: tuple[str, ...]           # the files (and calls) these restrictions were read from
 
     @classmethod
     def from_json(cls, data: dict) -> "Allowed":
+        # "cpu_quota_cpus" is how probe JSON written before the rename spelled the quota.
+        quota = data["cpu_quota"] if "cpu_quota" in data else data["cpu_quota_cpus"]
         return cls(_ints(data["cpus"]), _ints(data["nodes"]), data["cgroup_version"], data["cgroup_path"],
                    _optional_ints(data["cpuset_cpus"]), _optional_ints(data["cpuset_mems"]),
-                   data["memory_limit_bytes"], data["cpu_quota_cpus"], tuple(data["sources"]))
+                   data["memory_limit_bytes"], quota, tuple(data["sources"]))
 
 
 @dataclass(frozen=True)
@@ -273,6 +276,29 @@ class Topology:
         """The node's CPUs that are online and that this process may use."""
         usable = set(self.online_cpus) & set(self.allowed.cpus)
         return tuple(cpu for cpu in self.node(node_id).cpus if cpu in usable)
+
+    def usable_cpus(self) -> tuple[int, ...]:
+        """Every online CPU this process may run on."""
+        usable = set(self.online_cpus) & set(self.allowed.cpus)
+        return tuple(sorted(usable))
+
+    def quota_threads(self) -> Optional[int]:
+        """Busy threads the cgroup CPU quota can keep running without throttling: the quota
+        rounded down (a thread beyond it stalls a whole lockstep pool every period), at least 1;
+        None when there is no quota."""
+        quota = self.allowed.cpu_quota
+        return None if quota is None else max(1, math.floor(quota + 1e-9))
+
+    def max_busy_threads(self) -> int:
+        """Threads that can run at once: the usable CPUs, capped by the CPU quota, at least 1."""
+        usable = len(self.usable_cpus())
+        by_quota = self.quota_threads()
+        return max(1, usable if by_quota is None else min(usable, by_quota))
+
+    def packages_of_node(self, node_id: int) -> tuple[int, ...]:
+        """The packages (sockets) the node's CPUs belong to; () for a CPU-less node or unknown packages."""
+        packages = {self._cpu_by_id[c].package for c in self.node(node_id).cpus if c in self._cpu_by_id}
+        return tuple(sorted(p for p in packages if p is not None))
 
     def to_json(self) -> dict:
         data = _to_json(self)

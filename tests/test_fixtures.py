@@ -240,7 +240,7 @@ def test_generated_tree_with_cgroup_v2_limits_and_knobs(tmp_path):
     assert t.knobs.zone_reclaim_mode == 1
     assert t.knobs.governors == (("powersave", tuple(range(16))),)
     allowed = t.allowed
-    assert allowed.cpu_quota_cpus == 2.0 and allowed.memory_limit_bytes == 1 << 30
+    assert allowed.cpu_quota == 2.0 and allowed.memory_limit_bytes == 1 << 30
     assert allowed.cpus == tuple(range(6)) and allowed.nodes == (0,)
     assert (allowed.cgroup_version, allowed.cgroup_path) == (2, "/numatune.slice")
     assert "/sys/fs/cgroup/numatune.slice/cpu.max" in allowed.sources
@@ -262,7 +262,7 @@ def test_generated_tree_takes_the_tightest_limit_of_the_ancestors(tmp_path):
         "sys/fs/cgroup/cpuset.mems.effective": "1\n",
     })
     t = probe(Root.open(str(write_tree(tmp_path / "root", machine))))
-    assert t.allowed.cpu_quota_cpus == 1.5 and t.allowed.memory_limit_bytes == 2 << 30
+    assert t.allowed.cpu_quota == 1.5 and t.allowed.memory_limit_bytes == 2 << 30
     # the cpuset controller is not enabled below the root: the root's cpuset applies
     assert t.allowed.cpuset_cpus == (0, 1, 2, 3) and t.allowed.cpuset_mems == (1,)
     assert t.allowed.cgroup_path == "/outer/inner"
@@ -284,7 +284,7 @@ def test_generated_tree_with_cgroup_v1(tmp_path):
     t = probe(Root.open(str(write_tree(tmp_path / "root", machine))))
     assert (t.allowed.cgroup_version, t.allowed.cgroup_path) == (1, "/job")
     assert t.allowed.cpus == (2, 3) and t.allowed.nodes == (1,)
-    assert t.allowed.cpu_quota_cpus == 2.5 and t.allowed.memory_limit_bytes == 4 << 30
+    assert t.allowed.cpu_quota == 2.5 and t.allowed.memory_limit_bytes == 4 << 30
 
 
 def test_generated_tree_isolated_cpus_and_memory_only_node(tmp_path):

@@ -251,3 +251,12 @@ def test_throughput_recommendation_is_one_command_per_node(seed, capsys, tmp_pat
     code, out, err = cli(capsys, "launch", "--root", root, "--engine", "llama.cpp", "--from", str(saved),
                          "--instance", "1", "--dry-run", "--", "llama-server")
     assert code == 0 and "32-63" in out
+
+
+def test_recommendation_never_exceeds_the_cpu_quota(seed):
+    from dataclasses import replace
+    limited = replace(seed, allowed=replace(seed.allowed, cpu_quota=6.5))
+    r = recommend(limited, "llama.cpp", resolve_model("qwen3-30b-a3b:Q4_K_M"))
+    assert r.config.threads == 6
+    assert r.plan.argv[r.plan.argv.index("-t") + 1] == "6"
+    assert any("CPU quota (6.5 CPUs)" in reason for reason in r.reasons)
