@@ -307,19 +307,26 @@ def _model_choice(topology, model: Optional[str], synthetic: Optional[str], type
 
 
 def _run_tune(topology, model, budget: float, engine: Optional[str], engine_bin: Optional[Path],
-              out: Optional[Path], resume: bool, quiet: bool, objective: "Objective" = Objective.latency):
+              out: Optional[Path], resume: bool, quiet: bool, objective: "Objective" = Objective.latency,
+              cold_cache: bool = False):
     from .engines import ENGINES, inspect_engine
     from .profiles import find_engine_profile
     from .tune import TuneInterrupted, tune
     target = find_engine_profile(engine) if engine else None
     numa_build = inspect_engine(engine, engine_bin).numa_aware if engine in ENGINES else None
+    from functools import partial
+
+    from .trial import run_trial
     progress = render.TuneProgress(budget)
+    measure = partial(run_trial, cold_cache=cold_cache)
     try:
         if quiet:
-            return tune(topology, model, budget, target, numa_build, out, resume, objective=objective.value)
+            return tune(topology, model, budget, target, numa_build, out, resume, objective=objective.value,
+                        measure=measure)
         with progress:
             return tune(topology, model, budget, target, numa_build, out, resume,
-                        on_start=progress.start, on_trial=progress.trial, objective=objective.value)
+                        on_start=progress.start, on_trial=progress.trial, objective=objective.value,
+                        measure=measure)
     except TuneInterrupted as stop:
         from .errors import Interrupted
         if not stop.result.trials:
@@ -344,12 +351,14 @@ def tune_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Result file (default: the data dir, keyed by host)."),
     resume: bool = typer.Option(False, "--resume", help="Continue a saved, interrupted search."),
     objective: Objective = ObjectiveOption,
+    cold_cache: bool = typer.Option(False, "--cold-cache", help="Drop the model file's cached pages before "
+                                    "each trial (posix_fadvise), so every trial loads from the same state."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output (the saved result)."),
 ) -> int:
     """Search thread counts and memory placements against the bundled engine; save the winner."""
     topology = _probe("/")
     run = _run_tune(topology, _model_choice(topology, model, synthetic, type_name), budget, engine,
-                    engine_bin, out, resume, quiet=as_json, objective=objective)
+                    engine_bin, out, resume, quiet=as_json, objective=objective, cold_cache=cold_cache)
     if as_json:
         _emit_json(run.result.to_json())
     else:

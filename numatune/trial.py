@@ -69,14 +69,31 @@ def trial_argv(model: Path, config: Configuration, stage: Stage) -> list[str]:
             "--repeats", str(stage.repeats), "--no-bandwidth", "--json"]
 
 
+def drop_cached_pages(path: Path) -> None:
+    """Evicts the file's clean pages from the page cache (posix_fadvise DONTNEED: any user who can
+    read the file may), so that a trial loads from a known, cold state."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def run_trial(config: Configuration, model: ModelChoice, stage_index: int, stage: Stage,
-              target: Optional[EngineProfile] = None, timeout: float = 600.0) -> Trial:
+              target: Optional[EngineProfile] = None, timeout: float = 600.0, cold_cache: bool = False) -> Trial:
     """Runs one trial to completion. A failed child is a Trial with `error` set (its last line
     of stderr), never an exception: one bad configuration does not stop the search.
+
+    With `cold_cache`, the model file's pages are dropped from the page cache first, so every
+    trial loads from disk into the placement it asks for (without it, pages cached by an earlier
+    trial stay on the node that read them; the bundled engine copies the weights into placed
+    memory, so this changes load time, not the decode speed measured).
 
     Several instances (one per node) run as that many children at once; the trial's tokens/s
     is their sum, repeat by repeat (the aggregate throughput), its memory their sum."""
     target = target or find_engine_profile("numatune")
+    if cold_cache:
+        drop_cached_pages(model.path)
     parts = config.split(_node_of_cpu()) if config.instances > 1 else (config,)
     children = []
     try:

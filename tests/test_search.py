@@ -337,3 +337,16 @@ def test_throughput_objective_adds_one_instance_per_node(tmp_path):
     # A copy per instance must fit on every node.
     assert not [c for c in build_space(tree(tmp_path / "small", memory_per_node=256 * GIB), R1,
                                        objective="throughput").candidates if c.instances > 1]
+
+
+def test_cold_cache_trials_evict_the_model_file_first(small_model):
+    from numatune.pagecache import page_cache_nodes
+    from numatune.trial import drop_cached_pages
+    os.sync()                                                       # dirty pages cannot be evicted
+    small_model.path.read_bytes()                                    # warm
+    before = page_cache_nodes(small_model.path).resident_pages
+    drop_cached_pages(small_model.path)
+    assert before > 0 and page_cache_nodes(small_model.path).resident_pages < before
+    _, config = host_config()
+    trial = run_trial(config, small_model, 0, stage_plan(0), cold_cache=True)
+    assert trial.error is None, trial.error
