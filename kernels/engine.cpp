@@ -319,10 +319,12 @@ void MoeEngine::run_experts(Layer& L, const int* ids, const float* weights, int 
         const int group = group_of_worker_[worker];
         const Slice& slice = L.slices[L.slices.size() == 1 ? 0 : group];
         const auto& members = group_workers_[group];
-        const bool grouped = L.slices.size() > 1;
-        const int parts = grouped ? static_cast<int>(members.size()) : pool_->size();
-        const int index = grouped ? static_cast<int>(std::find(members.begin(), members.end(), worker) - members.begin())
-                                  : worker;
+        // Under partition each node computes its own slice with its own workers. Every other
+        // placement (replicate included: each worker reads its node's full copy) splits the
+        // whole work over all workers; splitting it per copy would compute it once per node.
+        const int parts = partition ? static_cast<int>(members.size()) : pool_->size();
+        const int index = partition ? static_cast<int>(std::find(members.begin(), members.end(), worker) - members.begin())
+                                    : worker;
         const int first_unit = slice.row_begin / L.unit_rows;
         const int slice_units = (slice.row_end - slice.row_begin + L.unit_rows - 1) / L.unit_rows;
         auto [u0, u1] = share(k * slice_units, parts, index);
@@ -349,12 +351,13 @@ void MoeEngine::run_experts(Layer& L, const int* ids, const float* weights, int 
     // multiplies its own columns (its slice of h) and the nodes' partial sums are added after.
     auto down_job = [&](int worker) {
         const int group = group_of_worker_[worker];
-        const bool grouped = L.slices.size() > 1;
-        const Slice& slice = L.slices[grouped ? group : 0];
+        const Slice& slice = L.slices[L.slices.size() == 1 ? 0 : group];
         const auto& members = group_workers_[group];
-        const int parts = grouped ? static_cast<int>(members.size()) : pool_->size();
-        const int index = grouped ? static_cast<int>(std::find(members.begin(), members.end(), worker) - members.begin())
-                                  : worker;
+        // As in phase 1: per node under partition, over all workers otherwise (under replicate
+        // two nodes' workers writing the same rows of y would race and add them twice).
+        const int parts = partition ? static_cast<int>(members.size()) : pool_->size();
+        const int index = partition ? static_cast<int>(std::find(members.begin(), members.end(), worker) - members.begin())
+                                    : worker;
         auto [r0, r1] = share(s.hidden, parts, index);
         if (r1 <= r0) return;
         float* out = partition ? S.partial.data() + static_cast<size_t>(group) * s.hidden : y;
