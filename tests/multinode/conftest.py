@@ -5,7 +5,7 @@ sets NUMATUNE_MULTINODE to the layout it booted; the node count in sysfs must ag
 Anywhere else (the host's plain `pytest` run included) each test is skipped with the reason.
 
 Inside the guest, three independent views of the machine are gathered once per boot:
-`numatune probe --json` (the real command, in a child process), `numactl -H` and hwloc's
+`numatune probe --json` (its main(), in this process), `numactl -H` and hwloc's
 `lstopo --of xml`. The tests compare them, and use the probe's Topology for the engine.
 """
 from __future__ import annotations
@@ -21,8 +21,7 @@ from typing import Optional
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from guestlib import (HwlocView, NumactlView, numactl_now, numatune_command,  # noqa: E402
-                      parse_hwloc_xml, run)
+from guestlib import HwlocView, NumactlView, numactl_now, parse_hwloc_xml, run  # noqa: E402
 from layouts import MODELS_ENV, Layout, current  # noqa: E402
 
 
@@ -74,8 +73,16 @@ def layout() -> Layout:
 
 @pytest.fixture(scope="session")
 def probe_json() -> dict:
-    """`numatune probe --json`, the real command, once per boot."""
-    return json.loads(run(numatune_command() + ["probe", "--json"]).stdout)
+    """`numatune probe --json`, once per boot: its main() in this process (starting Python
+    costs ~30 s under the emulator; test_guest_launch.py runs the `numatune` script)."""
+    import contextlib
+    import io
+    from numatune.cli import main
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(["probe", "--json"])
+    assert status == 0, out.getvalue()
+    return json.loads(out.getvalue())
 
 
 @pytest.fixture(scope="session")

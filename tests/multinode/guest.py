@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Boots a Linux guest with a given NUMA layout and runs the multi-node pytest suite inside it.
+"""Boots Linux guests with given NUMA layouts and runs the multi-node pytest suite inside them.
 
-    python tests/multinode/guest.py [--layout A|B|C|all ...] [--out DIR] [-- PYTEST ARGS...]
+    python tests/multinode/guest.py [--layout A|B|C|all ...] [--jobs N] [--out DIR] [-- PYTEST ARGS...]
 
-One boot per layout runs every selected test (marker `multinode`, directory tests/multinode).
-The guest (virtme-ng on QEMU's TCG emulator: nested KVM hangs on these hosts) sees the host's
-filesystem read-only at the same paths, runs the same Python, and writes only under --out:
-pytest's temporary directory, its JUnit report, the console log and the exit status.
+One boot per layout runs that layout's test modules (layouts.py; marker `multinode`), two
+layouts at a time by default. The guest (virtme-ng on QEMU's TCG emulator: nested KVM hangs
+on these hosts) sees the host's filesystem read-only at the same paths, runs the same Python
+and the installed numatune, and writes only under --out: pytest's temporary directory, its
+JUnit report, the console log (host timestamps) and the exit status; --out/summary.json has
+each layout's counts and times.
 
 Exit status: the guest pytest's own (0 when every layout passed; the first failing one's
 otherwise), 3 when a guest could not be started or did not report (missing tools, no kernel,
@@ -15,8 +17,10 @@ a boot that hung, a guest killed by the time limit), 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import glob
+import json
 import os
 import re
 import shlex
@@ -35,14 +39,16 @@ from layouts import ENV, LAYOUTS, MODELS_ENV, Layout  # noqa: E402
 
 EXIT_GUEST = 3
 DEFAULT_OUT = "/tmp/numatune-multinode"
+GUEST_STARTED = "guest: "     # the guest script's first line: the kernel has booted
 
 # Models the guest tests load, made on the host before boot (numpy in the emulated guest is
-# about a hundred times slower). "tiny": a few MiB, for placement and outputs; "wide": ~100 MiB,
-# 50-odd 2 MiB huge pages, so that an interleaved copy can be checked for evenness even where
-# transparent huge pages interleave whole 2 MiB pages (THP is "always" in Debian's kernel).
+# about a hundred times slower). "tiny": ~3 MiB, for placement and outputs; "wide": ~26 MiB,
+# each tensor 8.5 MiB (four-odd 2 MiB huge pages: the engine asks for transparent huge pages,
+# which interleave whole), so an interleaved copy can be checked for evenness on up to four
+# nodes, and one copy does not fit a node the audit's memory hog has filled.
 MODELS = {
     "tiny": dict(hidden=256, intermediate=512, experts=8, top_k=2, layers=1),
-    "wide": dict(hidden=1024, intermediate=1024, experts=32, top_k=2, layers=1),
+    "wide": dict(hidden=1024, intermediate=1024, experts=8, top_k=2, layers=1),
 }
 
 
@@ -71,18 +77,31 @@ def missing_tools(kernel: str | None) -> list[str]:
         missing.append("busybox (apt-get install busybox-static)")
     if kernel is None:
         missing.append("a readable kernel image in /boot (apt-get install linux-image-amd64)")
-    for tool, package in (("numactl", "numactl"), ("lstopo-no-graphics", "hwloc")):
+    for tool, package in (("numactl", "numactl"), ("lstopo-no-graphics", "hwloc"), ("gcc", "gcc")):
         if shutil.which(tool) is None:
             missing.append(f"{tool} (apt-get install {package})")
     return missing
 
 
-def make_models(directory: Path) -> None:
-    """Writes the guest tests' GGUF files with the host's numatune (about a second)."""
+def make_fixtures(directory: Path) -> None:
+    """Writes the guest tests' GGUF files with the host's numatune (about a second) and builds
+    the OpenMP program of the launch tests (compiling in the emulated guest would take long)."""
     from numatune.synth import PRESETS, synthesize
     directory.mkdir(parents=True, exist_ok=True)
     for name, shape in MODELS.items():
         synthesize(directory / f"{name}-q8_0.gguf", dataclasses.replace(PRESETS["default"], **shape), "Q8_0")
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    built = subprocess.run([compiler or "gcc", "-O1", "-Wall", "-fopenmp", str(HERE / "omp_threads.c"),
+                            "-o", str(directory / "omp-threads")], capture_output=True, text=True)
+    if built.returncode != 0:
+        raise RuntimeError(f"gcc -fopenmp omp_threads.c failed: {built.stderr.strip()[-500:]}")
+
+
+def pytest_command(python: str) -> list[str]:
+    """The `pytest` script of this Python: unlike `python -m pytest` it never puts the current
+    directory (the work tree, whose numatune/ has no compiled extension) on sys.path."""
+    script = os.path.join(os.path.dirname(python), "pytest")
+    return [script] if os.access(script, os.X_OK) else [python, "-m", "pytest"]
 
 
 def guest_script(layout: Layout, run_dir: Path, models: Path, pytest_args: list[str],
@@ -94,6 +113,15 @@ def guest_script(layout: Layout, run_dir: Path, models: Path, pytest_args: list[
         "PYTHONSAFEPATH": "1",            # `python -m` must not put the work tree first on sys.path
         "PYTHONDONTWRITEBYTECODE": "1",   # the guest's view of the host is read-only
         "PYTHONUNBUFFERED": "1",
+        # Loading hypothesis and pytest-benchmark costs seconds under the emulator; unused here.
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+        # py-cpuinfo's CPUID child takes ~13 s per probe under the emulator, for ISA flags that no
+        # multi-node test reads; every `numatune` run in the guest inherits this.
+        "NUMATUNE_QUICK_PROBE": "1",
+        # Results and generated models go to the guest's writable directory, never to a saved
+        # tuning result of the host that `recommend` and `launch` would follow.
+        "NUMATUNE_DATA": str(run_dir / "tmp" / "data"),
+        "NUMATUNE_CACHE": str(run_dir / "tmp" / "cache"),
         # TMPDIR stays the guest's own /tmp (in guest memory): pytest's capture files are
         # unlinked while open, which the 9p share of --out does not support.
         "PATH": f"{os.path.dirname(python)}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -101,14 +129,17 @@ def guest_script(layout: Layout, run_dir: Path, models: Path, pytest_args: list[
     }
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    command = [python, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=",
-               "--basetemp", str(run_dir / "tmp" / "pytest"), "--junitxml", str(run_dir / "junit.xml"),
-               "-m", "multinode", "-rfEsxX"] + pytest_args
+    # -v: one line per test, so the console (read line by line) shows progress as it happens.
+    command = pytest_command(python) + [
+        "-p", "no:cacheprovider", "-o", "addopts=", "-v", "--durations=10",
+        "--basetemp", str(run_dir / "tmp" / "pytest"), "--junitxml", str(run_dir / "junit.xml"),
+        "-m", "multinode", "-rfEsxX"] + pytest_args
     if not any("::" in arg or os.path.exists(arg) for arg in pytest_args):
-        command.append(str(HERE))          # e.g. `-- -k interleave`: still only this directory
+        command += layout.test_files(str(HERE))     # e.g. `-- -k interleave`: this layout's files
     lines = ["#!/bin/sh", "# written by tests/multinode/guest.py; runs inside the guest"]
     lines += [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
-    lines += [f"cd {shlex.quote(str(REPO))} || exit 98",
+    lines += [f"echo '{GUEST_STARTED}booted, kernel up '\"$(cut -d' ' -f1 /proc/uptime)\"' s'",
+              f"cd {shlex.quote(str(REPO))} || exit 98",
               # Automatic NUMA balancing (on in Debian's kernel) makes move_pages() report pages
               # that it has marked for hinting faults as absent, so the page-by-page checks would
               # see holes; test_guest_numa_balancing.py turns it on again to show exactly that.
@@ -128,8 +159,18 @@ def vng_command(layout: Layout, kernel: str, out: Path, script: Path, accel: str
     return command
 
 
-def run_command(command: list[str], log_path: Path, timeout: float, echo: bool) -> tuple[int | None, bool]:
-    """Runs the guest; returns (vng's exit status or None, whether the time limit killed it)."""
+@dataclasses.dataclass(frozen=True)
+class GuestRun:
+    status: int | None           # vng's exit status
+    killed: bool                 # by the time limit
+    seconds: float               # from starting vng to its exit
+    boot_seconds: float | None   # from starting vng to the guest script's first line
+
+
+def run_command(command: list[str], log_path: Path, timeout: float, echo: bool) -> GuestRun:
+    """Runs the guest, its console copied to log_path with host timestamps (s since start)."""
+    start = time.monotonic()
+    booted: list[float] = []
     with open(log_path, "w", encoding="utf-8", errors="replace") as log_file:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -138,7 +179,10 @@ def run_command(command: list[str], log_path: Path, timeout: float, echo: bool) 
             assert proc.stdout is not None
             for raw in iter(proc.stdout.readline, b""):
                 text = raw.decode("utf-8", "replace").replace("\r", "")
-                log_file.write(text)
+                now = time.monotonic() - start
+                if not booted and text.startswith(GUEST_STARTED):
+                    booted.append(now)
+                log_file.write(f"[{now:6.1f}] {text}")
                 log_file.flush()
                 if echo:
                     sys.stdout.write(text)
@@ -154,7 +198,7 @@ def run_command(command: list[str], log_path: Path, timeout: float, echo: bool) 
             status = proc.wait()
             killed = True
         reader.join(timeout=10)
-    return status, killed
+    return GuestRun(status, killed, time.monotonic() - start, booted[0] if booted else None)
 
 
 def junit_counts(path: Path) -> dict[str, int] | None:
@@ -178,7 +222,7 @@ def junit_counts(path: Path) -> dict[str, int] | None:
 
 
 def run_layout(layout: Layout, kernel: str, out: Path, models: Path, pytest_args: list[str],
-               timeout: float, pythonpath: str | None, accel: str, echo: bool) -> tuple[int, str]:
+               timeout: float, pythonpath: str | None, accel: str, echo: bool) -> tuple[int, str, dict]:
     run_dir = out / layout.name
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -188,21 +232,28 @@ def run_layout(layout: Layout, kernel: str, out: Path, models: Path, pytest_args
     command = vng_command(layout, kernel, out, script, accel)
     (run_dir / "command").write_text(" ".join(shlex.quote(c) for c in command) + "\n")
     log(f"layout {layout.name} ({layout.title}): booting")
-    start = time.monotonic()
-    status, killed = run_command(command, run_dir / "console.log", timeout, echo)
-    seconds = time.monotonic() - start
+    guest = run_command(command, run_dir / "console.log", timeout, echo)
     rc_file = run_dir / "rc"
     counts = junit_counts(run_dir / "junit.xml")
     tally = ", ".join(f"{n} {k}" for k, n in counts.items() if n or k in ("passed", "failed")) if counts else "no report"
-    if killed:
+    record = {"layout": layout.name, "title": layout.title, "suites": list(layout.suites),
+              "seconds": round(guest.seconds, 1),
+              "boot_seconds": round(guest.boot_seconds, 1) if guest.boot_seconds is not None else None,
+              "counts": counts}
+    boot = f"boot {guest.boot_seconds:.0f} s, " if guest.boot_seconds is not None else ""
+    if guest.killed:
         return EXIT_GUEST, (f"layout {layout.name}: guest killed after {timeout:.0f} s ({tally}); "
-                            f"see {run_dir / 'console.log'}")
+                            f"see {run_dir / 'console.log'}"), dict(record, rc=EXIT_GUEST)
     if not rc_file.exists():
         return EXIT_GUEST, (f"layout {layout.name}: the guest did not run the tests (vng exit status "
-                            f"{status}, {seconds:.0f} s); see {run_dir / 'console.log'}")
+                            f"{guest.status}, {guest.seconds:.0f} s); see {run_dir / 'console.log'}"), \
+            dict(record, rc=EXIT_GUEST)
     rc = int(rc_file.read_text().strip() or EXIT_GUEST)
+    if rc == 5:
+        rc = 1             # pytest's "no tests collected": a selection that ran nothing is a failure
     verdict = "ok" if rc == 0 else f"FAILED (pytest exit status {rc})"
-    return rc, f"layout {layout.name} ({layout.title}): {verdict}: {tally} in {seconds:.0f} s"
+    return rc, (f"layout {layout.name} ({layout.title}): {verdict}: {tally} in {guest.seconds:.0f} s "
+                f"({boot}all in one boot)"), dict(record, rc=rc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
                         "holds a built extension (default: the installed numatune)")
     parser.add_argument("--accel", choices=("tcg", "kvm"), default=os.environ.get("NUMA_VM_ACCEL", "tcg"),
                         help="tcg (default; nested KVM hangs on these hosts) or kvm")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="guests booted at once (default: 2, or 1 on a 1-CPU host); a guest "
+                        "runs Python on one emulated CPU most of the time, so two share two host CPUs well")
     parser.add_argument("--quiet", action="store_true", help="do not echo the guest console")
     parser.add_argument("--list", action="store_true", help="list the layouts and exit")
     args = parser.parse_args(argv)
@@ -251,22 +305,41 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     models = out / "models"
     try:
-        make_models(models)
+        make_fixtures(models)
     except Exception as exc:  # noqa: BLE001 - reported, and the run fails
-        log(f"cannot make the test models with the host's numatune: {type(exc).__name__}: {exc}")
+        log(f"cannot make the test models and programs: {type(exc).__name__}: {exc}")
         return EXIT_GUEST
     log(f"kernel {kernel}, accel {args.accel}, output in {out}")
 
-    worst = 0
-    summary = []
-    for layout in chosen:
-        rc, line = run_layout(layout, kernel, out, models, pytest_args, args.timeout,
-                              args.pythonpath, args.accel, not args.quiet)
-        summary.append(line)
+    if args.jobs < 1:
+        parser.error("--jobs: at least 1")
+    jobs = min(args.jobs, len(chosen))
+    echo = not args.quiet and jobs == 1        # several consoles at once would interleave
+
+    def one(layout: Layout) -> tuple[int, str, dict]:
+        rc, line, record = run_layout(layout, kernel, out, models, pytest_args, args.timeout,
+                                      args.pythonpath, args.accel, echo)
         log(line)
+        if rc != 0 and not echo:        # what failed, without the whole console
+            tail = (out / layout.name / "console.log").read_text(errors="replace").splitlines()[-80:]
+            print("\n".join(f"{layout.name}| {text}" for text in tail), file=sys.stderr, flush=True)
+        return rc, line, record
+
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = list(pool.map(one, chosen))
+    total = time.monotonic() - start
+    worst = 0
+    for rc, _, _ in results:
         if rc != 0 and (worst == 0 or rc == EXIT_GUEST):
             worst = rc
+    summary = [line for _, line, _ in results]
+    records = [record for _, _, record in results]
+    (out / "summary.json").write_text(json.dumps({"layouts": records, "seconds": round(total, 1), "jobs": jobs,
+                                                  "kernel": kernel, "accel": args.accel}, indent=2) + "\n")
     print("\n".join(f"multinode {line}" for line in summary), flush=True)
+    print(f"multinode: {len(chosen)} layout(s), {jobs} at a time, in {total:.0f} s; "
+          f"summary in {out / 'summary.json'}", flush=True)
     return worst
 
 

@@ -1,7 +1,6 @@
 """Helpers of the multi-node suite: the views of numactl and hwloc, probing, page counting."""
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -30,25 +29,12 @@ def run(command: list[str], timeout: float = 300, check: bool = True, **kwargs) 
     return result
 
 
-@contextlib.contextmanager
-def _without_py_cpuinfo():
-    # py-cpuinfo starts a child Python to run CPUID: ~13 s under the emulator, for ISA flags
-    # that no multi-node test looks at. The first probe (probe_json) keeps it.
-    import numatune.topology as topology_module
-    saved = topology_module._py_cpuinfo_flags
-    topology_module._py_cpuinfo_flags = lambda reader: set()
-    try:
-        yield
-    finally:
-        topology_module._py_cpuinfo_flags = saved
-
-
 def probe_now():
-    """A fresh in-process probe of the live machine (free memory as it is now)."""
+    """A fresh in-process probe of the live machine (free memory as it is now). The harness sets
+    NUMATUNE_QUICK_PROBE in the guest: no py-cpuinfo child (~13 s under the emulator)."""
     from numatune.sysfs import Root
     from numatune.topology import probe
-    with _without_py_cpuinfo():
-        return probe(Root.open("/"))
+    return probe(Root.open("/"))
 
 
 @dataclass(frozen=True)
