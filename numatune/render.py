@@ -158,17 +158,22 @@ def bandwidth(probed) -> None:
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
+def _evidence_and_fix(item) -> None:
+    """The indented lines under an audit finding or a verify check: evidence, why, fix."""
+    for e in item.evidence:
+        console.print(f"          {e.what} = {e.value}  [dim]({e.where})[/]")
+    console.print(f"          {item.explanation}")
+    if item.fix:
+        console.print(f"          [green]fix:[/] {item.fix}")
+
+
 def findings(items) -> None:
     if not items:
         console.print("[green]No findings: nothing to fix for NUMA inference on this machine.[/]")
         return
     for f in items:
         console.print(f"[{_SEVERITY_STYLE[f.severity]}]{f.severity.upper():7}[/] [bold]{f.id}[/]: {f.title}")
-        for e in f.evidence:
-            console.print(f"          {e.what} = {e.value}  [dim]({e.where})[/]")
-        console.print(f"          {f.explanation}")
-        if f.fix:
-            console.print(f"          [green]fix:[/] {f.fix}")
+        _evidence_and_fix(f)
     counts = {s: sum(1 for f in items if f.severity == s) for s in ("error", "warning", "info")}
     console.print(f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} note(s)")
 
@@ -345,11 +350,7 @@ def verify_report(report) -> None:
     console.print(f"expected: {expect.policy} on node(s) {cpulist(expect.nodes)} [dim]({expect.why})[/]")
     for check in report.checks:
         console.print(f"{_check_line(check.passed)} [bold]{check.id}[/]: {check.title}")
-        for e in check.evidence:
-            console.print(f"          {e.what} = {e.value}  [dim]({e.where})[/]")
-        console.print(f"          {check.explanation}")
-        if check.fix:
-            console.print(f"          [green]fix:[/] {check.fix}")
+        _evidence_and_fix(check)
     if report.command:
         state = ("stopped" + (f", exit status {report.exit_status}" if report.exit_status is not None else "")
                  if report.stopped else "left running")
