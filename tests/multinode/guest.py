@@ -42,13 +42,14 @@ DEFAULT_OUT = "/tmp/numatune-multinode"
 GUEST_STARTED = "guest: "     # the guest script's first line: the kernel has booted
 
 # Models the guest tests load, made on the host before boot (numpy in the emulated guest is
-# about a hundred times slower). "tiny": ~3 MiB, for placement and outputs; "wide": ~26 MiB,
-# each tensor 8.5 MiB (four-odd 2 MiB huge pages: the engine asks for transparent huge pages,
-# which interleave whole), so an interleaved copy can be checked for evenness on up to four
-# nodes, and one copy does not fit a node the audit's memory hog has filled.
+# about a hundred times slower). "tiny": ~3 MiB, for placement and outputs; "wide": ~102 MiB,
+# 34 MiB per tensor (17 huge pages: the engine asks for transparent huge pages, which
+# interleave whole), so an interleaved copy can be checked for evenness on up to four nodes,
+# and one copy does not fit a node the audit's memory hog has filled (a 26 MiB model did: the
+# kernel keeps ~29 MiB free on a 512 MiB node by reclaiming).
 MODELS = {
     "tiny": dict(hidden=256, intermediate=512, experts=8, top_k=2, layers=1),
-    "wide": dict(hidden=1024, intermediate=1024, experts=8, top_k=2, layers=1),
+    "wide": dict(hidden=1024, intermediate=1024, experts=32, top_k=2, layers=1),
 }
 
 
