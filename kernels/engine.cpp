@@ -315,16 +315,23 @@ void MoeEngine::run_experts(Layer& L, const int* ids, const float* weights, int 
 
     // Phase 1: h_j = silu(gate_j·x) ⊙ (up_j·x), one unit (expert, block of rows) at a time;
     // each unit's piece of h is quantized at once for the down projection.
-    auto up_job = [&](int worker) {
+    // Which slice (or copy) a worker reads, and its place among the workers sharing the work:
+    // under partition each node computes its own slice with its own workers; every other
+    // placement (replicate included: each worker reads its node's full copy) splits the whole
+    // work over all workers. Splitting it per copy would compute it once per node, and two
+    // nodes' workers writing the same rows of y would race and add them twice.
+    struct Part { const Slice& slice; int group, parts, index; };
+    auto part_of = [&](int worker) {
         const int group = group_of_worker_[worker];
-        const Slice& slice = L.slices[L.slices.size() == 1 ? 0 : group];
         const auto& members = group_workers_[group];
-        // Under partition each node computes its own slice with its own workers. Every other
-        // placement (replicate included: each worker reads its node's full copy) splits the
-        // whole work over all workers; splitting it per copy would compute it once per node.
-        const int parts = partition ? static_cast<int>(members.size()) : pool_->size();
         const int index = partition ? static_cast<int>(std::find(members.begin(), members.end(), worker) - members.begin())
                                     : worker;
+        return Part{L.slices[L.slices.size() == 1 ? 0 : group], group,
+                    partition ? static_cast<int>(members.size()) : pool_->size(), index};
+    };
+
+    auto up_job = [&](int worker) {
+        const auto [slice, group, parts, index] = part_of(worker);
         const int first_unit = slice.row_begin / L.unit_rows;
         const int slice_units = (slice.row_end - slice.row_begin + L.unit_rows - 1) / L.unit_rows;
         auto [u0, u1] = share(k * slice_units, parts, index);
@@ -350,14 +357,7 @@ void MoeEngine::run_experts(Layer& L, const int* ids, const float* weights, int 
     // Phase 2: down projection, rows of y split over the workers. Under partition each node
     // multiplies its own columns (its slice of h) and the nodes' partial sums are added after.
     auto down_job = [&](int worker) {
-        const int group = group_of_worker_[worker];
-        const Slice& slice = L.slices[L.slices.size() == 1 ? 0 : group];
-        const auto& members = group_workers_[group];
-        // As in phase 1: per node under partition, over all workers otherwise (under replicate
-        // two nodes' workers writing the same rows of y would race and add them twice).
-        const int parts = partition ? static_cast<int>(members.size()) : pool_->size();
-        const int index = partition ? static_cast<int>(std::find(members.begin(), members.end(), worker) - members.begin())
-                                    : worker;
+        const auto [slice, group, parts, index] = part_of(worker);
         auto [r0, r1] = share(s.hidden, parts, index);
         if (r1 <= r0) return;
         float* out = partition ? S.partial.data() + static_cast<size_t>(group) * s.hidden : y;

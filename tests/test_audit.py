@@ -6,27 +6,14 @@ import pytest
 from numatune.audit import AuditContext, run_audit, worst_severity
 from numatune.engines import EngineInstall
 from numatune.models import resolve_model
-from numatune.sysfs import Root
-from numatune.topology import probe
-from treegen import GIB, FakeMachine, seed_machine, write_tree
+from treegen import GIB, FakeMachine, by_id, ids, probe_tree, seed_machine
 
 KT_PLAIN = EngineInstall("ktransformers", "/x/cpuinfer_ext.so", False,
                          "/x/cpuinfer_ext.so links libc.so.6 (no libnuma)", "USE_NUMA=1 bash install.sh")
 KT_NUMA = EngineInstall("ktransformers", "/x/cpuinfer_ext.so", True, "links libnuma.so.1", None)
 
 
-def topo(tmp_path, machine):
-    return probe(Root.open(str(write_tree(tmp_path / "root", machine))))
-
-
-def ids(findings):
-    return {f.id for f in findings}
-
-
-def by_id(findings, finding_id):
-    matches = [f for f in findings if f.id == finding_id]
-    assert matches, f"{finding_id} not in {ids(findings)}"
-    return matches[0]
+topo = probe_tree
 
 
 def test_clean_single_node_machine_has_no_warnings(tmp_path):

@@ -16,7 +16,7 @@ from numatune.models import resolve_model
 from numatune.pagecache import PageCacheReport
 from numatune.sysfs import Root
 from numatune.topology import Topology, probe
-from treegen import GIB, FakeMachine, seed_machine, write_tree
+from treegen import GIB, FakeMachine, by_id, ids, probe_tree, seed_machine, write_tree
 
 FIXTURES = Path("/work/shared/fixtures/hwloc-linux")
 KT_NUMA = EngineInstall("ktransformers", "/x/cpuinfer_ext.so", True, "links libnuma.so.1", None)
@@ -25,18 +25,7 @@ LLAMA = EngineInstall("llama.cpp", None, False, "one copy", None)
 R1 = "deepseek-r1:Q4_K_M"
 
 
-def topo(tmp_path, machine, name="root"):
-    return probe(Root.open(str(write_tree(tmp_path / name, machine))))
-
-
-def ids(findings):
-    return {f.id for f in findings}
-
-
-def by_id(findings, finding_id):
-    matches = [f for f in findings if f.id == finding_id]
-    assert matches, f"{finding_id} not in {ids(findings)}"
-    return matches[0]
+topo = probe_tree
 
 
 def fixture(name):

@@ -198,3 +198,22 @@ def seed_machine(**changes) -> FakeMachine:
     spec = dict(sockets=2, cores_per_node=32, threads_per_core=2, memory_per_node=512 * GIB)
     spec.update(changes)
     return FakeMachine(**spec)
+
+
+# ---- helpers shared by the audit tests
+
+def probe_tree(tmp_path: Path, machine: FakeMachine, name: str = "root"):
+    """The topology numatune probes from a generated tree of `machine`."""
+    from numatune.sysfs import Root
+    from numatune.topology import probe
+    return probe(Root.open(str(write_tree(tmp_path / name, machine))))
+
+
+def ids(findings) -> set:
+    return {f.id for f in findings}
+
+
+def by_id(findings, finding_id: str):
+    matches = [f for f in findings if f.id == finding_id]
+    assert matches, f"{finding_id} not in {ids(findings)}"
+    return matches[0]
