@@ -137,8 +137,8 @@ def _start(config: Configuration, model: ModelChoice, stage: Stage, target: Engi
         return f"could not start the placed child: {exc}"
 
 
-def _finish(child: subprocess.Popen, timeout: float):
-    """The child's (tokens/s, weight GB/s, resident bytes), or its error as a string."""
+def _finish_json(child: subprocess.Popen, timeout: float):
+    """The child's whole `bench --json` report, or its error as a string."""
     try:
         out, err = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -149,6 +149,17 @@ def _finish(child: subprocess.Popen, timeout: float):
         return lines[-1] if lines else f"exit status {child.returncode}"
     try:
         data = json.loads(out)
+    except ValueError as exc:
+        return f"unreadable trial output ({exc})"
+    return data if isinstance(data, dict) else "unreadable trial output (not an object)"
+
+
+def _finish(child: subprocess.Popen, timeout: float):
+    """The child's (tokens/s, weight GB/s, resident bytes), or its error as a string."""
+    data = _finish_json(child, timeout)
+    if isinstance(data, str):
+        return data
+    try:
         return (Measurement.from_json(data["tokens_per_s"]), Measurement.from_json(data["weight_gb_per_s"]),
                 int(data["resident_bytes"]))
     except (ValueError, KeyError, TypeError) as exc:

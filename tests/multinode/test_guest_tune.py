@@ -65,3 +65,38 @@ def test_tune_with_a_small_budget_finishes(two_nodes, layout, models, tmp_path, 
     both = layout.cpu_nodes()
     assert any(tuple(t["config"]["nodes"]) == both for t in trials), [t["config"] for t in trials]
     assert seconds <= BUDGET_S + OVERRUN_S, f"{seconds:.0f} s for a {BUDGET_S} s budget"
+
+
+def test_one_instance_per_node_trial_runs_both_children_placed(two_nodes, topology, models):
+    """`--objective throughput`'s candidate: one child per node at once. The children started the
+    way a trial starts them report worker CPUs on their own node only and every weight page on it;
+    the trial itself succeeds, sums its children, and holds exactly two copies of the weights."""
+    from numatune.config import Configuration
+    from numatune.search import Stage
+    from numatune.profiles import find_engine_profile
+    from numatune.trial import ModelChoice, _finish_json, _start, run_trial
+    nodes = tuple(cpu_nodes(topology))
+    cpus = tuple(c for n in nodes for c in topology.usable_cpus_of_node(n))
+    pair = Configuration(cpus, "bind", nodes, instances=2)
+    parts = pair.split(topology.node_of_cpu)
+    assert [p.nodes for p in parts] == [(n,) for n in nodes]
+    model = ModelChoice.from_label(models["tiny"])
+    stage = Stage(tokens=8, repeats=2)
+
+    children = [_start(part, model, stage, find_engine_profile("numatune")) for part in parts]
+    assert not any(isinstance(child, str) for child in children), children
+    reports = [_finish_json(child, 600) for child in children]
+    for part, report in zip(parts, reports):
+        assert isinstance(report, dict), report
+        (node,) = part.nodes
+        placed = report["placement"]
+        assert {topology.node_of_cpu(c) for c in placed["worker_cpus"]} == {node}, placed["worker_cpus"]
+        for group, pages in placed["pages"].items():
+            assert set(pages) == {str(node)}, (node, group, pages)
+
+    both = run_trial(pair, model, 0, stage)
+    assert both.error is None, both.error
+    copies = [report["resident_bytes"] for report in reports]
+    assert copies[0] == copies[1] > 0 and both.resident_bytes == sum(copies), (both.resident_bytes, copies)
+    assert len(both.tokens_per_s.samples) == stage.repeats
+    assert all(v > 0 for v in both.tokens_per_s.samples), both.tokens_per_s
