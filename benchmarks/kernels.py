@@ -1,14 +1,16 @@
 """Single-thread gemv of the row kernels against a plain read of the same bytes.
 
-For each weight type, a matrix of DeepSeek-V3's hidden width (7168 columns) and about
---matrix-mib MiB (well above the last-level cache) is built by tiling a few quantized rows;
+For each weight type, a matrix of --columns columns (default DeepSeek-V3's hidden width, 7168;
+the default preset's rows are 2048 and 768 wide) and about --matrix-mib MiB (well above the last-level cache) is built by tiling a few quantized rows;
 then, in rounds that alternate their order (memory bandwidth drifts over seconds), it times
   * numpy reading the same bytes (np.add.reduce over a uint64 view), and
   * numatune._kernels.gemv of every row-kernel variant this CPU runs (x quantized inside),
+  * numatune's own read loop (the yardstick of benchmarks/engine.py) on arrays of the same size,
 and prints weight GB/s (decimal) as median ± half-IQR, with the ratio to the numpy read.
 The process is pinned to one CPU. Prints a table; never judges the timings.
 
     python benchmarks/kernels.py [--types Q4_K,Q8_0,...] [--variants avx2,...] [--matrix-mib 512]
+                                 [--columns 7168]
                                  [--rounds 7] [--cpu 0] [--json results.json]
 """
 from __future__ import annotations
@@ -23,11 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from numatune import _kernels, quants  # noqa: E402
-from numatune.stats import Measurement  # noqa: E402
+from numatune import _kernels, quants
+from numatune.stats import Measurement
 
 COLUMNS = 7168
 TILE_ROWS = 64
@@ -40,8 +39,8 @@ class Row:
     gbps: Measurement
 
 
-def build_matrix(type_name: str, matrix_bytes: int, rng: np.random.Generator) -> np.ndarray:
-    tile = quants.quantize(rng.standard_normal((TILE_ROWS, COLUMNS)).astype(np.float32), type_name)
+def build_matrix(type_name: str, matrix_bytes: int, columns: int, rng: np.random.Generator) -> np.ndarray:
+    tile = quants.quantize(rng.standard_normal((TILE_ROWS, columns)).astype(np.float32), type_name)
     copies = max(1, matrix_bytes // tile.nbytes)
     return np.tile(tile, (copies, 1))
 
@@ -54,8 +53,8 @@ def time_once(run) -> float:
 
 def measure(type_name: str, variants: list[str], args: argparse.Namespace) -> list[Row]:
     rng = np.random.default_rng(0)
-    weights = build_matrix(type_name, args.matrix_mib << 20, rng)
-    x = rng.standard_normal(COLUMNS).astype(np.float32)
+    weights = build_matrix(type_name, args.matrix_mib << 20, args.columns, rng)
+    x = rng.standard_normal(args.columns).astype(np.float32)
     words = weights.reshape(-1).view(np.uint64)
     readers = {"numpy read": lambda: np.add.reduce(words)}
     for variant in variants:
@@ -63,10 +62,14 @@ def measure(type_name: str, variants: list[str], args: argparse.Namespace) -> li
     samples: dict[str, list[float]] = {name: [] for name in readers}
     for run in readers.values():  # warm-up: page faults, clocks
         run()
+    # The engine benchmark's yardstick: numatune's own read loop (its own arrays, same size).
+    samples["membench read"] = []
     for round_number in range(args.rounds):
         order = list(readers) if round_number % 2 == 0 else list(reversed(readers))
         for name in order:
             samples[name].append(weights.nbytes / time_once(readers[name]) / 1e9)
+        own = _kernels.membench_run("read", [args.cpu], -1, weights.nbytes, 1)
+        samples["membench read"].append(own["gbps"][0])
     return [Row(type_name, name, Measurement.of(values, "GB/s")) for name, values in samples.items()]
 
 
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--types", default="Q4_K,Q8_0,Q6_K,BF16,F16,F32")
     parser.add_argument("--variants", default=",".join(_kernels.quant_variants()))
     parser.add_argument("--matrix-mib", type=int, default=512)
+    parser.add_argument("--columns", type=int, default=COLUMNS)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--cpu", type=int, default=0)
     parser.add_argument("--json", type=Path)
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for type_name in args.types.split(","):
         rows += measure(type_name, variants, args)
-    print(f"one thread on CPU {args.cpu}; {args.matrix_mib} MiB of weights, {COLUMNS} columns; "
+    print(f"one thread on CPU {args.cpu}; {args.matrix_mib} MiB of weights, {args.columns} columns; "
           f"{args.rounds} rounds")
     print_table(rows)
     if args.json:

@@ -28,17 +28,20 @@ void prefetch_block(const Block* block) {
     for (size_t offset = 0; offset < sizeof(Block); offset += 64) _mm_prefetch(ahead + offset, _MM_HINT_T0);
 }
 
+// Horizontal sums of a row's accumulator lanes, always in the tree ((0+1)+(2+3)) + ((4+5)+(6+7)),
+// whether one row is summed alone (hsum) or eight together (hsum8): a row's result does not depend
+// on how the rows were grouped, so splitting rows differently over workers gives the same output.
 float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    const __m256 pairs = _mm256_hadd_ps(v, v);
+    const __m256 quads = _mm256_hadd_ps(pairs, pairs);
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(quads), _mm256_extractf128_ps(quads, 1)));
 }
 
-float hsum(__m128 v) {
-    __m128 s = _mm_add_ps(v, _mm_movehl_ps(v, v));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+// The eight horizontal sums of v[0..8), as one vector (lane r = sum of v[r]).
+__m256 hsum8(const __m256* v) {
+    const __m256 low = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+    const __m256 high = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(low, high, 0x20), _mm256_permute2f128_ps(low, high, 0x31));
 }
 
 float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
@@ -105,11 +108,6 @@ void quantize_activation(GgmlType type, const float* x, int n, void* xq) {
 
 // ---- Q4_K × Q8_K
 
-// vpshufb masks broadcasting 16-bit word s of each 128-bit lane to the whole lane.
-__m256i word_broadcast_mask(int s) {
-    return _mm256_set1_epi16(static_cast<short>((2 * s) | ((2 * s + 1) << 8)));
-}
-
 // Q4_K's sc[0..7] in bytes 0-7 and m[0..7] in bytes 8-15: q4k_unpack_scales in vector form.
 // The 16-byte load reads 4 bytes of qs past the 12 bytes of scales (inside the block).
 __m128i q4k_scales_and_mins(const BlockQ4K& w) {
@@ -122,6 +120,16 @@ __m128i q4k_scales_and_mins(const BlockQ4K& w) {
     return _mm_unpacklo_epi32(low_six, upper);
 }
 
+// vpshufb masks over the 16 bytes above (in both lanes) that widen bytes to 16-bit words: every
+// word = sc[s]; or the words m0 m0 m1 m1 m2 m2 m3 m3 | m4 m4 .. m7 m7, which vpmaddwd with the
+// activation's 16 sums of 16 turns into m[s]·(sum of sub-block s) in 32-bit lane s.
+__m256i scale_words_mask(int s) { return _mm256_set1_epi16(static_cast<short>(0x8000 | s)); }
+
+__m256i min_pairs_mask() {
+    return _mm256_setr_epi8(8, -1, 8, -1, 9, -1, 9, -1, 10, -1, 10, -1, 11, -1, 11, -1,
+                            12, -1, 12, -1, 13, -1, 13, -1, 14, -1, 14, -1, 15, -1, 15, -1);
+}
+
 // x.d·d and x.d·dmin of a Q4_K block, in lanes 0 and 1.
 __m128 q4k_block_scales(const BlockQ4K& w, const BlockQ8K& x) {
     uint32_t both;
@@ -131,18 +139,17 @@ __m128 q4k_block_scales(const BlockQ4K& w, const BlockQ8K& x) {
 
 struct Q4KAccumulator {
     __m256 scaled = _mm256_setzero_ps();   // d·Σ sc·(q·x)
-    __m128 mins = _mm_setzero_ps();        // dmin·Σ m·(Σx)
+    __m256 mins = _mm256_setzero_ps();     // dmin·Σ m·(Σx)
 
     void add(const BlockQ4K& w, const BlockQ8K& x) {
-        const __m256i wide = _mm256_cvtepu8_epi16(q4k_scales_and_mins(w));   // words 0-7: sc, 8-15: m
+        const __m128i packed = q4k_scales_and_mins(w);
+        const __m256i bytes = _mm256_broadcastsi128_si256(packed);
         const __m128 block_scales = q4k_block_scales(w, x);
 
         const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
-        const __m128i sub_sums = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
-        const __m128i min_terms = _mm_madd_epi16(_mm256_extracti128_si256(wide, 1), sub_sums);
-        mins = _mm_fmadd_ps(_mm_shuffle_ps(block_scales, block_scales, 0x55), _mm_cvtepi32_ps(min_terms), mins);
+        const __m256i min_terms = _mm256_madd_epi16(_mm256_shuffle_epi8(bytes, min_pairs_mask()), bsums);
+        mins = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(block_scales)), _mm256_cvtepi32_ps(min_terms), mins);
 
-        const __m256i scales = _mm256_permute2x128_si256(wide, wide, 0x00);  // sc in both lanes
         const __m256i low_nibbles = _mm256_set1_epi8(0x0f);
         __m256i sum = _mm256_setzero_si256();
         for (int j = 0; j < 4; ++j) {
@@ -152,15 +159,16 @@ struct Q4KAccumulator {
             const __m256i x_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 64 * j));
             const __m256i x_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 64 * j + 32));
             const __m256i p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x_lo),
-                                                   _mm256_shuffle_epi8(scales, word_broadcast_mask(2 * j)));
+                                                   _mm256_shuffle_epi8(bytes, scale_words_mask(2 * j)));
             const __m256i p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x_hi),
-                                                   _mm256_shuffle_epi8(scales, word_broadcast_mask(2 * j + 1)));
+                                                   _mm256_shuffle_epi8(bytes, scale_words_mask(2 * j + 1)));
             sum = _mm256_add_epi32(sum, _mm256_add_epi32(p_lo, p_hi));
         }
         scaled = _mm256_fmadd_ps(_mm256_broadcastss_ps(block_scales), _mm256_cvtepi32_ps(sum), scaled);
     }
 
-    float total() const { return hsum(scaled) - hsum(mins); }
+    // Lanes whose sum is the row's dot product.
+    __m256 lanes() const { return _mm256_sub_ps(scaled, mins); }
 };
 
 // ---- Q6_K × Q8_K
@@ -204,7 +212,7 @@ struct Q6KAccumulator {
         scaled = _mm256_fmadd_ps(_mm256_set1_ps(x.d * f16_scalar(w.d)), _mm256_cvtepi32_ps(sum), scaled);
     }
 
-    float total() const { return hsum(scaled); }
+    __m256 lanes() const { return scaled; }
 };
 
 // ---- Q8_0 × Q8_0
@@ -221,22 +229,32 @@ struct Q8_0Accumulator {
         scaled = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w.d) * f16_scalar(x.d)), _mm256_cvtepi32_ps(sum), scaled);
     }
 
-    float total() const { return hsum(scaled); }
+    __m256 lanes() const { return scaled; }
 };
 
 // One row at a time, each block's bytes prefetched kPrefetchBytes ahead (running on into the next
-// row, which is where the next call of the loop reads).
+// row, which is where the next call of the loop reads). Rows are read in order; their sums are
+// reduced eight at a time, which matters for narrow rows (a 768-wide Q6_K row is 3 blocks).
+template <class Acc, class Block, class Activation>
+inline __attribute__((always_inline)) __m256 row_lanes(const Block* w, const Activation* x, int blocks) {
+    Acc acc;
+    for (int b = 0; b < blocks; ++b) {
+        prefetch_block(w + b);
+        acc.add(w[b], x[b]);
+    }
+    return acc.lanes();
+}
+
 template <class Acc, class Block, class Activation>
 void gemv_blocks(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
-    for (int r = 0; r < rows; ++r) {
-        const Block* w = reinterpret_cast<const Block*>(weights + r * row_stride);
-        Acc acc;
-        for (int b = 0; b < blocks; ++b) {
-            prefetch_block(w + b);
-            acc.add(w[b], x[b]);
-        }
-        y[r] = acc.total();
+    auto row = [&](int r) { return reinterpret_cast<const Block*>(weights + r * row_stride); };
+    int r = 0;
+    for (; r + 8 <= rows; r += 8) {
+        __m256 lanes[8];
+        for (int i = 0; i < 8; ++i) lanes[i] = row_lanes<Acc, Block>(row(r + i), x, blocks);
+        _mm256_storeu_ps(y + r, hsum8(lanes));
     }
+    for (; r < rows; ++r) y[r] = hsum(row_lanes<Acc, Block>(row(r), x, blocks));
 }
 
 // ---- float rows
