@@ -1,9 +1,10 @@
 """The bundled engine's weight traffic against the memory's read bandwidth, same CPUs, same memory.
 
 For each weight type (Q4_K_M, Q8_0 by default) and thread count (1 and all cores), every round
-decodes `--tokens` tokens with the engine and then measures the read bandwidth of the same CPUs
-on the same memory node; the ratio is taken per round (bandwidth here drifts by ±15% over
-minutes, so only same-round ratios mean anything). Prints median ± spread over rounds; never
+measures the read bandwidth of the same CPUs on the same memory node, decodes `--tokens` tokens
+with the engine, and measures the read bandwidth again; the ratio is taken per round, against the
+mean of the two reads around the decode (bandwidth here drifts by ±15% within a minute, so only
+same-round ratios mean anything). Prints median ± spread over rounds; never
 asserts. Models are generated (numatune.synth) far larger than the last-level cache.
 
     python benchmarks/engine.py [--types Q4_K_M,Q8_0] [--rounds 7] [--tokens 64] [--json out.json]
@@ -51,9 +52,13 @@ def main(argv=None) -> int:
                                  topology=topology)
             engine.decode_bench(tokens=8, warmup=2)
             weight, read, ratio = [], [], []
+            def read_now() -> float:
+                return bandwidth.measure(cpus, node, "read", repeats=1, llc_bytes=llc).gbps.median
+
             for i in range(args.rounds):
+                before = read_now()
                 run = engine.decode_bench(tokens=args.tokens, warmup=1, seed=i)
-                bw = bandwidth.measure(cpus, node, "read", repeats=1, llc_bytes=llc).gbps.median
+                bw = (before + read_now()) / 2     # the read bandwidth around this decode
                 weight.append(run["gb_per_s"])
                 read.append(bw)
                 ratio.append(run["gb_per_s"] / bw)
