@@ -142,6 +142,25 @@ def test_activation_edge_cases_match_scalar(variant, type_name):
     assert np.array_equal(_kernels.gemv(type_name, zero, ties, isa=variant), np.zeros(3))
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q8_0"])
+def test_alternating_activations_each_give_their_own_result(variant, type_name, rng):
+    """The AVX-512 kernels keep the last activation's layout per thread: a different activation
+    (often in the same freed buffer) must not be dotted with a stale one."""
+    n = 512
+    weights = random_blocks(type_name, ROWS, n, rng)
+    a = rng.standard_normal(n).astype(np.float32)
+    b = a.copy()
+    b[7] += 1.0  # differs in one block only
+    expected = {key: _kernels.gemv(type_name, weights, x, isa="scalar") for key, x in (("a", a), ("b", b))}
+    assert not np.array_equal(expected["a"], expected["b"])
+    for key, x in (("a", a), ("b", b), ("a", a), ("a", a), ("b", b)):
+        y = _kernels.gemv(type_name, weights, x, isa=variant)
+        np.testing.assert_allclose(y, expected[key], rtol=1e-4, atol=1e-4 * np.abs(expected[key]).max())
+        other = expected["b" if key == "a" else "a"]
+        assert np.abs(y - expected[key]).max() < np.abs(y - other).max()
+
+
 def test_rows_may_be_strided_views(rng):
     weights = random_blocks("Q4_K", 12, 512, rng)
     x = rng.standard_normal(512).astype(np.float32)
