@@ -263,33 +263,57 @@ void lay_out_q8_0_activation(const BlockQ8_0* x, int blocks, Q8_0PairActivation*
     }
 }
 
-// One row of `blocks` Q8_0 blocks against the laid-out activation.
-float q8_0_row(const BlockQ8_0* w, const Q8_0PairActivation* x, const float* x_scales, int blocks) {
-    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-    const __m512i pair_lanes = _mm512_mask_blend_epi32(0xff00, _mm512_setzero_si512(), _mm512_set1_epi32(1));
+struct Q8_0Accumulator {
     __m512 acc = _mm512_setzero_ps();
-    int b = 0;
-    for (; b + 2 <= blocks; b += 2) {
-        prefetch_block(w + b);
-        prefetch_block(w + b + 1);
-        const __m512i q = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(load256(w[b].qs)), load256(w[b + 1].qs), 1), flip);
-        const Q8_0PairActivation& pair = x[b / 2];
-        const __m512i dot = _mm512_dpbusd_epi32(_mm512_load_si512(pair.start), q, _mm512_load_si512(pair.qs));
-        const uint32_t both = w[b].d | static_cast<uint32_t>(w[b + 1].d) << 16;
+
+    // Blocks b and b+1 of a row (w points at block b), against their pair of the activation.
+    void add_pair(const BlockQ8_0* w, const Q8_0PairActivation& x, const float* x_scales) {
+        const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+        const __m512i pair_lanes = _mm512_mask_blend_epi32(0xff00, _mm512_setzero_si512(), _mm512_set1_epi32(1));
+        const __m512i q = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(load256(w[0].qs)), load256(w[1].qs), 1), flip);
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_load_si512(x.start), q, _mm512_load_si512(x.qs));
+        const uint32_t both = w[0].d | static_cast<uint32_t>(w[1].d) << 16;
         const __m128 scales = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(both))),
-                                         _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(x_scales + b))));
+                                         _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(x_scales))));
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(pair_lanes, _mm512_castps128_ps512(scales)), acc);
     }
-    if (b < blocks) {   // an odd last block: the low half of the same step
-        prefetch_block(w + b);
-        const __m256i q = _mm256_xor_si256(load256(w[b].qs), _mm512_castsi512_si256(flip));
-        const Q8_0PairActivation& pair = x[b / 2];
-        const __m256i dot = _mm256_dpbusd_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(pair.start)), q,
-                                                _mm256_load_si256(reinterpret_cast<const __m256i*>(pair.qs)));
-        const __m256 scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(f16_scalar(w[b].d) * x_scales[b]));
+
+    // An odd last block: the low half of the same step.
+    void add_last(const BlockQ8_0& w, const Q8_0PairActivation& x, float x_scale) {
+        const __m256i q = _mm256_xor_si256(load256(w.qs), _mm256_set1_epi8(static_cast<char>(0x80)));
+        const __m256i dot = _mm256_dpbusd_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(x.start)), q,
+                                                _mm256_load_si256(reinterpret_cast<const __m256i*>(x.qs)));
+        const __m256 scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(f16_scalar(w.d) * x_scale));
         acc = _mm512_add_ps(acc, _mm512_insertf32x8(_mm512_setzero_ps(), scaled, 0));
     }
-    return hsum(acc);
+
+    float total() const { return hsum(acc); }
+};
+
+// Rows read in two streams: row r and row r + rows/2 advance together, step by step. One core
+// reads memory faster with two far-apart streams in flight than with one (the hardware
+// prefetcher follows each). On the AVX-512 machine above, from 2 GiB of rows, against the read
+// loop of the bandwidth benchmark in the same process: Q4_K 0.81-0.84 → 0.91-0.95 of its speed,
+// Q6_K 0.82-0.84 → 0.90-0.94; four streams measured no better than two. A row's sum is formed
+// as it would be alone, so the result does not depend on how rows are split over workers.
+// step(acc, row, i) adds step i of a row; finish(acc, row) returns its dot product.
+template <class Acc, class Step, class Finish>
+inline __attribute__((always_inline)) void gemv_two_streams(int rows, int steps, Step step, Finish finish, float* y) {
+    const int half = rows / 2;
+    for (int r = 0; r < half; ++r) {
+        Acc first, second;
+        for (int i = 0; i < steps; ++i) {
+            step(first, r, i);
+            step(second, r + half, i);
+        }
+        y[r] = finish(first, r);
+        y[r + half] = finish(second, r + half);
+    }
+    if (rows % 2 != 0) {
+        Acc last;
+        for (int i = 0; i < steps; ++i) step(last, rows - 1, i);
+        y[rows - 1] = finish(last, rows - 1);
+    }
 }
 
 // The activation laid out by the last gemv call on this thread, kept for as long as the same
@@ -317,26 +341,41 @@ void gemv_q8_0(const uint8_t* weights, size_t row_stride, int rows, const BlockQ
     if (cache.stale(x, sizeof(BlockQ8_0) * blocks, static_cast<size_t>(blocks + 1) / 2, blocks)) {
         lay_out_q8_0_activation(x, blocks, cache.laid.data(), cache.extra.data());
     }
-    for (int r = 0; r < rows; ++r) {
-        y[r] = q8_0_row(reinterpret_cast<const BlockQ8_0*>(weights + r * row_stride), cache.laid.data(),
-                        cache.extra.data(), blocks);
-    }
+    const Q8_0PairActivation* pairs = cache.laid.data();
+    const float* x_scales = cache.extra.data();
+    auto row = [&](int r) { return reinterpret_cast<const BlockQ8_0*>(weights + r * row_stride); };
+    gemv_two_streams<Q8_0Accumulator>(
+        rows, blocks / 2,
+        [&](Q8_0Accumulator& acc, int r, int p) {
+            const BlockQ8_0* w = row(r) + 2 * p;
+            prefetch_block(w);
+            prefetch_block(w + 1);
+            acc.add_pair(w, pairs[p], x_scales + 2 * p);
+        },
+        [&](Q8_0Accumulator& acc, int r) {
+            if (blocks % 2 != 0) {
+                const BlockQ8_0* w = row(r) + (blocks - 1);
+                prefetch_block(w);
+                acc.add_last(*w, pairs[blocks / 2], x_scales[blocks - 1]);
+            }
+            return acc.total();
+        },
+        y);
 }
 
-// One row at a time, each block's bytes prefetched kPrefetchBytes ahead (running on into the next
-// row, which is where the next call of the loop reads). A row is summed alone, so its result does
-// not depend on how the rows were split over workers.
+// Q4_K and Q6_K rows, each block's bytes prefetched kPrefetchBytes ahead (running on into the
+// next row, which is where that stream reads next).
 template <class Acc, class Block, class Activation>
 void gemv_blocks(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
-    for (int r = 0; r < rows; ++r) {
-        const Block* w = reinterpret_cast<const Block*>(weights + r * row_stride);
-        Acc acc;
-        for (int b = 0; b < blocks; ++b) {
-            prefetch_block(w + b);
-            acc.add(w[b], x[b]);
-        }
-        y[r] = acc.total();
-    }
+    auto row = [&](int r) { return reinterpret_cast<const Block*>(weights + r * row_stride); };
+    gemv_two_streams<Acc>(
+        rows, blocks,
+        [&](Acc& acc, int r, int b) {
+            const Block* w = row(r) + b;
+            prefetch_block(w);
+            acc.add(*w, x[b]);
+        },
+        [](Acc& acc, int) { return acc.total(); }, y);
 }
 
 void gemv_q4_k(const uint8_t* weights, size_t row_stride, int rows, const BlockQ8K* x, int blocks, float* y) {
