@@ -33,6 +33,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--types", default="Q4_K_M,Q8_0")
     parser.add_argument("--preset", default="default")
+    parser.add_argument("--experts", type=int, default=None,
+                        help="experts per layer instead of the preset's (more: less of the model "
+                             "per token, so less of it can stay in the L3 between tokens)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--policy", default="bind")
@@ -45,7 +48,7 @@ def main(argv=None) -> int:
     cores = len(topology.one_cpu_per_core(topology.usable_cpus_of_node(node)))
     rows = []
     for type_name in args.types.split(","):
-        path = cached_model(args.preset, type_name)
+        path = cached_model(args.preset, type_name, experts=args.experts)
         for threads in sorted({1, cores}):
             cpus = pick_cpus(topology, threads)
             engine = Engine.load(path, cpus, args.policy, [node] if args.policy == "bind" else None,

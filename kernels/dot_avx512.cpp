@@ -11,7 +11,8 @@
 //    Q4_K's x reordered so that one 512-bit load of nibbles (four sub-blocks) meets x with one
 //    load per nibble half; Q8_0's blocks paired so that one vpdpbusd covers two of them. On a
 //    Sapphire Rapids-class core (2.6 GHz TSC), in L2: Q4_K 23.6 → 16.2 and Q8_0 3.7 → 2.8 cycles
-//    a block; from memory, against a plain read loop in the same run, Q4_K 0.81 → 0.91.
+//    a block; from 2 GiB of rows, against the bandwidth benchmark's read loop in the same
+//    process, Q4_K 0.69 → 0.81, Q8_0 0.79 → 0.84 (one stream; see gemv_two_streams for more).
 //  * Q6_K joins a pair of 32-byte runs into one 512-bit vector that lines up with 64 contiguous
 //    activation bytes.
 //  * BF16 rows: with avx512_bf16, vdpbf16ps. It takes both operands in bf16, so x is split once
