@@ -317,33 +317,32 @@ inline __attribute__((always_inline)) void gemv_two_streams(int rows, int steps,
     }
 }
 
-// The activation laid out by the last gemv call on this thread, kept for as long as the same
-// activation bytes come back: the engine dots one activation with every unit of gate and up
-// rows (32 rows at a time for a Q8_0 down projection), where laying it out anew each call cost
-// as much as the dot products. Compared by content, so any caller gets a correct layout.
-template <class Laid, class Extra = char>
-struct LaidOutActivation {
-    std::vector<uint8_t> source;
-    std::vector<Laid> laid;
-    std::vector<Extra> extra;
+// Whether the activation differs from the one this thread last laid out. A gemv keeps its
+// layout (thread_local) for as long as the same activation bytes come back: the engine dots one
+// activation with every unit of gate and up rows (32 rows at a time for a Q8_0 down projection),
+// where laying it out anew each call cost as much as the dot products. Compared by content, so
+// any caller gets a correct layout.
+struct LastActivation {
+    std::vector<uint8_t> bytes;
 
-    // True when the layout must be made (and then records `xq` as its source).
-    bool stale(const void* xq, size_t bytes, size_t laid_count, size_t extra_count) {
-        if (source.size() == bytes && std::memcmp(source.data(), xq, bytes) == 0) return false;
-        source.assign(static_cast<const uint8_t*>(xq), static_cast<const uint8_t*>(xq) + bytes);
-        laid.resize(laid_count);   // grows once per thread
-        extra.resize(extra_count);
+    bool changed(const void* xq, size_t size) {
+        if (bytes.size() == size && std::memcmp(bytes.data(), xq, size) == 0) return false;
+        bytes.assign(static_cast<const uint8_t*>(xq), static_cast<const uint8_t*>(xq) + size);
         return true;
     }
 };
 
 void gemv_q8_0(const uint8_t* weights, size_t row_stride, int rows, const BlockQ8_0* x, int blocks, float* y) {
-    thread_local LaidOutActivation<Q8_0PairActivation, float> cache;
-    if (cache.stale(x, sizeof(BlockQ8_0) * blocks, static_cast<size_t>(blocks + 1) / 2, blocks)) {
-        lay_out_q8_0_activation(x, blocks, cache.laid.data(), cache.extra.data());
+    thread_local LastActivation last;
+    thread_local std::vector<Q8_0PairActivation> laid_out;   // grows once per thread
+    thread_local std::vector<float> scales;
+    if (last.changed(x, sizeof(BlockQ8_0) * blocks)) {
+        laid_out.resize(static_cast<size_t>(blocks + 1) / 2);
+        scales.resize(static_cast<size_t>(blocks));
+        lay_out_q8_0_activation(x, blocks, laid_out.data(), scales.data());
     }
-    const Q8_0PairActivation* pairs = cache.laid.data();
-    const float* x_scales = cache.extra.data();
+    const Q8_0PairActivation* pairs = laid_out.data();
+    const float* x_scales = scales.data();
     auto row = [&](int r) { return reinterpret_cast<const BlockQ8_0*>(weights + r * row_stride); };
     gemv_two_streams<Q8_0Accumulator>(
         rows, blocks / 2,
@@ -380,9 +379,13 @@ void gemv_blocks(const uint8_t* weights, size_t row_stride, int rows, const Acti
 }
 
 void gemv_q4_k(const uint8_t* weights, size_t row_stride, int rows, const BlockQ8K* x, int blocks, float* y) {
-    thread_local LaidOutActivation<Q4KActivation> cache;
-    if (cache.stale(x, sizeof(BlockQ8K) * blocks, blocks, 0)) lay_out_q4k_activation(x, blocks, cache.laid.data());
-    gemv_blocks<Q4KAccumulator, BlockQ4K>(weights, row_stride, rows, cache.laid.data(), blocks, y);
+    thread_local LastActivation last;
+    thread_local std::vector<Q4KActivation> laid_out;   // grows once per thread
+    if (last.changed(x, sizeof(BlockQ8K) * blocks)) {
+        laid_out.resize(static_cast<size_t>(blocks));
+        lay_out_q4k_activation(x, blocks, laid_out.data());
+    }
+    gemv_blocks<Q4KAccumulator, BlockQ4K>(weights, row_stride, rows, laid_out.data(), blocks, y);
 }
 
 // ---- float rows (kFloatRows at a time: see dot_avx2.cpp)
