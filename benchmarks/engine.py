@@ -7,6 +7,16 @@ mean of the two reads around the decode (bandwidth here drifts by ±15% within a
 same-round ratios mean anything). Prints median ± spread over rounds; never
 asserts. Models are generated (numatune.synth) far larger than the last-level cache.
 
+Before its timed tokens, each round decodes untimed ones (`--warmup`; by default four passes'
+worth of tokens, 4 × experts / top-k). The first pass over the weights after the read
+benchmark has streamed other memory runs 20-40 % slower, token by token, until every expert has
+been read a few times over. Its length follows the number of experts, not time (measured, one
+thread: about 16 tokens with 128 experts, about 60 with 512, 20-30 with 64 experts of
+DeepSeek-V3 shape), which points at the weights' page translations being walked again (in a VM,
+through the host's page tables as well). The read benchmark's timed pass
+follows its own first-touch pass over the same array, so both sides are timed warm. `--warmup 1`
+gives the cold figure.
+
     python benchmarks/engine.py [--types Q4_K_M,Q8_0] [--rounds 7] [--tokens 64] [--json out.json]
 
 If `llama-bench` is on the PATH it is reported but not run: the generated GGUF holds only the MoE
@@ -38,6 +48,9 @@ def main(argv=None) -> int:
                              "per token, so less of it can stay in the L3 between tokens)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed tokens before each round's timed ones (default: four passes' "
+                             "worth, 4 × experts / top-k)")
     parser.add_argument("--policy", default="bind")
     parser.add_argument("--json", dest="json_out")
     args = parser.parse_args(argv)
@@ -53,6 +66,8 @@ def main(argv=None) -> int:
             cpus = pick_cpus(topology, threads)
             engine = Engine.load(path, cpus, args.policy, [node] if args.policy == "bind" else None,
                                  topology=topology)
+            model = engine.model
+            warmup = args.warmup if args.warmup is not None else 4 * -(-model.experts // model.top_k)
             engine.decode_bench(tokens=8, warmup=2)
             weight, read, ratio = [], [], []
             def read_now() -> float:
@@ -60,13 +75,13 @@ def main(argv=None) -> int:
 
             for i in range(args.rounds):
                 before = read_now()
-                run = engine.decode_bench(tokens=args.tokens, warmup=1, seed=i)
+                run = engine.decode_bench(tokens=args.tokens, warmup=warmup, seed=i)
                 bw = (before + read_now()) / 2     # the read bandwidth around this decode
                 weight.append(run["gb_per_s"])
                 read.append(bw)
                 ratio.append(run["gb_per_s"] / bw)
             rows.append({"type": type_name, "threads": threads, "isa": run["isa"],
-                         "bytes_per_token": run["bytes_per_token"],
+                         "bytes_per_token": run["bytes_per_token"], "warmup_tokens": warmup,
                          "model_bytes": engine.model.expert_bytes, "llc_bytes": llc,
                          "weight_gb_per_s": Measurement.of(weight, "GB/s").to_json(),
                          "read_gb_per_s": Measurement.of(read, "GB/s").to_json(),
