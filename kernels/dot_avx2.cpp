@@ -18,8 +18,9 @@ namespace {
 // How far ahead of the row being read the weights are prefetched. The hardware prefetcher alone
 // falls behind once the loop also computes: on a Zen 3 core (512 MiB of weights), prefetching
 // 2-3 KiB ahead lifted gemv from 11-13 to 15-17 GB/s; 1 KiB gained less, 6 KiB lost some.
-// Quantized rows go one at a time: 2 or 4 rows against the same activation block measured
-// slower there (8-10 GB/s for Q4_K), unlike float rows (see kFloatRows).
+// Adjacent quantized rows are not dotted together: 2 or 4 neighbouring rows against the same
+// activation block measured slower there (8-10 GB/s for Q4_K), unlike float rows (see
+// kFloatRows). Two far-apart rows, one per stream, are (see gemv_blocks).
 constexpr size_t kPrefetchBytes = 2048;
 
 template <class Block>
@@ -232,29 +233,57 @@ struct Q8_0Accumulator {
     __m256 lanes() const { return scaled; }
 };
 
-// One row at a time, each block's bytes prefetched kPrefetchBytes ahead (running on into the next
-// row, which is where the next call of the loop reads). Rows are read in order; their sums are
-// reduced eight at a time, which matters for narrow rows (a 768-wide Q6_K row is 3 blocks).
+// Rows are read two at a time, row r with row r + rows/2, block by block: a core keeps more
+// memory traffic in flight with two far-apart streams than with one (the hardware prefetcher
+// follows each), as the AVX-512 kernels found (see gemv_two_streams in dot_avx512.cpp). On the
+// Intel machine of docs/benchmarks.md, with these kernels forced (NUMATUNE_ISA=avx2), the
+// engine's weight traffic over read bandwidth on one thread went from 0.79-0.83 to 0.95-0.97
+// (Q4_K_M and Q8_0); not measured on an AMD CPU. Each block's bytes are prefetched
+// kPrefetchBytes ahead, running on into the stream's next row. The rows' sums are reduced eight
+// at a time (four of each stream), which matters for narrow rows (a 768-wide Q6_K row is 3
+// blocks); hsum and hsum8 add in the same order, so a row's result does not depend on how rows
+// are split over workers.
 template <class Acc, class Block, class Activation>
-inline __attribute__((always_inline)) __m256 row_lanes(const Block* w, const Activation* x, int blocks) {
-    Acc acc;
-    for (int b = 0; b < blocks; ++b) {
-        prefetch_block(w + b);
-        acc.add(w[b], x[b]);
+inline __attribute__((always_inline)) void row_pair_lanes(const Block* a, const Block* b, const Activation* x,
+                                                          int blocks, __m256& lanes_a, __m256& lanes_b) {
+    Acc first, second;
+    for (int i = 0; i < blocks; ++i) {
+        prefetch_block(a + i);
+        first.add(a[i], x[i]);
+        prefetch_block(b + i);
+        second.add(b[i], x[i]);
     }
-    return acc.lanes();
+    lanes_a = first.lanes();
+    lanes_b = second.lanes();
 }
 
 template <class Acc, class Block, class Activation>
 void gemv_blocks(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
     auto row = [&](int r) { return reinterpret_cast<const Block*>(weights + r * row_stride); };
+    const int half = rows / 2;
     int r = 0;
-    for (; r + 8 <= rows; r += 8) {
+    for (; r + 4 <= half; r += 4) {
         __m256 lanes[8];
-        for (int i = 0; i < 8; ++i) lanes[i] = row_lanes<Acc, Block>(row(r + i), x, blocks);
-        _mm256_storeu_ps(y + r, hsum8(lanes));
+        for (int i = 0; i < 4; ++i) row_pair_lanes<Acc, Block>(row(r + i), row(r + half + i), x, blocks, lanes[i], lanes[4 + i]);
+        const __m256 sums = hsum8(lanes);
+        _mm_storeu_ps(y + r, _mm256_castps256_ps128(sums));
+        _mm_storeu_ps(y + r + half, _mm256_extractf128_ps(sums, 1));
     }
-    for (; r < rows; ++r) y[r] = hsum(row_lanes<Acc, Block>(row(r), x, blocks));
+    for (; r < half; ++r) {
+        __m256 a, b;
+        row_pair_lanes<Acc, Block>(row(r), row(r + half), x, blocks, a, b);
+        y[r] = hsum(a);
+        y[r + half] = hsum(b);
+    }
+    if (rows % 2 != 0) {
+        Acc last;
+        const Block* w = row(rows - 1);
+        for (int i = 0; i < blocks; ++i) {
+            prefetch_block(w + i);
+            last.add(w[i], x[i]);
+        }
+        y[rows - 1] = hsum(last.lanes());
+    }
 }
 
 // ---- float rows

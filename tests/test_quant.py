@@ -161,6 +161,22 @@ def test_alternating_activations_each_give_their_own_result(variant, type_name, 
         assert np.abs(y - expected[key]).max() < np.abs(y - other).max()
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q6_K", "Q8_0"])
+def test_a_rows_result_does_not_depend_on_the_rows_beside_it(variant, type_name, rng):
+    """The kernels read row r together with row r + rows/2 and reduce sums several rows at a time;
+    the engine splits rows over workers at arbitrary points, so every row's value must be the
+    same bits as when it is dotted alone. 21 rows cover every path: groups of 4 + 4, single
+    pairs, and the odd row left over."""
+    n = 512
+    weights = random_blocks(type_name, 21, n, rng)
+    x = rng.standard_normal(n).astype(np.float32)
+    alone = np.array([_kernels.gemv(type_name, weights[r:r + 1], x, isa=variant)[0] for r in range(21)])
+    for first, count in ((0, 21), (0, 8), (3, 10), (5, 13), (20, 1), (1, 2), (2, 3)):
+        together = _kernels.gemv(type_name, weights[first:first + count], x, isa=variant)
+        assert together.tobytes() == alone[first:first + count].tobytes(), (first, count)
+
+
 def test_rows_may_be_strided_views(rng):
     weights = random_blocks("Q4_K", 12, 512, rng)
     x = rng.standard_normal(512).astype(np.float32)
