@@ -5,7 +5,8 @@ measures the read bandwidth of the same CPUs on the same memory node, decodes `-
 with the engine, and measures the read bandwidth again; the ratio is taken per round, against the
 mean of the two reads around the decode (bandwidth here drifts by ±15% within a minute, so only
 same-round ratios mean anything). Prints median ± spread over rounds; never
-asserts. Models are generated (numatune.synth) far larger than the last-level cache.
+asserts. Models are generated (numatune.synth) with enough layers that one pass over all experts
+reads at least four times the last-level caches.
 
 Before its timed tokens, each round decodes untimed ones (`--warmup`; by default four passes'
 worth of tokens, 4 × experts / top-k). The first pass over the weights after the read
@@ -34,7 +35,7 @@ from numatune import bandwidth
 from numatune.bench import pick_cpus
 from numatune.engine import Engine
 from numatune.stats import Measurement
-from numatune.synth import cached_model
+from numatune.synth import model_for_machine
 from numatune.sysfs import Root
 from numatune.topology import probe
 
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
     cores = len(topology.one_cpu_per_core(topology.usable_cpus_of_node(node)))
     rows = []
     for type_name in args.types.split(","):
-        path = cached_model(args.preset, type_name, experts=args.experts)
+        path = model_for_machine(topology, type_name, args.preset, experts=args.experts)
         for threads in sorted({1, cores}):
             cpus = pick_cpus(topology, threads)
             engine = Engine.load(path, cpus, args.policy, [node] if args.policy == "bind" else None,
@@ -98,11 +99,12 @@ def main(argv=None) -> int:
 
 
 def print_table(rows) -> None:
-    print(f"{'type':8} {'thr':>3} {'isa':6} {'MB/token':>9} {'weight GB/s':>18} {'read GB/s':>18} "
-          f"{'weight/read':>16}  n")
+    print(f"{'type':8} {'thr':>3} {'isa':6} {'model GB':>8} {'MB/token':>9} {'weight GB/s':>18} "
+          f"{'read GB/s':>18} {'weight/read':>16}  n")
     for r in rows:
         w, b, q = (Measurement.from_json(r[k]) for k in ("weight_gb_per_s", "read_gb_per_s", "ratio"))
-        print(f"{r['type']:8} {r['threads']:>3} {r['isa']:6} {r['bytes_per_token'] / 1e6:9.1f} "
+        print(f"{r['type']:8} {r['threads']:>3} {r['isa']:6} {r['model_bytes'] / 1e9:8.2f} "
+              f"{r['bytes_per_token'] / 1e6:9.1f} "
               f"{w.median:10.2f} ± {w.spread:5.2f} {b.median:10.2f} ± {b.spread:5.2f} "
               f"{q.median:8.3f} ± {q.spread:5.3f}  {q.n}")
     ratios = [Measurement.from_json(r["ratio"]).median for r in rows]

@@ -169,20 +169,21 @@ def _cpu_list(text: str, flag: str) -> list[int]:
     return cpus
 
 
-def _model_path(model: Optional[str], synthetic: Optional[str], type_name: str) -> str:
+def _model_path(model: Optional[str], synthetic: Optional[str], type_name: str, topology) -> str:
     if (model is None) == (synthetic is None):
         raise NumatuneError("give exactly one of --model FILE.gguf and --synthetic PRESET")
     if model is not None:
         return model
-    from .synth import cached_model
-    return str(cached_model(synthetic, type_name))
+    from .synth import model_for_machine
+    return str(model_for_machine(topology, type_name, synthetic))
 
 
 @app.command("bench")
 def bench_command(
     model: Optional[str] = typer.Option(None, "--model", help="GGUF file with MoE layers."),
     synthetic: Optional[str] = typer.Option(None, "--synthetic", help="Generated model preset "
-                                            "(default, qwen3-30b-a3b, deepseek-v3), cached after first use."),
+                                            "(default, qwen3-30b-a3b, deepseek-v3), with enough layers to read ≥ 4× "
+                                            "the last-level caches per pass, cached after first use."),
     type_name: str = typer.Option("Q4_K_M", "--type", help="Weight type of a --synthetic model."),
     cpus: Optional[str] = typer.Option(None, "--cpus", help="CPUs to run on, e.g. 0-31,64-95."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Thread count (CPUs chosen one per core)."),
@@ -200,7 +201,7 @@ def bench_command(
         raise NumatuneError("give exactly one of --cpus LIST and --threads N")
     chosen = _cpu_list(cpus, "--cpus") if cpus else list(pick_cpus(topology, threads))
     node_set = _cpu_list(nodes, "--nodes") if nodes else None
-    path = _model_path(model, synthetic, type_name)
+    path = _model_path(model, synthetic, type_name, topology)
     result = run_bench(path, chosen, policy, node_set, topology, tokens=tokens, repeats=repeats,
                        measure_read=not no_bandwidth)
     if as_json:

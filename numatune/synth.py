@@ -179,13 +179,14 @@ def layer_bytes(chosen: Preset, type_name: str) -> int:
     return per_expert * chosen.experts
 
 
-def default_model_for(topology, type_name: str = "Q4_K_M") -> Path:
-    """The default preset with enough layers that one pass over all experts reads at least four
-    times the machine's last-level caches (all of them, every socket's), so trials stream from
-    memory rather than from cache."""
+def model_for_machine(topology, type_name: str = "Q4_K_M", name: str = "default",
+                      experts: int | None = None) -> Path:
+    """A preset (with `experts` per layer if given) with enough layers that one pass over all
+    experts reads at least four times the machine's last-level caches (all of them, every
+    socket's), so that trials and benchmarks stream from memory rather than from cache."""
     caches = {(c.level, c.cpus): c.size_bytes or 0 for c in topology.caches if c.type == "Unified"}
     top = max((level for level, _ in caches), default=0)
     llc_total = sum(size for (level, _), size in caches.items() if level == top)
-    base = PRESETS["default"]
+    base = preset(name, experts=experts)
     layers = max(base.layers, -(-4 * llc_total // layer_bytes(base, type_name)))
-    return cached_model("default", type_name, layers=layers)
+    return cached_model(name, type_name, layers=layers, experts=experts)

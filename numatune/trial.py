@@ -44,8 +44,8 @@ class ModelChoice:
 
     @classmethod
     def synthetic(cls, topology, preset: str = "default", type_name: str = "Q4_K_M") -> "ModelChoice":
-        from .synth import cached_model, default_model_for
-        path = default_model_for(topology, type_name) if preset == "default" else cached_model(preset, type_name)
+        from .synth import model_for_machine
+        path = model_for_machine(topology, type_name, preset)
         layers_experts = path.stem.rsplit("-", 1)[-1]          # e.g. 2x128
         return cls(path, f"synthetic:{preset}:{type_name.upper()}:{layers_experts}")
 

@@ -241,3 +241,29 @@ def test_malformed_file(tmp_path):
         read_moe_model(bad)
     with pytest.raises(ModelError, match="no such GGUF"):
         read_moe_model(tmp_path / "missing.gguf")
+
+
+@pytest.mark.parametrize("type_name, experts, grows", [("Q4_K_M", None, True), ("Q8_0", 256, False)])
+def test_synthetic_models_are_sized_to_the_machines_caches(tmp_path, monkeypatch, type_name, experts, grows):
+    """One pass over all experts reads ≥ 4× the last-level caches of every socket, with the
+    fewest layers that do it; a machine whose caches the preset already dwarfs keeps its layers."""
+    import numatune.synth as synth
+    asked = []
+    monkeypatch.setattr(synth, "cached_model", lambda name, type_name, layers=None, experts=None:
+                        asked.append((name, type_name, layers, experts)) or tmp_path / "model.gguf")
+    per_layer = synth.layer_bytes(synth.preset("default", experts=experts), type_name)
+
+    big = probe(Root.open(str(write_tree(tmp_path / "big", FakeMachine(sockets=2, nodes_per_socket=4)))))
+    llc = 8 * 61440 * 1024                          # treegen: a 60 MiB L3 per node
+    synth.model_for_machine(big, type_name, "default", experts=experts)
+    name, asked_type, layers, asked_experts = asked[-1]
+    assert (name, asked_type, asked_experts) == ("default", type_name, experts)
+    assert layers * per_layer >= 4 * llc
+    if grows:       # the fewest layers that do it
+        assert layers > PRESETS["default"].layers and (layers - 1) * per_layer < 4 * llc
+    else:           # 256 experts at Q8_0 are 1.3 GB a layer: the preset's two already do it
+        assert layers == PRESETS["default"].layers
+
+    small = probe(Root.open(str(write_tree(tmp_path / "small", FakeMachine(sockets=1, cores_per_node=2)))))
+    synth.model_for_machine(small, type_name, "default", experts=experts)
+    assert asked[-1][2] == PRESETS["default"].layers
