@@ -9,14 +9,11 @@ asserts. Models are generated (numatune.synth) with enough layers that one pass 
 reads at least four times the last-level caches.
 
 Before its timed tokens, each round decodes untimed ones (`--warmup`; by default four passes'
-worth of tokens, 4 × experts / top-k). The first pass over the weights after the read
-benchmark has streamed other memory runs 20-40 % slower, token by token, until every expert has
-been read a few times over. Its length follows the number of experts, not time (measured, one
-thread: about 16 tokens with 128 experts, about 60 with 512, 20-30 with 64 experts of
-DeepSeek-V3 shape), which points at the weights' page translations being walked again (in a VM,
-through the host's page tables as well). The read benchmark's timed pass
-follows its own first-touch pass over the same array, so both sides are timed warm. `--warmup 1`
-gives the cold figure.
+worth of tokens, 4 × experts / top-k), so that the engine is timed in its steady state, as the read
+benchmark times its second pass over an array it has just written. Right after the read
+benchmark (or an idle second) the engine's first tokens were measured up to 20-40 % slower, for
+10-60 tokens, more with more experts; the cause was not found and the effect varied from hour to
+hour (docs/benchmarks.md, "Warm and cold"). `--warmup 1` gives the cold figure.
 
     python benchmarks/engine.py [--types Q4_K_M,Q8_0] [--rounds 7] [--tokens 64] [--json out.json]
 
