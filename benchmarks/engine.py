@@ -31,6 +31,7 @@ import sys
 from numatune import bandwidth
 from numatune.bench import pick_cpus
 from numatune.engine import Engine
+from numatune.errors import NumatuneError
 from numatune.stats import Measurement
 from numatune.synth import model_for_machine
 from numatune.sysfs import Root
@@ -52,6 +53,10 @@ def main(argv=None) -> int:
     parser.add_argument("--policy", default="bind")
     parser.add_argument("--json", dest="json_out")
     args = parser.parse_args(argv)
+    for flag, value, least in (("--rounds", args.rounds, 1), ("--tokens", args.tokens, 1),
+                               ("--warmup", args.warmup, 0), ("--experts", args.experts, 1)):
+        if value is not None and value < least:
+            parser.error(f"{flag}: {value} is less than {least}")
 
     topology = probe(Root.open("/"))
     node = topology.nodes[0].id
@@ -109,4 +114,8 @@ def print_table(rows) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except NumatuneError as error:    # a bad preset, type or placement: one line, no traceback
+        print(f"engine.py: {error}", file=sys.stderr)
+        sys.exit(2)
