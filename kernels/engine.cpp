@@ -1,6 +1,8 @@
 #include "engine.h"
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -46,11 +48,27 @@ inline float exp_approx(float x) {
 
 inline float silu(float v) { return v / (1.0f + exp_approx(-v)); }
 
-// Rows of gate/up handled as one unit of work: one activation block of the down projection,
-// so a worker can quantize the piece of h it produced without waiting for the others.
-int unit_rows(GgmlType down_type) {
+// Rows of h quantized together for the down projection: one block of its activation format
+// (256 for Q4_K/Q6_K, whose activation is Q8_K; 32 for Q8_0). A partition slices the experts'
+// width at these boundaries, so that every node's columns of down are whole blocks.
+int block_rows(GgmlType down_type) {
     const TypeInfo& info = type_info(down_type);
     return info.activation == ActivationFormat::f32 ? 32 : info.block_weights;
+}
+
+// Rows of gate/up in one unit of work: a whole block of h where that gives every worker several
+// units, else halved down to kMinWorkRows. DeepSeek-V3 experts (width 2048) in 256-row units
+// give 8 × 8 = 64 units per token and layer, which would leave half of 128 threads idle for two
+// thirds of the bytes. Units are not made small by default: each gemv call has a fixed cost, and
+// 32-row units measured 4-5 % slower on two threads (Q4_K_M, where 256-row units give 12 each).
+// Each block of h is quantized by the unit that completes it (a countdown per block).
+constexpr int kMinWorkRows = 32;
+constexpr int kUnitsPerWorker = 4;
+
+int work_rows(int block_rows, int experts, int slice_rows, int workers) {
+    int rows = block_rows;
+    while (rows > kMinWorkRows && experts * ((slice_rows + rows - 1) / rows) < kUnitsPerWorker * workers) rows /= 2;
+    return rows;
 }
 
 // Byte offset of weight `first` within a row, or within its activation (0 for the first).
@@ -71,7 +89,8 @@ struct MoeEngine::Slice {
 struct MoeEngine::Layer {
     LayerSource source;               // shapes, types, router (the weight pointers are not kept)
     size_t gate_row_bytes = 0, up_row_bytes = 0, down_row_bytes = 0;
-    int unit_rows = 32;
+    int block_rows = 32;              // rows of h per activation block of down (slices align to it)
+    int blocks = 0;                   // activation blocks per expert: ceil(intermediate / block_rows)
     std::vector<Slice> slices;
     size_t expert_bytes = 0;          // gate + up + down of one expert
     size_t router_bytes = 0;
@@ -88,6 +107,9 @@ struct MoeEngine::Scratch {
     std::vector<int> ids;
     std::vector<float> weights;
     size_t h_q_stride = 0;
+    // Per (expert j, block of h): units of gate/up still to finish that block.
+    std::unique_ptr<std::atomic<int>[]> pending;
+    size_t pending_size = 0;
 };
 
 MoeEngine::MoeEngine(const std::vector<int>& cpus, const std::vector<int>& cpu_nodes, Placement placement,
@@ -148,10 +170,11 @@ int MoeEngine::add_layer(const LayerSource& src) {
     L.gate_row_bytes = row_bytes(src.gate_type, src.hidden);
     L.up_row_bytes = row_bytes(src.up_type, src.hidden);
     L.down_row_bytes = row_bytes(src.down_type, src.intermediate);
-    L.unit_rows = unit_rows(src.down_type);
+    L.block_rows = block_rows(src.down_type);
     L.expert_bytes = (L.gate_row_bytes + L.up_row_bytes) * src.intermediate + L.down_row_bytes * src.hidden;
     L.router_bytes = src.router.size() * sizeof(float);
-    const int units = (src.intermediate + L.unit_rows - 1) / L.unit_rows;
+    const int units = (src.intermediate + L.block_rows - 1) / L.block_rows;
+    L.blocks = units;
 
     const size_t groups = group_workers_.size();
     const bool partition = placement_ == Placement::partition;
@@ -165,8 +188,8 @@ int MoeEngine::add_layer(const LayerSource& src) {
         s.group = static_cast<int>(g);
         if (partition) {
             auto [u0, u1] = share(units, static_cast<int>(groups), static_cast<int>(g));
-            s.row_begin = u0 * L.unit_rows;
-            s.row_end = std::min(u1 * L.unit_rows, src.intermediate);
+            s.row_begin = u0 * L.block_rows;
+            s.row_end = std::min(u1 * L.block_rows, src.intermediate);
         } else {
             s.row_begin = 0;
             s.row_end = src.intermediate;
@@ -240,6 +263,11 @@ int MoeEngine::add_layer(const LayerSource& src) {
     S.partial.resize(std::max(S.partial.size(), groups * src.hidden));
     S.down_out_stride = std::max<size_t>(S.down_out_stride, src.hidden);
     S.down_out.resize(S.down_out_stride * pool_->size());
+    const size_t pending = max_k * L.blocks;
+    if (pending > S.pending_size) {
+        S.pending.reset(new std::atomic<int>[pending]);
+        S.pending_size = pending;
+    }
     S.ids.resize(std::max<size_t>(S.ids.size(), k));
     S.weights.resize(std::max<size_t>(S.weights.size(), k));
     layers_.push_back(std::move(layer));
@@ -317,8 +345,8 @@ void MoeEngine::run_experts(Layer& L, const int* ids, const float* weights, int 
     const bool partition = placement_ == Placement::partition;
     const size_t groups = group_workers_.size();
 
-    // Phase 1: h_j = silu(gate_j·x) ⊙ (up_j·x), one unit (expert, block of rows) at a time;
-    // each unit's piece of h is quantized at once for the down projection.
+    // Phase 1: h_j = silu(gate_j·x) ⊙ (up_j·x), one unit (expert, kWorkRows rows) at a time;
+    // each block of h is quantized for the down projection as soon as its last unit is done.
     // Which slice (or copy) a worker reads, and its place among the workers sharing the work:
     // under partition each node computes its own slice with its own workers; every other
     // placement (replicate included: each worker reads its node's full copy) splits the whole
@@ -334,26 +362,46 @@ void MoeEngine::run_experts(Layer& L, const int* ids, const float* weights, int 
                     partition ? static_cast<int>(members.size()) : pool_->size(), index};
     };
 
+    // Units are (expert j, unit_rows rows) of a slice; slices start on block boundaries, and a
+    // block is a whole number of units, so no unit straddles two blocks. All slices use one unit
+    // size (the smallest any of them needs), which sets every block's countdown the same way.
+    int unit_rows = L.block_rows;
+    for (const Slice& slice : L.slices) {
+        const int parts = partition ? static_cast<int>(group_workers_[slice.group].size()) : pool_->size();
+        unit_rows = std::min(unit_rows, work_rows(L.block_rows, k, slice.row_end - slice.row_begin, parts));
+    }
+    for (int j = 0; j < k; ++j) {
+        for (int b = 0; b < L.blocks; ++b) {
+            const int rows = std::min(L.block_rows, s.intermediate - b * L.block_rows);
+            S.pending[static_cast<size_t>(j) * L.blocks + b].store((rows + unit_rows - 1) / unit_rows,
+                                                                     std::memory_order_relaxed);
+        }
+    }
     auto up_job = [&](int worker) {
         const auto [slice, group, parts, index] = part_of(worker);
-        const int first_unit = slice.row_begin / L.unit_rows;
-        const int slice_units = (slice.row_end - slice.row_begin + L.unit_rows - 1) / L.unit_rows;
+        const int first_unit = slice.row_begin / unit_rows;
+        const int slice_units = (slice.row_end - slice.row_begin + unit_rows - 1) / unit_rows;
         auto [u0, u1] = share(k * slice_units, parts, index);
         for (int u = u0; u < u1; ++u) {
             const int j = u / slice_units;
-            const int unit = first_unit + u % slice_units;
-            const int r0 = unit * L.unit_rows;
-            const int rows = std::min(L.unit_rows, s.intermediate - r0);
+            const int r0 = (first_unit + u % slice_units) * unit_rows;
+            const int rows = std::min(unit_rows, s.intermediate - r0);
             const size_t local_row = static_cast<size_t>(r0 - slice.row_begin);
-            float gate_out[256], up_out[256];
+            float gate_out[256], up_out[256];   // unit_rows ≤ block_rows ≤ 256
             const uint8_t* g = slice.gate->data() + ids[j] * slice.gate_expert_bytes + local_row * L.gate_row_bytes;
             const uint8_t* v = slice.up->data() + ids[j] * slice.up_expert_bytes + local_row * L.up_row_bytes;
             q.gemv(s.gate_type, g, L.gate_row_bytes, rows, S.x_gate_q.data(), s.hidden, gate_out);
             q.gemv(s.up_type, v, L.up_row_bytes, rows, x_up, s.hidden, up_out);
-            float* h = S.h.data() + static_cast<size_t>(j) * s.intermediate + r0;
-            for (int r = 0; r < rows; ++r) h[r] = silu(gate_out[r]) * up_out[r];
-            q.quantize_activation(s.down_type, h, rows,
-                                  S.h_q.data() + j * S.h_q_stride + activation_offset(s.down_type, r0));
+            float* h = S.h.data() + static_cast<size_t>(j) * s.intermediate;
+            for (int r = 0; r < rows; ++r) h[r0 + r] = silu(gate_out[r]) * up_out[r];
+            // The unit that finishes a block quantizes it; acq_rel makes the other units' rows
+            // of h visible to it.
+            const int b = r0 / L.block_rows;
+            if (S.pending[static_cast<size_t>(j) * L.blocks + b].fetch_sub(1, std::memory_order_acq_rel) == 1) {
+                const int b0 = b * L.block_rows;
+                q.quantize_activation(s.down_type, h + b0, std::min(L.block_rows, s.intermediate - b0),
+                                      S.h_q.data() + j * S.h_q_stride + activation_offset(s.down_type, b0));
+            }
         }
     };
     pool_->run(up_job);

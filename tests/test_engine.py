@@ -267,3 +267,27 @@ def test_synthetic_models_are_sized_to_the_machines_caches(tmp_path, monkeypatch
     small = probe(Root.open(str(write_tree(tmp_path / "small", FakeMachine(sockets=1, cores_per_node=2)))))
     synth.model_for_machine(small, type_name, "default", experts=experts)
     assert asked[-1][2] == PRESETS["default"].layers
+
+
+@pytest.mark.parametrize("name", ["Q4_K_M", "Q8_0", "deepseek", "odd-F32"])
+def test_output_does_not_depend_on_the_number_of_workers(models, host, name):
+    """Gate/up units shrink (down to 32 rows) when there are many workers, and each block of h is
+    then quantized by whichever unit finishes it last; rows of down are split at other points.
+    None of that may change a bit of the output. Sixteen workers on two CPUs stand in for a big
+    machine's thread count."""
+    outputs = {}
+    for workers in (1, len(CPUS), 16):
+        cpus = (CPUS * 16)[:workers]
+        engine = Engine.load(models[name], cpus, "bind", [0], topology=host)
+        x = activation(engine.model, 11)
+        ids = list(range(engine.model.top_k))
+        weights = np.linspace(1.0, 0.5, len(ids)).astype(np.float32)
+        outputs[workers] = [engine.experts_forward(layer, x, ids, weights) for layer in range(engine.layers)]
+        if workers == 16:   # and it is the right output, not the same wrong one everywhere
+            tolerance = TOLERANCE["F32" if name == "odd-F32" else "Q4_K_M" if name == "deepseek" else name]
+            for layer, y in enumerate(outputs[16]):
+                expected = reference_experts(engine.model, layer, x.astype(np.float64), ids, weights)
+                assert relative_error(y, expected) < tolerance, layer
+    for workers, ys in outputs.items():
+        for layer, y in enumerate(ys):
+            assert y.tobytes() == outputs[1][layer].tobytes(), (workers, layer)
