@@ -244,6 +244,16 @@ struct Q8_0Accumulator {
 // blocks); hsum and hsum8 add in the same order, so a row's result does not depend on how rows
 // are split over workers.
 template <class Acc, class Block, class Activation>
+inline __attribute__((always_inline)) __m256 row_lanes(const Block* w, const Activation* x, int blocks) {
+    Acc acc;
+    for (int i = 0; i < blocks; ++i) {
+        prefetch_block(w + i);
+        acc.add(w[i], x[i]);
+    }
+    return acc.lanes();
+}
+
+template <class Acc, class Block, class Activation>
 inline __attribute__((always_inline)) void row_pair_lanes(const Block* a, const Block* b, const Activation* x,
                                                           int blocks, __m256& lanes_a, __m256& lanes_b) {
     Acc first, second;
@@ -275,15 +285,7 @@ void gemv_blocks(const uint8_t* weights, size_t row_stride, int rows, const Acti
         y[r] = hsum(a);
         y[r + half] = hsum(b);
     }
-    if (rows % 2 != 0) {
-        Acc last;
-        const Block* w = row(rows - 1);
-        for (int i = 0; i < blocks; ++i) {
-            prefetch_block(w + i);
-            last.add(w[i], x[i]);
-        }
-        y[rows - 1] = hsum(last.lanes());
-    }
+    if (rows % 2 != 0) y[rows - 1] = hsum(row_lanes<Acc, Block>(row(rows - 1), x, blocks));
 }
 
 // ---- float rows

@@ -319,7 +319,7 @@ inline __attribute__((always_inline)) void gemv_two_streams(int rows, int steps,
 
 // Whether the activation differs from the one this thread last laid out. A gemv keeps its
 // layout (thread_local) for as long as the same activation bytes come back: the engine dots one
-// activation with every unit of gate and up rows (32 rows at a time for a Q8_0 down projection),
+// activation with every unit of gate and up rows (as few as 32 rows at a time, see engine.cpp),
 // where laying it out anew each call cost as much as the dot products. Compared by content, so
 // any caller gets a correct layout.
 struct LastActivation {

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <memory>
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -173,12 +173,11 @@ int MoeEngine::add_layer(const LayerSource& src) {
     L.block_rows = block_rows(src.down_type);
     L.expert_bytes = (L.gate_row_bytes + L.up_row_bytes) * src.intermediate + L.down_row_bytes * src.hidden;
     L.router_bytes = src.router.size() * sizeof(float);
-    const int units = (src.intermediate + L.block_rows - 1) / L.block_rows;
-    L.blocks = units;
+    L.blocks = (src.intermediate + L.block_rows - 1) / L.block_rows;
 
     const size_t groups = group_workers_.size();
     const bool partition = placement_ == Placement::partition;
-    if (partition && units < static_cast<int>(groups)) {
+    if (partition && L.blocks < static_cast<int>(groups)) {
         throw std::invalid_argument("expert width " + std::to_string(src.intermediate) +
                                     " is too narrow to partition over " + std::to_string(groups) + " nodes");
     }
@@ -187,7 +186,7 @@ int MoeEngine::add_layer(const LayerSource& src) {
         Slice s;
         s.group = static_cast<int>(g);
         if (partition) {
-            auto [u0, u1] = share(units, static_cast<int>(groups), static_cast<int>(g));
+            auto [u0, u1] = share(L.blocks, static_cast<int>(groups), static_cast<int>(g));
             s.row_begin = u0 * L.block_rows;
             s.row_end = std::min(u1 * L.block_rows, src.intermediate);
         } else {
@@ -345,7 +344,7 @@ void MoeEngine::run_experts(Layer& L, const int* ids, const float* weights, int 
     const bool partition = placement_ == Placement::partition;
     const size_t groups = group_workers_.size();
 
-    // Phase 1: h_j = silu(gate_j·x) ⊙ (up_j·x), one unit (expert, kWorkRows rows) at a time;
+    // Phase 1: h_j = silu(gate_j·x) ⊙ (up_j·x), one unit (expert, unit_rows rows) at a time;
     // each block of h is quantized for the down projection as soon as its last unit is done.
     // Which slice (or copy) a worker reads, and its place among the workers sharing the work:
     // under partition each node computes its own slice with its own workers; every other
