@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from numatune.cli import main
-from treegen import FakeMachine, seed_machine, write_tree
+from treegen import FakeMachine, hwloc_captures, seed_machine, write_tree
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hwloc-linux"
+FIXTURES = hwloc_captures()
 
 
 def run(capsys, *argv):

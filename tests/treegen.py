@@ -14,6 +14,17 @@ from typing import Optional
 GIB = 1 << 30
 
 
+def hwloc_captures() -> Path:
+    """The shared corpus of hwloc captures: `shared/fixtures/hwloc-linux` beside the checkout
+    (/work/shared for /work/main and for worktrees under /work/wt alike)."""
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "fixtures" / "hwloc-linux"
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("the hwloc capture corpus is missing: no shared/fixtures/hwloc-linux "
+                            f"above {Path(__file__).resolve().parent}")
+
+
 @dataclass
 class FakeMachine:
     sockets: int = 2
