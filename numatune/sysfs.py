@@ -56,6 +56,11 @@ class Root:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def path_of(self, rel: str) -> str:
+        """How a file of this root is named to people: "/proc/self/status" on the live machine,
+        "capture.tar.bz2/proc/self/status" in a capture, never a bare path that reads as live."""
+        return posixpath.join(self.spec, _clean_rel(rel))
+
     def read_text(self, rel: str) -> Optional[str]:
         """The file's text, or None when it is missing or cannot be read."""
         raise NotImplementedError
@@ -69,6 +74,11 @@ class Root:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
+
+
+def names_live_machine(spec: str) -> bool:
+    """Whether a root given as `spec` is the running machine's own "/" (and not a captured tree)."""
+    return os.path.realpath(spec) == "/"
 
 
 def _clean_rel(rel: str) -> str:
@@ -86,7 +96,7 @@ class DirectoryRoot(Root):
 
     @property
     def is_live(self) -> bool:
-        return os.path.realpath(self.spec) == "/"
+        return names_live_machine(self.spec)
 
     def describe(self) -> str:
         return "the live machine (/)" if self.is_live else f"directory {self.spec}"

@@ -4,11 +4,12 @@ Everything above the probe takes a Topology, never a path. Facts that cannot be 
 guessed silently: each lands in `Topology.unknown` with the reason, and the field that would
 hold it is None (or empty).
 
-Numbering: `Cpu.package` is the kernel's physical_package_id, except on machines whose kernel
-reports none (-1 on s390 and POWER), where packages are the distinct package sibling sets,
-numbered by their first CPU. `Cpu.die` is the kernel's die_id (numbered within its package).
-`Cpu.core` is a machine-wide core index: cores are the distinct SMT sibling sets, numbered by
-their first CPU.
+Packages and cores are built as hwloc builds them: a package is a distinct package sibling set,
+a core a distinct SMT sibling set (on AMD families 0x15/0x16 whose module siblings report their
+own core_id, each CPU). `Cpu.package` is the kernel's physical_package_id of the package's first
+CPU while those ids tell the packages apart; else (-1 on s390 and POWER, ids repeated on IA-64)
+packages are numbered by their first CPU. `Cpu.die` is the kernel's die_id (numbered within its
+package). `Cpu.core` is a machine-wide core index, cores numbered by their first CPU.
 """
 from __future__ import annotations
 
@@ -411,18 +412,20 @@ def _valid_id(value: Optional[int]) -> Optional[int]:
 def _read_cpu_topology(reader: _Reader, cpu: int) -> _CpuTopologyFiles:
     base = f"{SYS_CPU}/cpu{cpu}/topology"
 
-    def siblings(list_names: tuple[str, ...], mask_names: tuple[str, ...]) -> Optional[frozenset]:
-        listed = reader.first_value([f"{base}/{n}" for n in list_names], parse_cpulist)
+    def siblings(mask_names: tuple[str, ...], list_names: tuple[str, ...]) -> Optional[frozenset]:
+        # The masks first, as hwloc reads them: where a capture's mask and list disagree, hwloc's
+        # answer is the mask's.
+        listed = reader.first_value([f"{base}/{n}" for n in mask_names], parse_cpumask)
         if listed is None:
-            listed = reader.first_value([f"{base}/{n}" for n in mask_names], parse_cpumask)
+            listed = reader.first_value([f"{base}/{n}" for n in list_names], parse_cpulist)
         return frozenset(listed) if listed else None
 
     return _CpuTopologyFiles(
         _valid_id(reader.value(f"{base}/physical_package_id", parse_int)),
         _valid_id(reader.value(f"{base}/die_id", parse_int)),
         _valid_id(reader.value(f"{base}/core_id", parse_int)),
-        siblings(("core_cpus_list", "thread_siblings_list"), ("core_cpus", "thread_siblings")),
-        siblings(("package_cpus_list", "core_siblings_list"), ("package_cpus", "core_siblings")))
+        siblings(("core_cpus", "thread_siblings"), ("core_cpus_list", "thread_siblings_list")),
+        siblings(("package_cpus", "core_siblings"), ("package_cpus_list", "core_siblings_list")))
 
 
 def _index_by_first_cpu(keys: dict[int, object]) -> dict[int, int]:
@@ -433,21 +436,74 @@ def _index_by_first_cpu(keys: dict[int, object]) -> dict[int, int]:
     return {cpu: order[key] for cpu, key in keys.items()}
 
 
+def _groups_from_sibling_sets(sets: dict[int, frozenset], online: list[int]) -> dict[int, frozenset]:
+    """CPU -> its group (a package or a core) built from sibling sets the way hwloc builds them.
+
+    Each online CPU that is the first online CPU of its own set opens a group: that set's online
+    CPUs. A set that overlaps an earlier group without being it is firmware contradicting
+    itself and is dropped, as hwloc drops it; its CPUs stay in no group. An offline CPU joins the
+    group its set's online CPUs form, if they form one.
+    """
+    online_set = set(online)
+    groups: dict[int, frozenset] = {}
+    for cpu in sorted(online_set):
+        members = frozenset(sets.get(cpu, frozenset()) & online_set)
+        if members and min(members) == cpu and not any(m in groups for m in members):
+            groups.update(dict.fromkeys(members, members))
+    for cpu, siblings in sets.items():
+        members = frozenset(siblings & online_set)
+        if cpu not in online_set and members and groups.get(min(members)) == members:
+            groups[cpu] = members
+    return groups
+
+
 def _packages_of(files: dict[int, _CpuTopologyFiles], online: list[int]) -> dict[int, int]:
-    """CPU -> package number, for the CPUs whose package is known."""
-    if online and all(files[cpu].package_id is not None for cpu in online):
+    """CPU -> package number, for the CPUs whose package is known.
+
+    One package per distinct package sibling set (hwloc's rule: the sets can be checked against
+    each other, the ids cannot; IA-64 repeats ids across sockets). A package is numbered by the
+    kernel's physical_package_id of its first CPU while those ids tell the packages apart, else
+    by the order of its first CPU. Without sibling sets, the ids alone.
+    """
+    sets = {cpu: f.package_siblings for cpu, f in files.items() if f.package_siblings}
+    if not any(cpu in sets for cpu in online):
+        if not online or any(files[cpu].package_id is None for cpu in online):
+            return {}
         return {cpu: f.package_id for cpu, f in files.items() if f.package_id is not None}
-    by_set = {cpu: f.package_siblings for cpu, f in files.items() if f.package_siblings}
-    return _index_by_first_cpu(by_set)
+    groups = _groups_from_sibling_sets(sets, online)
+    ids = {group: files[min(group)].package_id for group in set(groups.values())}
+    if None not in ids.values() and len(set(ids.values())) == len(ids):
+        return {cpu: ids[group] for cpu, group in groups.items()}
+    return _index_by_first_cpu(groups)
 
 
-def _cores_of(files: dict[int, _CpuTopologyFiles], packages: dict[int, int]) -> dict[int, int]:
+def _splits_compute_units(records: list[dict[str, str]], files: dict[int, _CpuTopologyFiles],
+                          online: list[int]) -> bool:
+    """Whether the SMT sibling sets are AMD compute units of separate cores (hwloc's rule).
+
+    AMD families 0x15 and 0x16 (Bulldozer to Jaguar) list both cores of a compute unit as
+    thread siblings. hwloc looks at the first online CPU with an online sibling: when the two
+    report different core_id, every CPU is a core of its own; the same core_id means SMT.
+    """
+    first = records[0] if records else {}
+    if first.get("vendor_id") != "AuthenticAMD" or first.get("cpu family") not in ("21", "22"):
+        return False
+    online_set = set(online)
+    for cpu in sorted(online_set):
+        others = sorted(((files[cpu].thread_siblings or frozenset()) & online_set) - {cpu})
+        if others:
+            return files[cpu].core_id != files[others[0]].core_id
+    return False
+
+
+def _cores_of(files: dict[int, _CpuTopologyFiles], packages: dict[int, int], online: list[int],
+              split_compute_units: bool) -> dict[int, int]:
     """CPU -> machine-wide core index, from SMT sibling sets, else from (package, die, core_id)."""
-    keys: dict[int, object] = {}
+    sets = {cpu: (frozenset({cpu}) if split_compute_units else f.thread_siblings)
+            for cpu, f in files.items() if f.thread_siblings}
+    keys: dict[int, object] = dict(_groups_from_sibling_sets(sets, online))
     for cpu, f in files.items():
-        if f.thread_siblings:
-            keys[cpu] = f.thread_siblings
-        elif f.core_id is not None:
+        if cpu not in keys and cpu not in sets and f.core_id is not None:
             keys[cpu] = (packages.get(cpu), f.die_id, f.core_id)
     return _index_by_first_cpu(keys)
 
@@ -720,49 +776,72 @@ class _Cpuset:
 
 def _read_cpuset_files(reader: _Reader, hierarchy: CgroupHierarchy, path: str) -> Optional[_Cpuset]:
     if hierarchy.version == 2:
-        names = [("cpus.effective", "mems.effective")]
+        cpus_name, mems_name = "cpus.effective", "mems.effective"
         # A v2 cgroup without the cpuset controller enabled runs on its parent's cpuset.
         directories = _ancestors(path)
     else:
-        names = [("effective_cpus", "effective_mems"), ("cpus", "mems")]
+        # v1 (and the legacy cpuset fs): the group's own cpus/mems, as hwloc reads them. The
+        # "effective_" files can be stale after hotplug (a POWER9 capture says effective 0-87
+        # of cpus 0-175 with 0-15,88-103 online); offline CPUs are taken out later anyway.
+        cpus_name, mems_name = "cpus", "mems"
         directories = [path]
     for directory in directories:
-        for cpus_name, mems_name in names:
-            cpus_rel = _cgroup_file(hierarchy, directory, cpus_name)
-            mems_rel = _cgroup_file(hierarchy, directory, mems_name)
-            cpus = reader.value(cpus_rel, parse_cpulist)
-            mems = reader.value(mems_rel, parse_cpulist)
-            if cpus is not None and mems is not None:
-                return _Cpuset(hierarchy.version, path, tuple(cpus), tuple(mems),
-                               ("/" + cpus_rel, "/" + mems_rel))
+        cpus_rel = _cgroup_file(hierarchy, directory, cpus_name)
+        mems_rel = _cgroup_file(hierarchy, directory, mems_name)
+        cpus = reader.value(cpus_rel, parse_cpulist)
+        mems = reader.value(mems_rel, parse_cpulist)
+        if cpus is not None and mems is not None:
+            return _Cpuset(hierarchy.version, path, tuple(cpus), tuple(mems),
+                           (reader.root.path_of(cpus_rel), reader.root.path_of(mems_rel)))
     return None
 
 
-def _cpuset(reader: _Reader, mounts: list[Mount], memberships: list[CgroupMembership]) -> Optional[_Cpuset]:
-    """The process's cgroup cpuset, found through proc/mounts as the machine had them mounted."""
-    own_path = reader.value("proc/self/cpuset", _strip) or None
+# Where hwloc looks for the cpuset hierarchy before reading proc/mounts: a file that only that
+# hierarchy has, and the hierarchy.
+_STANDARD_CPUSET_MOUNTS = (
+    ("sys/fs/cgroup/cpuset.cpus.effective", CgroupHierarchy(2, "/sys/fs/cgroup", "cpuset.")),
+    ("sys/fs/cgroup/cpuset/cpuset.cpus", CgroupHierarchy(1, "/sys/fs/cgroup/cpuset", "cpuset.")),
+    ("dev/cpuset/cpus", CgroupHierarchy(1, "/dev/cpuset", "")),
+)
+
+
+def _cpuset_hierarchy(reader: _Reader, mounts: list[Mount]) -> Optional[CgroupHierarchy]:
+    """The cpuset hierarchy, chosen as hwloc chooses it: a standard mount point holding its files,
+    else the first mount in proc/mounts that holds the cpuset controller."""
+    for marker, hierarchy in _STANDARD_CPUSET_MOUNTS:
+        if reader.root.exists(marker):
+            return hierarchy
+    order = [mount.mountpoint for mount in mounts]
     unconfirmed = []
-    for hierarchy in cgroup_hierarchies(mounts, "cpuset"):
+    for hierarchy in sorted(cgroup_hierarchies(mounts, "cpuset"), key=lambda h: order.index(h.mountpoint)):
         holds = _holds(reader, hierarchy, "cpuset")
-        if not holds:
-            if holds is None:
-                unconfirmed.append(hierarchy.mountpoint)
-            continue
-        path = own_path or cgroup_path_of(memberships, "cpuset", hierarchy.version)
-        if path is None:
-            reader.note("cgroup cpuset: the process's cgroup is in neither proc/self/cpuset "
-                        "nor proc/self/cgroup")
-            return None
-        found = _read_cpuset_files(reader, hierarchy, path)
-        if found is None:
-            reader.note(f"cgroup cpuset: no cpus/mems files for {path} under {hierarchy.mountpoint} "
-                        "in this root")
-        return found
+        if holds:
+            return hierarchy
+        if holds is None:
+            unconfirmed.append(hierarchy.mountpoint)
     if unconfirmed:
         reader.note(f"cgroup cpuset: cgroup.controllers of {', '.join(unconfirmed)} not in this root")
     elif not mounts:
         reader.note("cgroup cpuset: no proc/mounts in this root")
     return None
+
+
+def _cpuset(reader: _Reader, mounts: list[Mount], memberships: list[CgroupMembership]) -> Optional[_Cpuset]:
+    """The process's cgroup cpuset: its group from proc/self/cpuset, else proc/self/cgroup."""
+    hierarchy = _cpuset_hierarchy(reader, mounts)
+    if hierarchy is None:
+        return None
+    path = (reader.value("proc/self/cpuset", _strip) or cgroup_path_of(memberships, "cpuset", 1)
+            or cgroup_path_of(memberships, "cpuset", 2))
+    if path is None:
+        reader.note("cgroup cpuset: the process's cgroup is in neither proc/self/cpuset "
+                    "nor proc/self/cgroup")
+        return None
+    found = _read_cpuset_files(reader, hierarchy, path)
+    if found is None:
+        reader.note(f"cgroup cpuset: no cpus/mems files for {path} under {hierarchy.mountpoint} "
+                    "in this root")
+    return found
 
 
 def _read_cpu_quota(reader: _Reader, hierarchy: CgroupHierarchy, directory: str) -> tuple[Optional[float], str]:
@@ -798,7 +877,7 @@ def _tightest_limit(reader: _Reader, mounts: list[Mount], memberships: list[Cgro
         if not limits:
             return None, []
         value, rel = min(limits)
-        return value, ["/" + rel]
+        return value, [reader.root.path_of(rel)]
     return None, []
 
 
@@ -817,7 +896,7 @@ def _allowed(reader: _Reader, online: list[int], node_ids: list[int]) -> Allowed
     if status and status.mems_allowed is not None:
         nodes &= set(status.mems_allowed)
     if status and (status.cpus_allowed is not None or status.mems_allowed is not None):
-        sources.append("/proc/self/status")
+        sources.append(reader.root.path_of("proc/self/status"))
     if reader.root.is_live and hasattr(os, "sched_getaffinity"):
         cpus &= os.sched_getaffinity(0)
         sources.append("sched_getaffinity(0)")
@@ -882,11 +961,19 @@ def _tools(root: Root) -> Tools:
 
 
 def _note_missing_layout(reader: _Reader, online: list[int], packages: dict[int, int],
-                         cores: dict[int, int]) -> None:
+                         dies: dict[int, int], cores: dict[int, int]) -> None:
     if online and not any(cpu in packages for cpu in online):
         reader.note("packages: no physical_package_id nor package sibling list in cpuN/topology")
+    if online and not any(cpu in dies for cpu in online):
+        reader.note("dies: no die_id in cpuN/topology (kernels before 5.2, most non-x86); dies unknown")
     if online and not any(cpu in cores for cpu in online):
         reader.note("cores: no SMT sibling list nor core_id in cpuN/topology; threads per core unknown")
+
+
+def _smt_siblings(files: _CpuTopologyFiles, cpu: int, split_compute_units: bool) -> tuple[int, ...]:
+    if split_compute_units or not files.thread_siblings:
+        return (cpu,)
+    return tuple(sorted(files.thread_siblings))
 
 
 def probe(root: Root) -> Topology:
@@ -897,16 +984,17 @@ def probe(root: Root) -> Topology:
     files = {cpu: _read_cpu_topology(reader, cpu) for cpu in cpu_ids}
     packages = _packages_of(files, online)
     dies = {cpu: f.die_id for cpu, f in files.items() if f.die_id is not None}
-    cores = _cores_of(files, packages)
+    split_compute_units = _splits_compute_units(_cpuinfo(reader), files, online)
+    cores = _cores_of(files, packages, online, split_compute_units)
     counts = _count(online, packages, dies, cores)
-    _note_missing_layout(reader, online, packages, cores)
+    _note_missing_layout(reader, online, packages, dies, cores)
     nodes = _nodes(reader, cpu_ids)
     node_of = _node_of_cpus(reader, nodes, cpu_ids)
     cmdline = _knob(reader, "proc/cmdline", _strip)
     isolated = _isolated_cpus(reader, cmdline)
     online_set = set(online)
     cpus = tuple(Cpu(cpu, cpu in online_set, packages.get(cpu), dies.get(cpu), cores.get(cpu), node_of.get(cpu),
-                     tuple(sorted(files[cpu].thread_siblings or {cpu})), cpu in isolated)
+                     _smt_siblings(files[cpu], cpu, split_compute_units), cpu in isolated)
                  for cpu in cpu_ids)
     meminfo = reader.value("proc/meminfo", parse_meminfo)
     if meminfo is None:

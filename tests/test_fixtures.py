@@ -168,7 +168,8 @@ def test_offline_and_cpuset_restricted_cpus():
     assert t.node(2).cpus == (4, 5) and t.usable_cpus_of_node(2) == (5,)
     assert t.usable_cpus_of_node(4) == ()
     assert t.allowed.cpuset_cpus == (0, 1, 2, 3, 4, 5, 6, 12, 13, 14, 15)
-    assert t.allowed.sources == ("/dev/cpuset/dummy/cpus", "/dev/cpuset/dummy/mems")
+    capture = str(FIXTURES / "16amd64-8n2c-cpusets.tar.bz2")
+    assert t.allowed.sources == (f"{capture}/dev/cpuset/dummy/cpus", f"{capture}/dev/cpuset/dummy/mems")
 
 
 def test_cpuset_in_a_cgroup_v1_hierarchy_beside_cgroup2():
@@ -180,7 +181,7 @@ def test_cpuset_in_a_cgroup_v1_hierarchy_beside_cgroup2():
 def test_cpuset_in_cgroup2():
     _, t = probed("fakeheteromemtiers")
     assert t.allowed.cgroup_version == 2
-    assert t.allowed.sources[0] == "/sys/fs/cgroup/cpuset.cpus.effective"
+    assert t.allowed.sources[0] == f"{FIXTURES}/fakeheteromemtiers.tar.bz2/sys/fs/cgroup/cpuset.cpus.effective"
 
 
 def test_memory_only_and_cpu_only_nodes():
@@ -222,8 +223,8 @@ def test_generated_tree_with_cgroup_v2_limits_and_knobs(tmp_path):
     assert allowed.cpu_quota == 2.0 and allowed.memory_limit_bytes == 1 << 30
     assert allowed.cpus == tuple(range(6)) and allowed.nodes == (0,)
     assert (allowed.cgroup_version, allowed.cgroup_path) == (2, "/numatune.slice")
-    assert "/sys/fs/cgroup/numatune.slice/cpu.max" in allowed.sources
-    assert "/proc/self/status" in allowed.sources
+    assert f"{tmp_path}/root/sys/fs/cgroup/numatune.slice/cpu.max" in allowed.sources
+    assert f"{tmp_path}/root/proc/self/status" in allowed.sources
     assert t.threads_per_core == 2 and t.cores == 8 and t.packages == 2
     assert t.isa.has("avx512_vnni") and t.isa.has("avx512bf16")
     assert t.node(0).hugepages[0].size_bytes == 2 << 20

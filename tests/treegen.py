@@ -47,6 +47,13 @@ class FakeMachine:
     model_name: str = "Intel(R) Xeon(R) Gold 6462C"
     flags: str = "fpu sse sse2 avx avx2 fma f16c avx512f avx512bw avx512vl avx512dq avx512_vnni avx512_bf16"
     hugepages_2m: int = 0
+    node_ids: Optional[list] = None               # sysfs ids of the nodes, CPU nodes first; default 0..n-1
+    offline_cpus: tuple = ()
+    package_ids: Optional[list] = None            # physical_package_id per socket; default 0..sockets-1
+    vendor: str = "GenuineIntel"
+    cpu_family: int = 6
+    siblings_share_core_id: bool = True           # False: AMD compute units, a core_id per CPU
+    arch: str = "x86_64"                          # "ia64": an Itanium's sparse sysfs and cpuinfo
     extra_files: dict = field(default_factory=dict)
 
     @property
@@ -60,6 +67,13 @@ class FakeMachine:
     @property
     def cores(self) -> int:
         return self.cpu_nodes * self.cores_per_node
+
+    @property
+    def cpu_count(self) -> int:
+        return self.cores * self.threads_per_core
+
+    def node_id(self, index: int) -> int:
+        return self.node_ids[index] if self.node_ids else index
 
     def cpus_of_node(self, node: int) -> list[int]:
         if node >= self.cpu_nodes:
@@ -83,6 +97,13 @@ def _cpulist(cpus) -> str:
     return ",".join(runs)
 
 
+def _cpumask(cpus, total: int) -> str:
+    """The kernel's hex mask: 32-bit groups, most significant first, as wide as the CPU count."""
+    value = sum(1 << cpu for cpu in cpus)
+    groups = max(1, (total + 31) // 32)
+    return ",".join(f"{value >> (32 * g) & 0xFFFFFFFF:08x}" for g in reversed(range(groups)))
+
+
 def _write(root: Path, rel: str, text: str) -> None:
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,16 +111,20 @@ def _write(root: Path, rel: str, text: str) -> None:
 
 
 def write_tree(root: Path, m: FakeMachine) -> Path:
-    all_cpus = list(range(m.cores * m.threads_per_core))
+    all_cpus = list(range(m.cpu_count))
     cpu_list = _cpulist(all_cpus)
-    for rel in ("online", "possible", "present"):
+    for rel in ("possible", "present"):
         _write(root, f"sys/devices/system/cpu/{rel}", cpu_list + "\n")
-    _write(root, "sys/devices/system/cpu/offline", "\n")
-    _write(root, "sys/devices/system/cpu/isolated", "\n")
+    if m.arch != "ia64":       # old Itanium kernels write no online/offline/isolated lists
+        _write(root, "sys/devices/system/cpu/online", _cpulist(set(all_cpus) - set(m.offline_cpus)) + "\n")
+        _write(root, "sys/devices/system/cpu/offline", _cpulist(m.offline_cpus) + "\n")
+        _write(root, "sys/devices/system/cpu/isolated", "\n")
     for cpu in all_cpus:
         _write_cpu(root, m, cpu)
     _write_nodes(root, m)
     _write_proc(root, m, all_cpus)
+    # What hwloc-gather-topology records of uname; lstopo's fsroot reading takes the arch from it.
+    _write(root, "proc/hwloc-nofile-info", f"OSName: Linux\nArchitecture: {m.arch}\n")
     for rel, text in m.extra_files.items():
         _write(root, rel, text)
     return root
@@ -114,13 +139,34 @@ def _write_cpu(root: Path, m: FakeMachine, cpu: int) -> None:
     socket_cpus = [c for c in range(m.cores * m.threads_per_core)
                    if m.node_of_cpu(c) // m.nodes_per_socket == socket]
     node_cpus = m.cpus_of_node(node)
-    _write(root, f"{base}/online", "1\n")
+    core_id = core_index % (m.cores_per_node * m.nodes_per_socket)
+    if not m.siblings_share_core_id:
+        core_id = core_id * m.threads_per_core + siblings.index(cpu)
+    package_id = m.package_ids[socket] if m.package_ids else socket
+    if m.arch == "ia64":
+        # Itanium kernels: ids and masks only (no die, no lists, no online files), caches
+        # without the CPUs sharing them
+        topo = {"physical_package_id": str(package_id), "core_id": str(core_id),
+                "thread_siblings": _cpumask(siblings, m.cpu_count),
+                "core_siblings": _cpumask(socket_cpus, m.cpu_count),
+                "book_id": "0", "drawer_id": "0"}
+        for name, value in topo.items():
+            _write(root, f"{base}/topology/{name}", value + "\n")
+        for index, (level, kind, size) in enumerate([(1, "Data", "16K"), (2, "Unified", "256K"),
+                                                     (3, "Unified", "9216K")]):
+            for name, value in (("level", level), ("type", kind), ("size", size)):
+                _write(root, f"{base}/cache/index{index}/{name}", f"{value}\n")
+        (root / base / f"node{m.node_id(node)}").mkdir(parents=True, exist_ok=True)
+        return
+    _write(root, f"{base}/online", "0\n" if cpu in m.offline_cpus else "1\n")
     topo = {
-        "physical_package_id": str(socket), "die_id": "0",
-        "core_id": str(core_index % (m.cores_per_node * m.nodes_per_socket)),
+        "physical_package_id": str(package_id), "die_id": "0", "core_id": str(core_id),
         "core_cpus_list": _cpulist(siblings), "thread_siblings_list": _cpulist(siblings),
         "package_cpus_list": _cpulist(socket_cpus), "core_siblings_list": _cpulist(socket_cpus),
         "die_cpus_list": _cpulist(socket_cpus),
+        "core_cpus": _cpumask(siblings, m.cpu_count), "thread_siblings": _cpumask(siblings, m.cpu_count),
+        "package_cpus": _cpumask(socket_cpus, m.cpu_count), "core_siblings": _cpumask(socket_cpus, m.cpu_count),
+        "die_cpus": _cpumask(socket_cpus, m.cpu_count),
     }
     for name, value in topo.items():
         _write(root, f"{base}/topology/{name}", value + "\n")
@@ -134,32 +180,35 @@ def _write_cpu(root: Path, m: FakeMachine, cpu: int) -> None:
         _write(root, f"{cache}/shared_cpu_list", _cpulist(shared) + "\n")
     if m.governor:
         _write(root, f"{base}/cpufreq/scaling_governor", m.governor + "\n")
-    (root / base / f"node{node}").mkdir(parents=True, exist_ok=True)
+    (root / base / f"node{m.node_id(node)}").mkdir(parents=True, exist_ok=True)
 
 
 def _write_nodes(root: Path, m: FakeMachine) -> None:
-    ids = list(range(m.node_count))
+    indexes = list(range(m.node_count))
+    ids = [m.node_id(index) for index in indexes]
     base = "sys/devices/system/node"
     _write(root, f"{base}/online", _cpulist(ids) + "\n")
     _write(root, f"{base}/possible", _cpulist(ids) + "\n")
     _write(root, f"{base}/has_memory", _cpulist(ids) + "\n")
     _write(root, f"{base}/has_normal_memory", _cpulist(ids) + "\n")
-    _write(root, f"{base}/has_cpu", _cpulist(range(m.cpu_nodes)) + "\n")
-    for node in ids:
-        free = m.free_per_node[node] if m.free_per_node else int(m.memory_per_node * 0.9)
+    _write(root, f"{base}/has_cpu", _cpulist(ids[:m.cpu_nodes]) + "\n")
+    by_id = sorted(indexes, key=m.node_id)      # distance rows are ordered by node id
+    for index, node in zip(indexes, ids):
+        free = m.free_per_node[index] if m.free_per_node else int(m.memory_per_node * 0.9)
         total_kb, free_kb = m.memory_per_node // 1024, free // 1024
-        _write(root, f"{base}/node{node}/cpulist", _cpulist(m.cpus_of_node(node)) + "\n")
+        _write(root, f"{base}/node{node}/cpulist", _cpulist(m.cpus_of_node(index)) + "\n")
+        _write(root, f"{base}/node{node}/cpumap", _cpumask(m.cpus_of_node(index), m.cpu_count) + "\n")
         _write(root, f"{base}/node{node}/meminfo",
                f"Node {node} MemTotal:       {total_kb} kB\nNode {node} MemFree:        {free_kb} kB\n"
                f"Node {node} MemUsed:        {total_kb - free_kb} kB\n")
-        row = [10 if other == node else _distance(m, node, other) for other in ids]
+        row = [10 if other == index else _distance(m, index, other) for other in by_id]
         _write(root, f"{base}/node{node}/distance", " ".join(map(str, row)) + "\n")
         pages = f"{base}/node{node}/hugepages"
         _write(root, f"{pages}/hugepages-2048kB/nr_hugepages", f"{m.hugepages_2m}\n")
         _write(root, f"{pages}/hugepages-2048kB/free_hugepages", f"{m.hugepages_2m}\n")
         _write(root, f"{pages}/hugepages-1048576kB/nr_hugepages", "0\n")
         _write(root, f"{pages}/hugepages-1048576kB/free_hugepages", "0\n")
-        for cpu in m.cpus_of_node(node):
+        for cpu in m.cpus_of_node(index):
             (root / base / f"node{node}" / f"cpu{cpu}").mkdir(parents=True, exist_ok=True)
 
 
@@ -173,16 +222,24 @@ def _write_proc(root: Path, m: FakeMachine, all_cpus: list[int]) -> None:
     total_kb = m.memory_per_node * m.node_count // 1024
     _write(root, "proc/meminfo", f"MemTotal:       {total_kb} kB\nMemFree:        {int(total_kb * 0.9)} kB\n"
            f"MemAvailable:   {int(total_kb * 0.9)} kB\n")
+    if m.arch == "ia64":
+        # Itanium's cpuinfo: "vendor"/"family"/"features", and here no "physical id" either;
+        # the capture has no cgroup, status nor kernel knobs
+        _write(root, "proc/cpuinfo", "\n".join(
+            f"processor  : {cpu}\nvendor     : GenuineIntel\narch       : IA-64\nfamily     : 32\n"
+            f"features   : branchlong, 16-byte atomic ops\ncpu number : 0\n" for cpu in all_cpus) + "\n")
+        return
     cpuinfo = []
     for cpu in all_cpus:
         node = m.node_of_cpu(cpu)
         cpuinfo.append(
-            f"processor\t: {cpu}\nvendor_id\t: GenuineIntel\nmodel name\t: {m.model_name}\n"
+            f"processor\t: {cpu}\nvendor_id\t: {m.vendor}\ncpu family\t: {m.cpu_family}\n"
+            f"model name\t: {m.model_name}\n"
             f"physical id\t: {node // m.nodes_per_socket}\ncore id\t\t: {cpu % m.cores}\n"
             f"flags\t\t: {m.flags}\n")
     _write(root, "proc/cpuinfo", "\n".join(cpuinfo) + "\n")
     cpus = m.cgroup_cpus or _cpulist(all_cpus)
-    mems = m.cgroup_mems or _cpulist(range(m.node_count))
+    mems = m.cgroup_mems or _cpulist(m.node_id(index) for index in range(m.node_count))
     _write(root, "proc/self/status", f"Name:\tpython\nCpus_allowed_list:\t{cpus}\nMems_allowed_list:\t{mems}\n")
     _write(root, "proc/self/cgroup", "0::/numatune.slice\n")
     _write(root, "proc/mounts", "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime 0 0\n")
