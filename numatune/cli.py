@@ -90,6 +90,10 @@ def probe_command(
     repeats: int = typer.Option(5, "--repeats", min=1, help="Repetitions per bandwidth measurement."),
 ) -> int:
     """Read the topology (nodes, CPUs, caches, memory, limits, kernel knobs); optionally measure bandwidth."""
+    from .sysfs import names_live_machine
+    if bandwidth and not names_live_machine(root):
+        raise NumatuneError(f"--bandwidth with --root {root}: bandwidth is measured on the live machine "
+                            "only; drop --bandwidth to read the captured root")
     topology = _probe(root)
     matrix = None
     if bandwidth:

@@ -123,8 +123,15 @@ def _context_table(t) -> Table:
     table.add_row("transparent huge pages", f"enabled={_known(k.thp_enabled)} defrag={_known(k.thp_defrag)}")
     table.add_row("vm.zone_reclaim_mode", _known(k.zone_reclaim_mode))
     table.add_row("CPU governor", ", ".join(f"{g} ({cpulist(c)})" for g, c in k.governors) or "?")
-    table.add_row("numactl / lstopo", f"{t.tools.numactl or 'absent'} / {t.tools.lstopo or 'absent'}")
+    table.add_row("numactl / lstopo", _tools(t))
     return table
+
+
+def _tools(t) -> str:
+    """The live PATH's tools; a captured root has no PATH to look in."""
+    if t.root != "/" and t.tools.numactl is None and t.tools.lstopo is None:
+        return "not known (a captured root, not this machine)"
+    return f"{t.tools.numactl or 'absent'} / {t.tools.lstopo or 'absent'}"
 
 
 def _known(value) -> str:
