@@ -436,11 +436,22 @@ def check_command(
     tolerance: Optional[float] = typer.Option(None, "--tolerance", min=0.0, max=0.9, help="Slowdown allowed, as a "
                                               "fraction (default: 3 × the baseline's relative spread, at least 0.05)."),
     allow_other_host: bool = typer.Option(False, "--allow-other-host", help="Compare even if the host differs."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Also write the verdict as JUnit XML (a regression "
+                                         "is a failed test), for CI systems."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> int:
     """Re-measure a saved winner: exit 1 on a regression beyond the tolerance, 2 on another host or bad input."""
+    import time
+
     from .tune import check
+    started = time.monotonic()
     outcome = check(_probe("/"), baseline, tolerance, allow_other_host)
+    if junit is not None:
+        from .junit import write_junit
+        try:
+            write_junit(junit, outcome, baseline, time.monotonic() - started)
+        except OSError as exc:
+            raise NumatuneError(f"--junit: cannot write {junit} ({exc.strerror})") from None
     if as_json:
         _emit_json(outcome.to_json())
     else:
