@@ -320,3 +320,24 @@ def test_human_output_prints_brackets_in_a_command_as_they_are(capsys, seed_root
     human.commands_table({"llama.cpp": rec})
     out = capsys.readouterr().out
     assert out.count("[red]y.gguf") == 2
+
+
+def test_auto_format_writes_every_engine_for_its_platform(capsys, monkeypatch, tmp_path, seed):
+    """`auto --format`: after the search (replaced here by a saved result on the seed's machine),
+    one rendering per engine profile; here one systemd unit each."""
+    import numatune.cli as cli_module
+    from numatune.config import Configuration
+    from numatune.profiles import engine_profiles
+    from numatune.search import build_space
+    from numatune.stats import Measurement
+    from numatune.store import Trial, TuneResult, fingerprint
+    from numatune.tune import TuneRun
+    winner = Trial(Configuration(tuple(range(32)), "bind", (0,)), Measurement.of([5.0] * 3), None, 1, 0)
+    result = TuneResult(fingerprint(seed), "m", (winner,), winner, None, True, "x")
+    monkeypatch.setattr(cli_module, "_probe", lambda root: seed)
+    monkeypatch.setattr(cli_module, "_run_tune", lambda *a, **k: TuneRun(build_space(seed, 1 << 20), result,
+                                                                           tmp_path / "r.json", False))
+    assert main(["auto", "--format", "systemd"]) == 0
+    units = _units(capsys.readouterr().out)
+    assert len(units) == len(engine_profiles())
+    assert "CPUAffinity=0-31\nNUMAPolicy=bind\nNUMAMask=0\n" in units["numatune-llama-cpp.service"]
