@@ -91,17 +91,12 @@ def _interleave_prefix(instance: Instance, nodes: str) -> tuple[str, ...]:
 
 # ----- shell -----------------------------------------------------------------------------------
 
-def shell_line(plan: LaunchPlan) -> str:
-    """The plan as one line for sh: every word and value quoted, nothing left to expand."""
-    return plan.shell()
-
-
 def render_shell(rec: Recommendation, topology: Topology) -> str:
     lines = [f"# numatune: {rec.engine}, {rec.config.label()}"]
     for i, plan in enumerate(rec.plans):
         if len(rec.plans) > 1:
             lines.append(f"# instance {i} (node {rec.config.nodes[i]})")
-        lines.append(shell_line(plan))
+        lines.append(plan.shell())      # every word and value quoted, nothing left to expand
         if not plan.uses_numactl:
             lines.append(f"# no numactl: `numatune launch` places it (CPUs {format_cpulist(plan.placement.cpus)}, "
                          f"memory {plan.placement.memory_mode} {format_cpulist(plan.placement.memory_nodes) or '-'})")
@@ -175,8 +170,9 @@ def _quantity(n_bytes: int) -> str:
 
 
 def _smt_width(topology: Topology, cpus: Iterable[int]) -> int:
-    groups = topology.core_groups([c for c in topology.usable_cpus()
-                                   if topology.node_of_cpu(c) in {topology.node_of_cpu(x) for x in cpus}])
+    """CPUs per core on the configuration's nodes (what a whole core costs in a pod's `cpu`)."""
+    nodes = {topology.node_of_cpu(c) for c in cpus}
+    groups = topology.core_groups(c for c in topology.usable_cpus() if topology.node_of_cpu(c) in nodes)
     return max((len(g) for g in groups), default=1)
 
 
@@ -190,6 +186,10 @@ def _kubelet_core(rec: Recommendation, topology: Topology) -> tuple[Recommendati
     if free:
         return rec, tuple(sorted(c for g in free for c in g)), False
     last_core = next(g for g in reversed(groups) if used & set(g))
+    node = topology.node_of_cpu(last_core[0])
+    if all(c in last_core for c in rec.config.cpus if topology.node_of_cpu(c) == node):
+        raise NumatuneError(f"kubernetes: the configuration uses every core and node {node} has only one: "
+                            "none is left for the kubelet's reservedSystemCPUs")
     config = replace(rec.config, cpus=tuple(c for c in rec.config.cpus if c not in last_core))
     profile = find_engine_profile(rec.engine)
     # The command as planned, engine flags included: build_plan sets them again to the new counts.

@@ -341,3 +341,11 @@ def test_auto_format_writes_every_engine_for_its_platform(capsys, monkeypatch, t
     units = _units(capsys.readouterr().out)
     assert len(units) == len(engine_profiles())
     assert "CPUAffinity=0-31\nNUMAPolicy=bind\nNUMAMask=0\n" in units["numatune-llama-cpp.service"]
+
+
+def test_kubernetes_refuses_when_no_core_is_left_for_the_kubelet(tmp_path, capsys):
+    root = write_tree(tmp_path / "two", seed_machine(cores_per_node=1, threads_per_core=1))
+    code = main(["recommend", "--engine", "llama.cpp", "--root", str(root), "--objective", "throughput",
+                 "--model", "qwen3-30b-a3b:Q4_K_M", "--format", "kubernetes"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "reservedSystemCPUs" in err
