@@ -67,6 +67,20 @@ RootOption = typer.Option("/", "--root", help="Machine to read: '/', a captured 
                           "hwloc-gather-topology tarball (.tar.bz2), read in place.")
 
 
+class OutputFormat(str, Enum):
+    shell = "shell"
+    systemd = "systemd"
+    systemd_dropin = "systemd-dropin"
+    kubernetes = "kubernetes"
+    slurm = "slurm"
+    docker = "docker"
+
+
+FormatOption = typer.Option(None, "--format", help="Write the command for where it runs: shell, systemd (a unit), "
+                            "systemd-dropin, kubernetes (Pod + KubeletConfiguration), slurm (batch script), "
+                            "docker (also podman). See docs/recommend.md.")
+
+
 class Objective(str, Enum):
     latency = "latency"
     throughput = "throughput"
@@ -253,16 +267,25 @@ def recommend_command(
     root: str = RootOption,
     from_file: Optional[Path] = typer.Option(None, "--from", help="A saved tuning result to follow."),
     objective: Objective = ObjectiveOption,
+    output_format: Optional[OutputFormat] = FormatOption,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> int:
     """The command to run for an engine, with the reason for each choice and the warnings that apply."""
     from .engines import ENGINES, inspect_engine
     from .models import resolve_model
     from .recommend import recommend
+    if output_format is not None and as_json:
+        raise NumatuneError("give at most one of --format and --json")
     topology = _probe(root)
     install = inspect_engine(engine, engine_bin) if engine in ENGINES and (engine_bin or root == "/") else None
-    result = recommend(topology, engine, resolve_model(model) if model else None,
-                       _saved_for(topology, from_file, root), install, objective=objective.value)
+    footprint = resolve_model(model) if model else None
+    result = recommend(topology, engine, footprint, _saved_for(topology, from_file, root), install,
+                       objective=objective.value)
+    if output_format is not None:
+        from .deploy import render as render_deployment
+        sys.stdout.write(render_deployment(result, topology, output_format.value,
+                                           footprint.weight_bytes if footprint else None))
+        return 0
     if as_json:
         _emit_json(result.to_json())
     else:
@@ -378,11 +401,14 @@ def auto_command(
     budget: float = BudgetOption,
     out: Optional[Path] = typer.Option(None, "--out", help="Result file (default: the data dir, keyed by host)."),
     objective: Objective = ObjectiveOption,
+    output_format: Optional[OutputFormat] = FormatOption,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> int:
     """Probe, audit, tune and recommend a command for every target engine, in one go."""
     from .audit import AuditContext, run_audit
     from .recommend import recommend_all
+    if output_format is not None and as_json:
+        raise NumatuneError("give at most one of --format and --json")
     topology = _probe("/")
     findings = run_audit(topology, AuditContext())
     if not as_json:
@@ -397,7 +423,14 @@ def auto_command(
                     "recommendations": {name: r.to_json() for name, r in recommendations.items()}})
         return 0 if run.result.winner else 1
     render.tune_result(run)
-    render.commands_table(recommendations)
+    if output_format is not None:
+        from .deploy import render as render_deployment
+        for r in recommendations.values():
+            render.console.print(f"[bold]{r.engine}[/] as {output_format.value}:")
+            sys.stdout.flush()
+            sys.stdout.write(render_deployment(r, topology, output_format.value) + "\n")
+    else:
+        render.commands_table(recommendations)
     return 0 if run.result.winner else 1
 
 
@@ -407,11 +440,22 @@ def check_command(
     tolerance: Optional[float] = typer.Option(None, "--tolerance", min=0.0, max=0.9, help="Slowdown allowed, as a "
                                               "fraction (default: 3 × the baseline's relative spread, at least 0.05)."),
     allow_other_host: bool = typer.Option(False, "--allow-other-host", help="Compare even if the host differs."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Also write the verdict as JUnit XML (a regression "
+                                         "is a failed test), for CI systems."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> int:
     """Re-measure a saved winner: exit 1 on a regression beyond the tolerance, 2 on another host or bad input."""
+    import time
+
     from .tune import check
+    started = time.monotonic()
     outcome = check(_probe("/"), baseline, tolerance, allow_other_host)
+    if junit is not None:
+        from .junit import write_junit
+        try:
+            write_junit(junit, outcome, baseline, time.monotonic() - started)
+        except OSError as exc:
+            raise NumatuneError(f"--junit: cannot write {junit} ({exc.strerror})") from None
     if as_json:
         _emit_json(outcome.to_json())
     else:

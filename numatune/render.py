@@ -4,7 +4,9 @@ from __future__ import annotations
 from typing import Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from .sysfs import format_cpulist
@@ -206,7 +208,7 @@ def recommendation(r) -> None:
     console.print(f"[bold]{r.engine}[/] ({'from the saved tuning result' if r.source == 'saved' else 'from the topology'}):")
     for i, plan in enumerate(r.plans):
         prefix = f"instance {i} (node {r.config.nodes[i]}): " if len(r.plans) > 1 else ""
-        console.print(f"  {prefix}[green]{plan.shell()}[/]", soft_wrap=True)
+        console.print(f"  {prefix}[green]{escape(plan.shell())}[/]", soft_wrap=True)
     for reason in r.reasons:
         console.print(f"  · {reason}")
     for warning in r.warnings:
@@ -292,7 +294,7 @@ def commands_table(recommendations) -> None:
         table.add_column(column, overflow="fold")
     for r in recommendations.values():
         table.add_row(r.engine, r.config.label() + ("\n(saved result)" if r.source == "saved" else ""),
-                      "\n".join(plan.shell() for plan in r.plans))
+                      Text("\n".join(plan.shell() for plan in r.plans)))
     console.print(table)
     for r in recommendations.values():
         for warning in r.warnings:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import tempfile
@@ -79,9 +80,27 @@ class Trial:
     @classmethod
     def from_json(cls, data: dict) -> "Trial":
         gbps = data.get("weight_gb_per_s")
-        return cls(Configuration.from_json(data["config"]), Measurement.from_json(data["tokens_per_s"]),
-                   Measurement.from_json(gbps) if gbps else None, int(data["resident_bytes"]),
+        return cls(Configuration.from_json(data["config"]), _measurement(data["tokens_per_s"], "tokens_per_s"),
+                   _measurement(gbps, "weight_gb_per_s") if gbps else None, int(data["resident_bytes"]),
                    int(data["stage"]), data.get("error"))
+
+
+class CorruptResult(ValueError):
+    """A result file whose figures contradict themselves."""
+
+
+SUMMARY_FIELDS = ("median", "spread", "min", "max", "n")
+
+
+def _measurement(data: dict, field: str) -> Measurement:
+    """A saved measurement, refused when its summary (median, spread, min, max, n) is not what
+    its own samples give: the file was edited or damaged, and which figure to trust is unknown."""
+    measurement = Measurement.from_json(data)
+    recomputed = measurement.to_json()
+    for key in SUMMARY_FIELDS:
+        if key in data and not math.isclose(float(data[key]), float(recomputed[key]), rel_tol=1e-9, abs_tol=1e-12):
+            raise CorruptResult(f"{field}: {key} {data[key]!r} disagrees with its samples ({recomputed[key]!r})")
+    return measurement
 
 
 @dataclass(frozen=True)
@@ -95,6 +114,7 @@ class TuneResult:
     runner_up: Optional[Trial]
     complete: bool                   # False when interrupted: `--resume` continues it
     created: str                     # ISO 8601 time
+    engine: Optional[str] = None     # the target engine the search was limited to, if any
 
     def to_json(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "host_id": self.fingerprint.host_id,
@@ -102,16 +122,28 @@ class TuneResult:
                 "trials": [t.to_json() for t in self.trials],
                 "winner": self.winner.to_json() if self.winner else None,
                 "runner_up": self.runner_up.to_json() if self.runner_up else None,
-                "complete": self.complete, "created": self.created}
+                "complete": self.complete, "created": self.created, "engine": self.engine}
 
     @classmethod
     def from_json(cls, data: dict) -> "TuneResult":
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise OtherVersion(version)
         opt = lambda key: Trial.from_json(data[key]) if data.get(key) else None  # noqa: E731
-        return cls(Fingerprint.from_json(data["fingerprint"]), data["model"],
-                   tuple(Trial.from_json(t) for t in data["trials"]), opt("winner"), opt("runner_up"),
-                   bool(data["complete"]), data["created"])
+        trials = []
+        for i, trial in enumerate(data["trials"]):
+            try:
+                trials.append(Trial.from_json(trial))
+            except CorruptResult as exc:
+                raise CorruptResult(f"trial {i}: {exc}") from None
+        return cls(Fingerprint.from_json(data["fingerprint"]), data["model"], tuple(trials), opt("winner"),
+                   opt("runner_up"), bool(data["complete"]), data["created"], data.get("engine"))
+
+
+class OtherVersion(ValueError):
+    def __init__(self, version) -> None:
+        super().__init__(version)
+        self.version = version
 
 
 def data_dir() -> Path:
@@ -127,20 +159,31 @@ def default_path(fp: Fingerprint) -> Path:
 
 
 def save_result(result: TuneResult, path: Optional[Path] = None) -> Path:
-    """Writes the result atomically: a temporary file in the same directory, renamed into place."""
     path = Path(path) if path else default_path(result.fingerprint)
+    write_atomically(path, json.dumps(result.to_json(), indent=2))
+    return path
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Writes a file atomically: a temporary file in the same directory, flushed to disk, renamed
+    into place, the directory synced; a reader sees the old file or the new one, never a part."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as out:
-            json.dump(result.to_json(), out, indent=2)
+            out.write(text)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def load_result(path: Path) -> TuneResult:
@@ -149,8 +192,16 @@ def load_result(path: Path) -> TuneResult:
         return TuneResult.from_json(json.loads(path.read_text()))
     except OSError as exc:
         raise NumatuneError(f"{path}: cannot read ({exc.strerror})") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise NumatuneError(f"{path}: not a numatune tuning result ({exc})") from None
+    except OtherVersion as exc:
+        older = isinstance(exc.version, int) and exc.version < SCHEMA_VERSION
+        raise NumatuneError(f"{path}: result schema version {exc.version!r}, this numatune reads {SCHEMA_VERSION} "
+                            f"({'an older numatune wrote it: tune again' if older else 'not written by this numatune'})"
+                            ) from None
+    except CorruptResult as exc:
+        raise NumatuneError(f"{path}: corrupt result: {exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise NumatuneError(f"{path}: not a numatune tuning result ({reason})") from None
 
 
 def saved_result(fp: Fingerprint) -> Optional[TuneResult]:

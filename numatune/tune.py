@@ -22,11 +22,12 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _result(topology: Topology, model: ModelChoice, state: SearchState, complete: bool) -> TuneResult:
+def _result(topology: Topology, model: ModelChoice, state: SearchState, complete: bool,
+            engine: Optional[str] = None) -> TuneResult:
     ranked = state.final()
     return TuneResult(store.fingerprint(topology), model.label, tuple(state.trials),
                       ranked[0] if ranked else None, ranked[1] if len(ranked) > 1 else None,
-                      complete, _now())
+                      complete, _now(), engine)
 
 
 @dataclass
@@ -49,9 +50,10 @@ def tune(topology: Topology, model: ModelChoice, budget_s: float, target: Option
         reasons = "; ".join(f"{label}: {why}" for label, why in space.pruned[:3])
         raise NumatuneError(f"tune: nothing to measure, every configuration was pruned ({reasons})")
     path = Path(out) if out else store.default_path(store.fingerprint(topology))
+    engine = target.name if target else None
     state = SearchState()
     if resume:
-        state.trials = list(_resumable(topology, model, path).trials)
+        state.trials = list(_resumable(topology, model, path, engine).trials)
     if on_start:
         on_start(space)
     measure_one = lambda config, stage, plan: measure(config, model, stage, plan, target)  # noqa: E731
@@ -60,7 +62,7 @@ def tune(topology: Topology, model: ModelChoice, budget_s: float, target: Option
         search(space.candidates, measure_one, budget_s, state=state, on_trial=on_trial)
     except KeyboardInterrupt:
         interrupted = True
-    result = _result(topology, model, state, complete=not interrupted)
+    result = _result(topology, model, state, complete=not interrupted, engine=engine)
     if result.trials:
         store.save_result(result, path)
     if interrupted:
@@ -74,15 +76,23 @@ class TuneInterrupted(Exception):
         self.result, self.path = result, path
 
 
-def _resumable(topology: Topology, model: ModelChoice, path: Path) -> TuneResult:
+def _resumable(topology: Topology, model: ModelChoice, path: Path, engine: Optional[str] = None) -> TuneResult:
+    """The saved, interrupted search to continue: only one of this host, model and target engine
+    (its trials were limited to what that engine can do)."""
     if not path.is_file():
         raise NumatuneError(f"--resume: no saved result at {path}")
-    saved = store.load_result(path)
+    try:
+        saved = store.load_result(path)
+    except NumatuneError as exc:
+        raise NumatuneError(f"--resume: {exc}") from None
     differences = store.fingerprint(topology).differences(saved.fingerprint)
     if differences:
         raise NumatuneError(f"--resume: {path} was measured on another host ({'; '.join(differences)})")
     if saved.model != model.label:
         raise NumatuneError(f"--resume: {path} measured model '{saved.model}', not '{model.label}'")
+    if saved.engine != engine:
+        raise NumatuneError(f"--resume: {path} searched for engine {saved.engine or '(any)'}, "
+                            f"not {engine or '(any)'}")
     return saved
 
 

@@ -279,7 +279,7 @@ def test_tune_and_check_from_the_command_line(tmp_path, small_model, capsys):
 
     # A baseline far faster than anything this host can do is a regression (exit 1) ...
     fast = json.loads(out.read_text())
-    fast["winner"]["tokens_per_s"]["samples"] = [1e9, 1e9, 1e9]
+    fast["winner"]["tokens_per_s"] = Measurement.of([1e9, 1e9, 1e9]).to_json()
     (tmp_path / "fast.json").write_text(json.dumps(fast))
     assert main(["check", str(tmp_path / "fast.json"), "--json"]) == 1
     printed, err = capsys.readouterr()
@@ -287,7 +287,7 @@ def test_tune_and_check_from_the_command_line(tmp_path, small_model, capsys):
     assert verdict["regressed"] and verdict["ratio"] < 0.01
     assert err.startswith("numatune: regression: ") and err.count("\n") == 1
     # ... and one far slower is not (exit 0).
-    fast["winner"]["tokens_per_s"]["samples"] = [1e-3] * 3
+    fast["winner"]["tokens_per_s"] = Measurement.of([1e-3] * 3).to_json()
     (tmp_path / "slow.json").write_text(json.dumps(fast))
     assert main(["check", str(tmp_path / "slow.json")]) == 0
 
