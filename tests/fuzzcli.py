@@ -35,7 +35,7 @@ def run_cases(cases: list, log_path: str) -> None:
                 code = "traceback"
                 err.write(traceback.format_exc())
             log.write(json.dumps({"case": index, "code": code, "stderr": err.getvalue(),
-                                  "stdout": out.getvalue()[-4000:]}) + "\n")
+                                  "stdout": out.getvalue()}) + "\n")
             log.flush()
 
 

@@ -295,3 +295,199 @@ def test_a_truncated_gguf_through_the_real_command(ggufs, tmp_path):
     path.write_bytes(ggufs[1].read_bytes()[:-1000])
     assert_one_line_exit_2(run_command(["bench", "--model", str(path), "--threads", "1", "--tokens", "1",
                                         "--repeats", "1", "--no-bandwidth"], tmp_path))
+
+
+# ----- sysfs trees: the probe ------------------------------------------------------------------
+
+GARBAGE = ["", "\x00", "0-3\x004-7", "\x00\x00\x00\x00", "-1", "3-1", "0-", "a-b", "0-4294967295", "0-65536",
+           "1,,2", "0-3:0/4", "18446744073709551616", "ffffffffffffffffffffffffffffffff,", "0x", "10 20 x",
+           "Node 0 MemTotal: kB", "[[[", "\udcff\udcfe", "9" * 5000]
+TARGETS = ["sys/devices/system/node/node0/cpulist", "sys/devices/system/node/online",
+           "sys/devices/system/node/has_memory", "sys/devices/system/cpu/online", "sys/devices/system/cpu/possible",
+           "sys/devices/system/cpu/present", "sys/devices/system/cpu/cpu0/topology/thread_siblings_list",
+           "sys/devices/system/cpu/cpu1/topology/core_id", "sys/devices/system/cpu/cpu0/topology/physical_package_id",
+           "sys/devices/system/node/node1/meminfo", "sys/devices/system/node/node0/distance",
+           "sys/devices/system/cpu/cpu0/cache/index0/size", "sys/devices/system/cpu/cpu0/cache/index3/shared_cpu_list",
+           "proc/self/status", "proc/meminfo", "proc/cpuinfo", "proc/cmdline", "proc/sys/kernel/numa_balancing",
+           "sys/kernel/mm/transparent_hugepage/enabled"]
+
+
+def tree_mutations(rng: random.Random) -> list[tuple[str, object]]:
+    """(what, a function that spoils a tree in place)."""
+    def write(rel, text):
+        def spoil(root: Path):
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_symlink() or path.exists():
+                path.unlink()
+            path.write_bytes(text.encode("utf-8", "surrogateescape"))
+        return spoil
+
+    def link(rel, target):
+        def spoil(root: Path):
+            path = root / rel
+            if path.is_dir() and not path.is_symlink():
+                import shutil
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            path.symlink_to(target)
+        return spoil
+
+    def both(*spoils):
+        def spoil(root: Path):
+            for one in spoils:
+                one(root)
+        return spoil
+    node, cpu = "sys/devices/system/node", "sys/devices/system/cpu"
+    out = [
+        ("non-square distances (3 values for 2 nodes)", write(f"{node}/node0/distance", "10 21 31\n")),
+        ("non-square distances (1 value)", write(f"{node}/node1/distance", "10\n")),
+        ("distances with NUL bytes", write(f"{node}/node0/distance", "10\x0021\n")),
+        ("node cpulist beyond any CPU", write(f"{node}/node0/cpulist", "0-4294967295\n")),
+        ("cpu online list huge", write(f"{cpu}/online", "0-99999999999\n")),
+        ("cpulist with NUL in the middle", write(f"{node}/node1/cpulist", "4-5\x006-7\n")),
+        ("file symlinked to itself", link(f"{node}/node0/cpulist", "cpulist")),
+        ("two files linked to each other", both(link(f"{node}/node0/meminfo", "../node1/meminfo"),
+                                                link(f"{node}/node1/meminfo", "../node0/meminfo"))),
+        ("topology directory in a loop", both(link(f"{cpu}/cpu0/topology", "topology2"),
+                                              link(f"{cpu}/cpu0/topology2", "topology"))),
+        ("node directory linked to its parent", link(f"{node}/node1", ".")),
+        ("cpu directory linked to the root", link(f"{cpu}/cpu1", "/")),
+        ("proc linked to itself", link("proc", "proc")),
+        ("cpuinfo of random bytes", write("proc/cpuinfo", "".join(chr(rng.randrange(1, 0x2FF)) for _ in range(3000)))),
+        ("meminfo of huge numbers", write("proc/meminfo", "MemTotal: 99999999999999999999999999 kB\n")),
+    ]
+    for i in range(16):
+        rel, text = rng.choice(TARGETS), rng.choice(GARBAGE)
+        out.append((f"random garbage #{i} in {rel}: {text[:20]!r}", write(rel, text)))
+    return out
+
+
+def test_fuzzed_sysfs_trees_are_read_or_refused_in_one_line(tmp_path):
+    import shutil
+    rng = random.Random(SEED + 1)
+    base = write_tree(tmp_path / "base", seed_machine(cores_per_node=2, threads_per_core=2))
+    cases, roots = [], []
+    for i, (what, spoil) in enumerate(tree_mutations(rng)):
+        root = tmp_path / f"tree{i}"
+        shutil.copytree(base, root, symlinks=True)
+        spoil(root)
+        roots.append(root)
+        cases += [Case(f"{what}: probe --json", ("probe", "--root", str(root), "--json"), may_succeed=True),
+                  Case(f"{what}: probe", ("probe", "--root", str(root)), may_succeed=True),
+                  Case(f"{what}: audit", ("audit", "--root", str(root), "--json", "--fail-on", "never"), may_succeed=True)]
+    results = run_all(cases, tmp_path)
+    check(cases, results)
+    for case, result in zip(cases, results):
+        if result["code"] == 0 and case.argv[-1] == "--json" and case.argv[0] == "probe":
+            jsonschema.validate(json.loads(result["stdout"]), PROBE_SCHEMA)
+
+
+# ----- capture tarballs ------------------------------------------------------------------------
+
+def member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = "", size: int | None = None):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, link, 0o644
+    info.size = len(data) if size is None else size
+    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        info.devmajor, info.devminor = 1, 3
+    return info, data
+
+
+def write_tarball(path: Path, members: list, compression: str = "") -> None:
+    """A tar written header by header, so that sizes may lie (a member claiming a terabyte)."""
+    raw = BytesIO()
+    for info, data in members:
+        raw.write(info.tobuf(tarfile.GNU_FORMAT))
+        raw.write(data + b"\0" * (-len(data) % 512))
+    raw.write(b"\0" * 1024)
+    payload = raw.getvalue()
+    if compression == "bz2":
+        import bz2
+        payload = bz2.compress(payload)
+    elif compression == "gz":
+        import gzip
+        payload = gzip.compress(payload)
+    path.write_bytes(payload)
+
+
+def capture_members(base: Path) -> list:
+    """A real tree as tar members under one top directory."""
+    out = []
+    for path in sorted(base.rglob("*")):
+        rel = "machine/" + str(path.relative_to(base))
+        if path.is_symlink():
+            out.append(member(rel, kind=tarfile.SYMTYPE, link=os.readlink(path)))
+        elif path.is_dir():
+            out.append(member(rel, kind=tarfile.DIRTYPE))
+        else:
+            out.append(member(rel, path.read_bytes()))
+    return out
+
+
+def test_hostile_capture_tarballs_write_nothing_and_are_read_or_refused(tmp_path):
+    base = capture_members(write_tree(tmp_path / "base", seed_machine(cores_per_node=2)))
+    outside = tmp_path / "outside"
+    absolute = tmp_path / "absolute-target"
+    hostile = {
+        "dot-dot member": [member("machine/../../outside", b"x")],
+        "absolute member": [member(str(absolute / "file"), b"x")],
+        "symlink out of the tree": [member("machine/sys/devices/system/node/node0", kind=tarfile.SYMTYPE, link="/etc")],
+        "symlink up and out": [member("machine/proc/meminfo", kind=tarfile.SYMTYPE, link="../../../../../../etc/passwd")],
+        "hard link out of the tree": [member("machine/proc/cpuinfo", kind=tarfile.LNKTYPE, link="/etc/passwd")],
+        "character device": [member("machine/dev/mem", kind=tarfile.CHRTYPE)],
+        "block device": [member("machine/dev/sda", kind=tarfile.BLKTYPE)],
+        "fifo": [member("machine/proc/self/status", kind=tarfile.FIFOTYPE)],
+        "symlink loop": [member("machine/sys/a", kind=tarfile.SYMTYPE, link="b"),
+                         member("machine/sys/b", kind=tarfile.SYMTYPE, link="a")],
+        "directory linked to itself": [member("machine/sys/devices/system/cpu/cpu0", kind=tarfile.SYMTYPE, link=".")],
+    }
+    cases, files = [], []
+    for i, (what, extra) in enumerate(hostile.items()):
+        for compression in ("", "bz2"):
+            path = tmp_path / f"capture{i}.tar{'.' + compression if compression else ''}"
+            write_tarball(path, base + extra, compression)
+            files.append(path)
+            cases.append(Case(f"{what} ({path.name})", ("probe", "--root", str(path), "--json"), may_succeed=True))
+    refused = {
+        "a member claiming a terabyte": base + [member("machine/proc/huge", b"x" * 100, size=1 << 40)],
+        "a member past the size limit": base + [member("machine/proc/big", bytes((64 << 20) + 1))],
+        "truncated": None,
+        "no top directory": [member("a", b"x"), member("b", b"y")],
+        "empty": [],
+    }
+    for i, (what, members) in enumerate(refused.items()):
+        path = tmp_path / f"refused{i}.tar.gz"
+        if members is None:
+            write_tarball(path, base, "gz")
+            path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+        else:
+            write_tarball(path, members, "gz")
+        cases.append(Case(f"{what} ({path.name})", ("probe", "--root", str(path), "--json")))
+    results = run_all(cases, tmp_path)
+    check(cases, results)
+    for case, result in zip(cases, results):
+        if result["code"] == 0:
+            jsonschema.validate(json.loads(result["stdout"]), PROBE_SCHEMA)
+    assert not outside.exists() and not absolute.exists()
+    assert not list(private_tmp(tmp_path).iterdir())             # nothing extracted, nothing left behind
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == sorted(
+        [f.name for f in files] + [f"refused{i}.tar.gz" for i in range(len(refused))] + ["cases.json", "log.jsonl"])
+
+
+def test_a_hostile_capture_through_the_real_command(tmp_path):
+    path = tmp_path / "evil.tar.bz2"
+    write_tarball(path, [member("machine/proc/huge", b"x", size=1 << 40)], "bz2")
+    assert_one_line_exit_2(run_command(["probe", "--root", str(path)], tmp_path))
+    assert not list(private_tmp(tmp_path).iterdir())
+
+
+def test_cpu_lists_and_masks_beyond_any_machine_are_refused_not_expanded():
+    from numatune.sysfs import MAX_CPU_NUMBER, parse_cpulist, parse_cpumask
+    assert parse_cpulist(f"0,{MAX_CPU_NUMBER}") == [0, MAX_CPU_NUMBER]
+    for text in (f"0-{MAX_CPU_NUMBER + 1}", "0-4294967295", "18446744073709551616"):
+        with pytest.raises(ValueError, match="beyond"):
+            parse_cpulist(text)
+    with pytest.raises(ValueError, match="beyond"):
+        parse_cpumask("1" + "0" * 20000)
