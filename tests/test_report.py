@@ -215,3 +215,21 @@ def test_chromium_draws_the_plots(seed, tmp_path):
     dark = colour_mask(drawn, "#1b3a5c", tolerance=2)           # the heat map's fastest cells
     assert dark.sum() > 2 * 70 * 70 and colour_count(bare, "#1b3a5c") == 0
     assert (drawn != bare).any(axis=2).sum() > 100_000
+
+
+def test_tune_writes_its_report_and_plot(tmp_path, capsys):
+    from dataclasses import replace
+
+    from numatune.synth import PRESETS, synthesize
+    model = tmp_path / "small.gguf"
+    synthesize(model, replace(PRESETS["default"], hidden=256, intermediate=128, experts=4, top_k=2, layers=1), "Q8_0")
+    code = main(["tune", "--model", str(model), "--budget", "2", "--out", str(tmp_path / "t.json"), "--json",
+                 "--report", str(tmp_path / "t.html"), "--plot", str(tmp_path / "t.svg")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    saved = json.loads(out)                                   # --json: stdout is the result alone
+    page = (tmp_path / "t.html").read_text()
+    winner = Configuration.from_json(saved["winner"]["config"]).label()
+    assert f"Winner: <b>{winner}</b>" in page and "Commands to run" in page and "<h2>Audit</h2>" in page
+    assert page.count('<g class="series"') >= 1 and "Not measured for this report" in page
+    assert (tmp_path / "t.svg").read_text().count("<circle") >= len(saved["trials"]) - 1
