@@ -7,7 +7,7 @@ reads the machine.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from numatune import _kernels
 from numatune.errors import PlacementError
@@ -20,6 +20,7 @@ LLC_MULTIPLE = 4  # arrays at least this many times the last-level cache, so the
 FREE_MEMORY_SHARE = 0.5  # a bound node that runs out of memory gets the process OOM-killed
 SCHEMA_VERSION = 1
 UNIT = "GB/s"
+StepHook = Callable[[str], None]   # called after each measurement with what was measured
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ def measure(cpus: Sequence[int], memory_node: Optional[int], kernel: str = "read
 def measure_matrix(node_cpus: Mapping[int, Sequence[int]], memory_nodes: Sequence[int],
                    kernels: Sequence[str] = KERNELS, array_bytes: Optional[int] = None,
                    repeats: int = 5, *, llc_bytes: int = 0,
-                   free_bytes_per_node: Optional[Mapping[int, int]] = None) -> BandwidthMatrix:
+                   free_bytes_per_node: Optional[Mapping[int, int]] = None,
+                   on_step: Optional[StepHook] = None) -> BandwidthMatrix:
     """Every kernel for every (CPU node, memory node) pair, with all given CPUs of the CPU node.
 
     Without `array_bytes`, a kernel uses the same size for every pair (the smallest default over
@@ -128,20 +130,26 @@ def measure_matrix(node_cpus: Mapping[int, Sequence[int]], memory_nodes: Sequenc
             for memory_node in memory_nodes:
                 result = measure(cpus, memory_node, kernel, size, repeats)
                 cells.append(BandwidthCell(cpu_node, result))
+                if on_step:
+                    on_step(f"{kernel}: CPUs of node {cpu_node}, memory of node {memory_node}")
     return BandwidthMatrix(tuple(cells))
 
 
 def thread_curve(cpus: Sequence[int], memory_node: Optional[int], kernel: str = "read",
                  counts: Optional[Sequence[int]] = None, array_bytes: Optional[int] = None,
                  repeats: int = 5, *, llc_bytes: int = 0,
-                 free_bytes: Optional[int] = None) -> tuple[BandwidthResult, ...]:
+                 free_bytes: Optional[int] = None, on_step: Optional[StepHook] = None) -> tuple[BandwidthResult, ...]:
     """Bandwidth with the first k CPUs for each thread count k (default 1, 2, 4, …, len(cpus)),
     all on arrays of the same size."""
     counts = thread_counts(len(cpus)) if counts is None else _checked_counts(counts, len(cpus))
     if array_bytes is None:
         array_bytes = default_array_bytes(kernel, memory_node, llc_bytes, free_bytes)
-    return tuple(measure(cpus[:count], memory_node, kernel, array_bytes, repeats)
-                 for count in counts)
+    results = []
+    for count in counts:
+        results.append(measure(cpus[:count], memory_node, kernel, array_bytes, repeats))
+        if on_step:
+            on_step(f"{kernel} with {count} thread(s) on memory node {memory_node}")
+    return tuple(results)
 
 
 def thread_counts(cpu_count: int) -> tuple[int, ...]:
@@ -204,8 +212,12 @@ class ProbeBandwidth:
                            for node, curve in self.curves]}
 
 
-def measure_topology(topology, repeats: int = 5, kernels: Sequence[str] = KERNELS) -> ProbeBandwidth:
-    """Bandwidth of every usable CPU node against every allowed memory node of a probed machine."""
+def measure_topology(topology, repeats: int = 5, kernels: Sequence[str] = KERNELS, curves: bool = True,
+                     on_start: Optional[Callable[[int], None]] = None,
+                     on_step: Optional[StepHook] = None) -> ProbeBandwidth:
+    """Bandwidth of every usable CPU node against every allowed memory node of a probed machine
+    (and, with `curves`, each node's read bandwidth by thread count). `on_start` gets the number
+    of measurements to come, `on_step` a description after each."""
     from numatune.capacity import available_bytes
     node_cpus = {n.id: topology.one_cpu_per_core(topology.usable_cpus_of_node(n.id))
                  for n in topology.nodes}
@@ -215,9 +227,12 @@ def measure_topology(topology, repeats: int = 5, kernels: Sequence[str] = KERNEL
         raise PlacementError("no usable CPUs or memory nodes to measure bandwidth with")
     llc = max((c.size_bytes or 0 for c in topology.caches if c.type == "Unified"), default=0)
     free = {node: available_bytes(topology, node) for node in memory_nodes}
+    if on_start:
+        on_start(len(kernels) * len(node_cpus) * len(memory_nodes)
+                 + (sum(len(thread_counts(len(cpus))) for cpus in node_cpus.values()) if curves else 0))
     matrix = measure_matrix(node_cpus, memory_nodes, kernels, repeats=repeats, llc_bytes=llc,
-                            free_bytes_per_node=free)
-    curves = tuple((node, thread_curve(cpus, node if node in free else None, "read", repeats=repeats,
-                                       llc_bytes=llc, free_bytes=free.get(node)))
-                   for node, cpus in node_cpus.items())
-    return ProbeBandwidth(matrix, curves)
+                            free_bytes_per_node=free, on_step=on_step)
+    by_threads = tuple((node, thread_curve(cpus, node if node in free else None, "read", repeats=repeats,
+                                           llc_bytes=llc, free_bytes=free.get(node), on_step=on_step))
+                       for node, cpus in node_cpus.items()) if curves else ()
+    return ProbeBandwidth(matrix, by_threads)

@@ -96,6 +96,14 @@ def _probe(root: str):
     return probe(Root.open(root))
 
 
+def _measure_bandwidth(topology, repeats: int, quiet: bool, **options):
+    """measure_topology with a progress bar on a terminal."""
+    from .bandwidth import measure_topology
+    from .progress import Steps, wanted
+    with Steps("bandwidth", wanted(quiet)) as steps:
+        return measure_topology(topology, repeats=repeats, on_start=steps.start, on_step=steps.advance, **options)
+
+
 @app.command("probe")
 def probe_command(
     root: str = RootOption,
@@ -109,10 +117,7 @@ def probe_command(
         raise NumatuneError(f"--bandwidth with --root {root}: bandwidth is measured on the live machine "
                             "only; drop --bandwidth to read the captured root")
     topology = _probe(root)
-    matrix = None
-    if bandwidth:
-        from .bandwidth import measure_topology
-        matrix = measure_topology(topology, repeats=repeats)
+    matrix = _measure_bandwidth(topology, repeats, quiet=as_json) if bandwidth else None
     if as_json:
         data = topology.to_json()
         if matrix is not None:
@@ -243,8 +248,12 @@ def model_synth_command(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> int:
     """Write a GGUF with real MoE layer shapes and random weights."""
+    from .progress import Steps, wanted
     from .synth import preset, synthesize
-    result = synthesize(out, preset(preset_name, layers, experts), type_name, seed)
+    chosen = preset(preset_name, layers, experts)
+    with Steps("synth", wanted()) as steps:
+        steps.start(chosen.layers + 1)
+        result = synthesize(out, chosen, type_name, seed, on_step=steps.advance)
     render.console.print(f"wrote {result.path}: {result.preset.description}; {result.type_name}, "
                          f"{result.preset.layers} layers × {result.preset.experts} experts, "
                          f"{result.expert_bytes / 1e9:.2f} GB of experts")
@@ -345,13 +354,12 @@ def _run_tune(topology, model, budget: float, engine: Optional[str], engine_bin:
     from functools import partial
 
     from .trial import run_trial
-    progress = render.TuneProgress(budget)
     measure = partial(run_trial, cold_cache=cold_cache)
     try:
         if quiet:
             return tune(topology, model, budget, target, numa_build, out, resume, objective=objective.value,
                         measure=measure)
-        with progress:
+        with render.TuneProgress(budget) as progress:
             return tune(topology, model, budget, target, numa_build, out, resume,
                         on_start=progress.start, on_trial=progress.trial, objective=objective.value,
                         measure=measure)
@@ -361,6 +369,39 @@ def _run_tune(topology, model, budget: float, engine: Optional[str], engine_bin:
             raise Interrupted("interrupted before the first trial finished; nothing saved") from None
         raise Interrupted(f"interrupted: {len(stop.result.trials)} trial(s) kept in {stop.path} "
                           "(--resume continues)") from None
+
+
+ReportOption = typer.Option(None, "--report", help="Also write one self-contained HTML page: the machine, "
+                            "bandwidth (with --bandwidth), the sweep plotted, the findings and the commands.")
+PlotOption = typer.Option(None, "--plot", help="Also write the sweep plot: FILE.svg, or FILE.png (drawn by "
+                          "rsvg-convert, Debian package librsvg2-bin).")
+ReportBandwidthOption = typer.Option(False, "--bandwidth", help="With --report: measure the bandwidth matrix "
+                                     "(node × node) first and show it as heat maps.")
+
+
+def _check_outputs(report: Optional[Path], plot: Optional[Path], bandwidth: bool) -> None:
+    """Bad output paths are refused before any measuring starts."""
+    from .plot import check_plot_path
+    from .report import check_report_path
+    if report is not None:
+        check_report_path(report)
+    if plot is not None:
+        check_plot_path(plot)
+    if bandwidth and report is None:
+        raise NumatuneError("--bandwidth: only with --report (the heat maps are drawn in the report)")
+
+
+def _write_outputs(report: Optional[Path], plot: Optional[Path], contents, quiet: bool) -> None:
+    from .plot import write_plot
+    from .report import sweep_plot, write_report
+    if report is not None:
+        write_report(report, contents)
+    if plot is not None:
+        write_plot(plot, sweep_plot(contents.result))
+    if not quiet:
+        for path in (report, plot):
+            if path is not None:
+                render.console.print(f"wrote {path}")
 
 
 BudgetOption = typer.Option(45.0, "--budget", min=1.0, help="Seconds the search may take (trials stop starting after it).")
@@ -382,15 +423,27 @@ def tune_command(
     cold_cache: bool = typer.Option(False, "--cold-cache", help="Drop the model file's cached pages before "
                                     "each trial (posix_fadvise), so every trial loads from the same state."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output (the saved result)."),
+    report: Optional[Path] = ReportOption,
+    plot: Optional[Path] = PlotOption,
+    bandwidth: bool = ReportBandwidthOption,
 ) -> int:
     """Search thread counts and memory placements against the bundled engine; save the winner."""
+    _check_outputs(report, plot, bandwidth)
     topology = _probe("/")
+    matrix = _measure_bandwidth(topology, 3, as_json, curves=False).matrix if bandwidth else None
     run = _run_tune(topology, _model_choice(topology, model, synthetic, type_name), budget, engine,
                     engine_bin, out, resume, quiet=as_json, objective=objective, cold_cache=cold_cache)
     if as_json:
         _emit_json(run.result.to_json())
     else:
         render.tune_result(run)
+    if report or plot:
+        from .audit import AuditContext, run_audit
+        from .recommend import recommend_all
+        from .report import ReportInput
+        _write_outputs(report, plot, ReportInput(
+            run.result, topology, matrix, tuple(run_audit(topology, AuditContext())),
+            tuple(recommend_all(topology, None, run.result, objective.value).values()), str(run.path)), as_json)
     return 0 if run.result.winner else 1
 
 
@@ -403,20 +456,29 @@ def auto_command(
     objective: Objective = ObjectiveOption,
     output_format: Optional[OutputFormat] = FormatOption,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    report: Optional[Path] = ReportOption,
+    plot: Optional[Path] = PlotOption,
+    bandwidth: bool = ReportBandwidthOption,
 ) -> int:
     """Probe, audit, tune and recommend a command for every target engine, in one go."""
     from .audit import AuditContext, run_audit
     from .recommend import recommend_all
+    from .report import ReportInput
     if output_format is not None and as_json:
         raise NumatuneError("give at most one of --format and --json")
+    _check_outputs(report, plot, bandwidth)
     topology = _probe("/")
     findings = run_audit(topology, AuditContext())
+    matrix = _measure_bandwidth(topology, 3, as_json, curves=False).matrix if bandwidth else None
     if not as_json:
         render.topology_summary(topology)
         render.findings(findings)
     run = _run_tune(topology, _model_choice(topology, model, None, "Q4_K_M"), budget, None, None, out,
                     False, quiet=as_json, objective=objective)
     recommendations = recommend_all(topology, None, run.result, objective.value)
+    if report or plot:
+        _write_outputs(report, plot, ReportInput(run.result, topology, matrix, tuple(findings),
+                                                 tuple(recommendations.values()), str(run.path)), as_json)
     if as_json:
         _emit_json({"schema_version": 1, "findings": [f.to_json() for f in findings],
                     "result": run.result.to_json(), "saved_to": str(run.path),
@@ -432,6 +494,25 @@ def auto_command(
     else:
         render.commands_table(recommendations)
     return 0 if run.result.winner else 1
+
+
+@app.command("report")
+def report_command(
+    result: Path = typer.Argument(..., help="A result saved by `numatune tune`/`auto`."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The HTML report to write."),
+    plot: Optional[Path] = PlotOption,
+    bandwidth: Optional[Path] = typer.Option(None, "--bandwidth", help="Bandwidth to show: the output of "
+                                             "`numatune probe --bandwidth --json` on the same machine."),
+    root: str = RootOption,
+) -> int:
+    """Render a saved tuning result as a self-contained HTML page (and/or its sweep plot)."""
+    from .report import report_for_saved
+    if out is None and plot is None:
+        raise NumatuneError("give --out FILE.html, --plot FILE.svg|png or both")
+    _check_outputs(out, plot, False)
+    contents = report_for_saved(result, bandwidth, _probe(root))
+    _write_outputs(out, plot, contents, quiet=False)
+    return 0
 
 
 @app.command("check")

@@ -84,6 +84,8 @@ def read_moe_model(path: str | Path) -> MoeModel:
     if not blocks:
         raise ModelError(f"{path}: no routed-expert tensors (blk.N.ffn_gate_exps.weight) in this file")
     experts = _meta(reader, path, f"{arch}.expert_count", int)
+    if experts < 1:
+        raise ModelError(f"{path}: {arch}.expert_count = {experts}, a MoE model has at least one expert")
     top_k = _meta(reader, path, f"{arch}.expert_used_count", int)
     gating, normalize, scale_key = _ARCHITECTURES[arch]
     if arch == "deepseek2":
@@ -105,10 +107,35 @@ def _open(path: Path):
         raise ModelError(f"{path}: no such GGUF file")
     import gguf
     try:
-        return gguf.GGUFReader(str(path), "r")
-    except (ValueError, KeyError, IndexError, OSError, TypeError) as exc:
+        reader = gguf.GGUFReader(str(path), "r")
+    except (ValueError, KeyError, IndexError, OSError, TypeError, OverflowError, MemoryError) as exc:
         detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise ModelError(f"{path}: not a readable GGUF file ({detail})") from None
+    check_layout(path, reader)
+    return reader
+
+
+def check_layout(path: Path, reader) -> None:
+    """The tensors' bytes as the format requires them: each at an offset that is a multiple of the
+    file's alignment, inside the file, and no two sharing bytes (gguf's reader checks none of it;
+    overlapping tensors would be read as each other's weights)."""
+    size = path.stat().st_size
+    alignment = int(getattr(reader, "alignment", 32)) or 32
+    spans = []
+    for tensor in reader.tensors:
+        start, length = int(tensor.data_offset), int(tensor.n_bytes)
+        relative = start - int(getattr(reader, "data_offset", 0))
+        if relative % alignment:
+            raise ModelError(f"{path}: tensor {tensor.name} starts at data offset {relative}, "
+                             f"not a multiple of the alignment {alignment}")
+        if start + length > size:
+            raise ModelError(f"{path}: tensor {tensor.name} ends at byte {start + length}, past the end "
+                             f"of the file ({size} bytes)")
+        spans.append((start, start + length, tensor.name))
+    spans.sort()
+    for (_, end, name), (start, _, other) in zip(spans, spans[1:]):
+        if start < end:
+            raise ModelError(f"{path}: tensors {name} and {other} overlap (bytes {start}…{end})")
 
 
 def _meta(reader, path: Path, key: str, kind, default=...):

@@ -39,6 +39,9 @@ def gguf_footprint(path: Path) -> ModelFootprint:
         import gguf
         reader = gguf.GGUFReader(str(path), "r")
         total = sum(int(t.n_bytes) for t in reader.tensors)
-    except (ValueError, KeyError, IndexError, OSError) as exc:
-        raise ModelError(f"{path}: not a readable GGUF file ({str(exc).splitlines()[0][:120]})") from None
+    except (ValueError, KeyError, IndexError, OSError, TypeError, OverflowError, MemoryError) as exc:
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise ModelError(f"{path}: not a readable GGUF file ({detail})") from None
+    from .gguf_moe import check_layout
+    check_layout(path, reader)
     return ModelFootprint(path.name, str(path), total, None)

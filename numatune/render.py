@@ -216,34 +216,33 @@ def recommendation(r) -> None:
 
 
 class TuneProgress:
-    """rich progress for a search: trials done, best so far, time left."""
+    """A search's progress: the space on stdout, then a bar (trials done, best so far, time left)
+    on stderr when it is a terminal (see numatune.progress)."""
 
     def __init__(self, budget_s: float) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from .progress import Steps, wanted
         self.budget_s = budget_s
-        self.progress = Progress(TextColumn("[bold]tune[/]"), BarColumn(), TextColumn("{task.description}"),
-                                 TimeElapsedColumn(), console=console, transient=False)
-        self.task = None
+        self.steps = Steps("tune", wanted(), counter=False)
 
     def __enter__(self) -> "TuneProgress":
-        self.progress.__enter__()
+        self.steps.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.__exit__(*exc)
+        self.steps.__exit__(*exc)
 
     def start(self, space) -> None:
         console.print(f"search space: {len(space.candidates)} configurations "
                       f"({len(space.pruned)} pruned); budget {self.budget_s:.0f} s")
-        self.task = self.progress.add_task("", total=self.budget_s)
+        self.steps.start(self.budget_s)
 
     def trial(self, state, trial, left_s: float) -> None:
         ranked = state.final()
         best = f"best {ranked[0].tokens_per_s.median:.1f} tok/s ({ranked[0].config.label()})" if ranked else "no winner yet"
         last = ("failed: " + trial.error) if trial.error else f"{trial.tokens_per_s.median:.1f} tok/s"
-        self.progress.update(self.task, completed=min(self.budget_s, self.budget_s - max(left_s, 0.0)),
-                             description=f"{len(state.trials)} trials, stage {state.stage}; last {last}; "
-                                         f"{best}; {max(left_s, 0):.0f} s left")
+        self.steps.update(min(self.budget_s, self.budget_s - max(left_s, 0.0)),
+                          f"{len(state.trials)} trials, stage {state.stage}; last {last}; "
+                          f"{best}; {max(left_s, 0):.0f} s left")
 
 
 def tune_result(run) -> None:

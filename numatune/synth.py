@@ -11,6 +11,7 @@ import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable, Optional
 
 import gguf
 import numpy as np
@@ -74,8 +75,10 @@ def preset(name: str, layers: int | None = None, experts: int | None = None) -> 
     return replace(chosen, layers=layers or chosen.layers, experts=experts or chosen.experts)
 
 
-def synthesize(path: str | Path, chosen: Preset, type_name: str = "Q4_K_M", seed: int = 0) -> SynthResult:
-    """Writes the GGUF atomically (a temporary file renamed into place)."""
+def synthesize(path: str | Path, chosen: Preset, type_name: str = "Q4_K_M", seed: int = 0,
+               on_step: Optional[Callable[[str], None]] = None) -> SynthResult:
+    """Writes the GGUF atomically (a temporary file renamed into place). `on_step` is called after
+    each of the `chosen.layers + 1` steps (each layer made, then the file written)."""
     gate_t, up_t, down_t = expert_types(type_name)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,11 +91,15 @@ def synthesize(path: str | Path, chosen: Preset, type_name: str = "Q4_K_M", seed
         expert_bytes = 0
         for block in range(chosen.layers):
             expert_bytes += _add_block(writer, rng, chosen, block, gate_t, up_t, down_t)
+            if on_step:
+                on_step(f"layer {block + 1} of {chosen.layers} made")
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
         os.replace(tmp, path)
+        if on_step:
+            on_step("written")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -25,6 +25,12 @@ from .errors import ProbeError
 TARBALL_SUFFIXES = (".tar.bz2", ".tbz2", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar")
 _COMPRESSED_MAGIC = (b"BZh", b"\x1f\x8b", b"\xfd7zXZ\x00")
 _SYMLINK_HOPS = 40
+# Bounds that no real machine reaches (Linux's NR_CPUS is at most 8192, a /proc/cpuinfo of that many
+# CPUs about 12 MB): a list like "0-4294967295" or a capture member of a terabyte is refused
+# instead of filling the memory.
+MAX_CPU_NUMBER = (1 << 16) - 1
+MAX_MEMBER_BYTES = 64 << 20
+MAX_CAPTURE_BYTES = 1 << 30
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +163,7 @@ class CaptureRoot(Root):
         walking the archive, never later.
         """
         members: list[tuple[str, object]] = []
+        total = 0
         try:
             with tarfile.open(self.spec, mode="r:*") as archive:
                 for member in archive:
@@ -164,6 +171,8 @@ class CaptureRoot(Root):
                     if not name:
                         continue
                     if member.isfile():
+                        total += member.size
+                        self._check_size(member, total)
                         handle = archive.extractfile(member)
                         members.append((name, handle.read() if handle else b""))
                     else:
@@ -171,6 +180,14 @@ class CaptureRoot(Root):
         except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, ValueError) as exc:
             raise ProbeError(f"{self.spec}: {self._what_is_wrong(exc)}") from None
         return members
+
+    def _check_size(self, member: tarfile.TarInfo, total: int) -> None:
+        if member.size > MAX_MEMBER_BYTES:
+            raise ProbeError(f"{self.spec}: member {member.name} holds {member.size} bytes, more than any "
+                             f"file of /sys or /proc ({MAX_MEMBER_BYTES >> 20} MiB): not a topology capture")
+        if total > MAX_CAPTURE_BYTES:
+            raise ProbeError(f"{self.spec}: the members hold more than {MAX_CAPTURE_BYTES >> 30} GiB: "
+                             "not a topology capture")
 
     def _what_is_wrong(self, exc: Exception) -> str:
         reason = " ".join(str(exc).split()) or type(exc).__name__
@@ -276,6 +293,8 @@ def parse_cpulist(text: str) -> list[int]:
         last = int(match.group(2)) if match.group(2) else first
         if last < first:
             raise ValueError(f"descending range in CPU list: {item!r}")
+        if last > MAX_CPU_NUMBER:
+            raise ValueError(f"CPU or node number beyond {MAX_CPU_NUMBER} in CPU list: {item!r}")
         used, group = (int(match.group(3)), int(match.group(4))) if match.group(3) else (1, 1)
         if group == 0 or used == 0 or used > group:
             raise ValueError(f"bad group in CPU list: {item!r}")
@@ -291,6 +310,8 @@ def parse_cpumask(text: str) -> list[int]:
     if not re.fullmatch(r"(0x)?[0-9a-fA-F]+", cleaned):
         raise ValueError(f"not a CPU mask: {_clean(text)!r}")
     value = int(cleaned, 16)
+    if value.bit_length() > MAX_CPU_NUMBER + 1:
+        raise ValueError(f"CPU mask with bits beyond {MAX_CPU_NUMBER}")
     return [bit for bit in range(value.bit_length()) if value >> bit & 1]
 
 
