@@ -207,6 +207,11 @@ class EngineProfile:
     threads_value: str
     threads_counts: str
     reserved_threads: int
+    reserved_per: str          # process | rank: the reserved threads are kept once, or once per rank
+    threads_aliases: tuple[str, ...]          # other spellings of threads_flag the engine accepts
+    default_cores_less: int | None            # unset, the flag's value is the physical cores minus this
+    numa_flag: str | None                     # the engine's own thread-placement flag (llama.cpp --numa)
+    numa_flag_bare: str | None                # what that flag means given without a value
     flags: tuple[TemplatedFlag, ...]
     env: tuple[TemplatedFlag, ...]
     numactl: bool
@@ -263,6 +268,20 @@ def parse_engine_profile(data: dict, where: str) -> EngineProfile:
     reserved = threads.get("reserved_threads", 0)
     if not _count(reserved):
         raise ProfileError(f"{where}: field 'threads.reserved_threads' must be an integer ≥ 0")
+    reserved_per = threads.get("reserved_per", "process")
+    if reserved_per not in ("process", "rank"):
+        raise ProfileError(f"{where}: field 'threads.reserved_per' must be process or rank, got {reserved_per!r}")
+    aliases = threads.get("aliases", [])
+    if not _str_list(aliases):
+        raise ProfileError(f"{where}: field 'threads.aliases' must be a list of flags")
+    default = threads.get("default")
+    match = re.fullmatch(r"physical-cores(?: - (\d+))?", str(default)) if default is not None else None
+    if default is not None and match is None:
+        raise ProfileError(f"{where}: field 'threads.default' must be 'physical-cores' or 'physical-cores - N', "
+                           f"got {default!r}")
+    numa_flag = threads.get("numa_flag") or {}
+    if not isinstance(numa_flag, dict) or (numa_flag and not _text(numa_flag.get("flag"))):
+        raise ProfileError(f"{where}: field 'threads.numa_flag.flag' is missing")
     numactl = f("numactl", lambda v: isinstance(v, bool), "true or false")
     return EngineProfile(
         name=f("name", _text, "a non-empty string"),
@@ -274,7 +293,9 @@ def parse_engine_profile(data: dict, where: str) -> EngineProfile:
         placements=tuple(placements.items()),
         threads_flag=threads.get("flag"),
         threads_value=_template(threads.get("value", "{threads}"), where, "threads.value"),
-        threads_counts=str(threads.get("counts", "")), reserved_threads=reserved,
+        threads_counts=str(threads.get("counts", "")), reserved_threads=reserved, reserved_per=reserved_per,
+        threads_aliases=tuple(aliases), default_cores_less=int(match.group(1) or 0) if match else None,
+        numa_flag=numa_flag.get("flag"), numa_flag_bare=numa_flag.get("bare"),
         flags=_templated_list(data, "flags", "flag", where), env=_templated_list(data, "env", "name", where),
         numactl=numactl, notes=tuple(str(n) for n in data.get("notes") or ()), source=where)
 
