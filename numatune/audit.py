@@ -9,14 +9,13 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .capacity import available_bytes
+from .capacity import HEADROOM_PERCENT, available_bytes, fits, with_headroom
 from .command import EngineCommand, build_command, parse_command
 from .config import Configuration
 from .engines import EngineInstall
 from .errors import NumatuneError
 from .models import ModelFootprint
 from .pagecache import PageCacheReport, drop_command_for, page_cache_nodes
-from .search import WORKING_MEMORY
 from .profiles import EngineProfile, find_engine_profile
 from .sysfs import format_cpulist as _cpus
 from .topology import Topology
@@ -630,23 +629,23 @@ def sub_numa_clustering(t: Topology, c: AuditContext) -> Iterable[Finding]:
 
 def placements_that_fit(t: Topology, weight_bytes: int, nodes: list[int]) -> list[str]:
     """The placements whose per-node share (with working memory) fits each node's free memory."""
-    need = weight_bytes * (1 + WORKING_MEMORY)
+    need = with_headroom(weight_bytes)
     free = {n: available_bytes(t, n) for n in nodes}
     options = []
-    holders = [n for n in nodes if free[n] >= need]
+    holders = [n for n in nodes if fits(weight_bytes, free[n])]
     if len(holders) >= 2:
         options.append(f"one copy on each of nodes {holders} only (fewer copies)")
     if holders:
         options.append(f"bind to one node: numactl --cpunodebind={holders[0]} --membind={holders[0]} <engine> ...")
     groups = [[n for n in group if n in free] for group in snc_packages(t).values()]
-    if groups and all(len(g) > 1 and all(free[n] >= need / len(g) for n in g) for g in groups):
+    if groups and all(len(g) > 1 and all(fits(weight_bytes // len(g), free[n]) for n in g) for g in groups):
         per_socket = "; ".join(f"numactl --cpunodebind={_cpus(g)} --interleave={_cpus(g)} <engine> ..." for g in groups)
         options.append(f"one copy per socket interleaved over its nodes, one instance per socket ({per_socket})")
-    if len(nodes) > 1 and all(free[n] >= need / len(nodes) for n in nodes):
+    if len(nodes) > 1 and all(fits(weight_bytes // len(nodes), free[n]) for n in nodes):
         options.append(f"one copy interleaved or partitioned over nodes {nodes} "
                        f"({_gib(int(need / len(nodes)))} per node)")
-    elif len(nodes) > 1 and sum(free.values()) >= need:
-        short = [n for n in nodes if free[n] < need / len(nodes)]
+    elif len(nodes) > 1 and fits(weight_bytes, sum(free.values())):
+        short = [n for n in nodes if not fits(weight_bytes // len(nodes), free[n])]
         options.append(f"one copy spread over nodes {nodes} by their free memory (numactl "
                        f"--weighted-interleave={_cpus(nodes)}, weights in /sys/kernel/mm/mempolicy/"
                        f"weighted_interleave/nodeN, Linux 6.9+), or free memory on node(s) {short} "
@@ -661,15 +660,15 @@ def model_fit(t: Topology, c: AuditContext) -> Iterable[Finding]:
     if not nodes:
         return
     weights = c.model.weight_bytes
-    need = int(weights * (1 + WORKING_MEMORY))
+    need = with_headroom(weights)
     free = {n: available_bytes(t, n) for n in nodes}
     evidence = tuple(Evidence(f"node {n}: free / a whole copy needs", f"{_gib(free[n])} / {_gib(need)}",
                               _path(t, f"sys/devices/system/node/node{n}/meminfo")) for n in nodes)
     evidence += (Evidence(f"weights of {c.model.name}",
-                          f"{_gib(weights)} (+{WORKING_MEMORY:.0%} working memory: {_gib(need)})", c.model.source),)
+                          f"{_gib(weights)} (+{HEADROOM_PERCENT}% working memory: {_gib(need)})", c.model.source),)
     total = sum(free.values())
-    holders = [n for n in nodes if free[n] >= need]
-    if need > total:
+    holders = [n for n in nodes if fits(weights, free[n])]
+    if not fits(weights, total):
         yield Finding("model-does-not-fit", "error",
                       f"{c.model.name} needs {_gib(need)}, all allowed nodes hold {_gib(total)} free",
                       evidence, "The weights do not fit in memory even once; loading will swap or fail.",

@@ -30,7 +30,8 @@ from typing import Any, Optional
 from .errors import NumatuneError, ProfileError
 from .profiles import (PROFILES_DIR, EngineProfile, _count, _positive_int, _positive_number, _str_list,
                        _text, read_yaml)
-from .search import WORKING_MEMORY, engine_can, thread_ladder
+from .capacity import HEADROOM_PERCENT, fits
+from .search import engine_can, thread_ladder
 
 SCHEMA_VERSION = 1
 GIB = 1 << 30
@@ -634,9 +635,9 @@ def prune_reason(machine: Machine, config: PlanConfig, weights: int, traits: Eng
             return f"node {node_id}: {busy} busy threads exceed its {node.hardware_threads} hardware threads"
     for node_id, needed in sorted(placed_bytes(config, weights, traits).items()):
         have = machine.node(node_id).memory_bytes
-        if needed * (1 + WORKING_MEMORY) > have:
+        if not fits(needed, have):
             return (f"node {node_id} has {have / GIB:.0f} GiB, {config.policy} puts "
-                    f"{needed / GIB:.0f} GiB (+{WORKING_MEMORY:.0%}) there")
+                    f"{needed / GIB:.0f} GiB (+{HEADROOM_PERCENT}%) there")
     return None
 
 

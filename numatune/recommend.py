@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from .audit import AuditContext, run_audit
-from .capacity import available_bytes
+from .capacity import HEADROOM_PERCENT, available_bytes, bytes_per_node, fits, shortfalls
 from .command import LaunchPlan, build_command, parse_command
 from .config import Configuration
 from .engines import EngineInstall
@@ -79,12 +79,13 @@ def _from_topology(t: Topology, profile: EngineProfile, model: Optional[ModelFoo
     nodes = sorted(cores)
     all_cpus = tuple(c for n in nodes for c in cores[n])
     if len(nodes) > 1:
-        for policy, share in (("replicate", weights), ("partition", weights // len(nodes))):
+        for policy in ("replicate", "partition"):
             if not _can(profile, policy, numa_build):
                 continue
-            short = [n for n in nodes if available_bytes(t, n) < share]
+            short = shortfalls(t, bytes_per_node(policy, weights, nodes, nodes))
             if short:
-                reasons.append(f"{policy} does not fit: node(s) {short} lack {share / GIB:.0f} GiB free")
+                reasons.append(f"{policy} does not fit: node(s) {[n for n, _, _ in short]} lack "
+                               f"{short[0][1] / GIB:.0f} GiB (+{HEADROOM_PERCENT}%) free")
                 continue
             how = ("a full copy of the weights on each node" if policy == "replicate"
                    else "one tensor-parallel rank per node, each holding its shard")
@@ -92,7 +93,7 @@ def _from_topology(t: Topology, profile: EngineProfile, model: Optional[ModelFoo
                            f"({len(nodes)} nodes, {len(all_cpus)} physical cores)")
             return Configuration(all_cpus, policy, tuple(nodes)), reasons
     best = max(nodes, key=lambda n: (len(cores[n]), available_bytes(t, n)))
-    if _can(profile, "bind", numa_build) and available_bytes(t, best) >= weights:
+    if _can(profile, "bind", numa_build) and fits(weights, available_bytes(t, best)):
         if len(nodes) > 1:
             reasons.append(f"{profile.name} cannot read locally on several nodes as built: confined to "
                            f"node {best}, whose memory holds the weights; threads on other nodes would "
@@ -100,7 +101,7 @@ def _from_topology(t: Topology, profile: EngineProfile, model: Optional[ModelFoo
         reasons.append(f"bind: threads and memory on node {best} ({len(cores[best])} physical cores)")
         return Configuration(cores[best], "bind", (best,)), reasons
     policy = "interleave" if _can(profile, "interleave", numa_build) else "first-touch"
-    why = ("the weights do not fit one node" if available_bytes(t, best) < weights
+    why = ("the weights do not fit one node" if not fits(weights, available_bytes(t, best))
            else f"{profile.name} cannot be bound to one node as built")
     reasons.append(f"{policy} over nodes {nodes}: {why}, so one copy is spread over all of them")
     return Configuration(all_cpus, policy, tuple(nodes)), reasons
@@ -145,8 +146,7 @@ def _per_instance(t: Topology, profile: EngineProfile, model: Optional[ModelFoot
     weights = model.weight_bytes if model else 0
     if len(nodes) < 2 or not _can(profile, "bind", numa_build):
         return None
-    short = [n for n in nodes if available_bytes(t, n) < weights]
-    if short:
+    if shortfalls(t, {n: weights for n in nodes}):
         return None
     cpus = tuple(c for n in nodes for c in cores[n])
     return Configuration(cpus, "bind", tuple(nodes), instances=len(nodes)), [
