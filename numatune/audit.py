@@ -444,7 +444,7 @@ class ThreadSpread:
 
 
 def _evenly_by_index(workers: int, nodes: list[int]) -> dict[int, int]:
-    """ktransformers' NUMA build: worker i of W goes to node floor(i * M / W)."""
+    """by-index (ktransformers' NUMA build): worker i of W goes to node floor(i * M / W)."""
     counts = {n: 0 for n in nodes}
     for i in range(workers):
         counts[nodes[i * len(nodes) // workers]] += 1
@@ -452,7 +452,7 @@ def _evenly_by_index(workers: int, nodes: list[int]) -> dict[int, int]:
 
 
 def _round_robin(workers: int, nodes: list[int]) -> dict[int, int]:
-    """llama.cpp --numa distribute: thread i runs on node i mod N."""
+    """round-robin (llama.cpp --numa distribute): thread i runs on node i mod N."""
     counts = {n: 0 for n in nodes}
     for i in range(workers):
         counts[nodes[i % len(nodes)]] += 1
@@ -476,20 +476,21 @@ def thread_spread(t: Topology, c: AuditContext, compute: int | None = None) -> T
     compute = asked[0] if compute is None else compute
     reserved = asked[1]
     pool = _command_pool(t, c)
-    engine = c.engine.engine if c.engine else None
+    profile = c.engine_profile()
     memory_nodes = [n.id for n in t.nodes if n.has_memory]
-    if engine == "ktransformers" and c.engine.numa_aware and compute > 0 and memory_nodes:
+    numa_build = c.engine is not None and c.engine.numa_aware and profile.numa_aware == "build-flag"
+    if numa_build and profile.build_flag_spread == "by-index" and compute > 0 and memory_nodes:
         nodes = memory_nodes
         return ThreadSpread(compute + reserved, tuple(sorted(_evenly_by_index(compute, nodes).items())), reserved,
                             tuple(t.usable_cpus()),
-                            f"ktransformers' NUMA build binds worker i of {compute} to node ⌊i·{len(nodes)}/{compute}⌋ "
-                            f"of all {len(nodes)} memory nodes (whatever numactl says); its submitting thread "
-                            "spins unbound")
+                            f"{profile.name}'s {profile.build_flag} build binds worker i of {compute} to node "
+                            f"⌊i·{len(nodes)}/{compute}⌋ of all {len(nodes)} memory nodes (whatever numactl says); "
+                            "its reserved thread spins unbound")
     numa_mode = c.command.numa_mode if c.command is not None else None
-    if engine == "llama.cpp" and numa_mode == "distribute":
+    if profile is not None and dict(profile.numa_flag_spreads).get(numa_mode) == "round-robin":
         nodes = [n.id for n in t.nodes if n.has_cpus]
         return ThreadSpread(compute + reserved, tuple(sorted(_round_robin(compute, nodes).items())), reserved, pool,
-                            f"llama.cpp --numa distribute runs thread i on node i mod {len(nodes)}")
+                            f"{profile.name} {profile.numa_flag} {numa_mode} runs thread i on node i mod {len(nodes)}")
     return ThreadSpread(compute + reserved, (), compute + reserved, pool,
                         "the scheduler places the threads on the CPUs the process may use")
 
@@ -587,8 +588,10 @@ def _distance(t: Topology, a: int, b: int) -> int | None:
 
 
 def _replicating(c: AuditContext) -> bool | None:
-    """Whether the engine keeps a copy of the weights per node: True, False, None (unknown build)."""
-    if c.engine is None or c.engine.engine != "ktransformers":
+    """Whether the engine keeps a copy of the weights per node: True, False, None (unknown build);
+    per the profile, a build-flag engine whose several-node mode is a copy per node."""
+    profile = c.engine_profile()
+    if c.engine is None or profile is None or (profile.numa_aware, profile.multi_node) != ("build-flag", "replicate"):
         return False
     return c.engine.numa_aware
 

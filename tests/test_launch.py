@@ -81,6 +81,12 @@ numactl: true
     ("numactl: 3", "field 'numactl'"),
     ("numa_aware: build-flag", "field 'build.flag'"),
     ('env: [{name: OMP_NUM_THREADS, value: "{threads}", when: later}]', "field 'env[0].when'"),
+    ('threads: {flag: "-t", reserved_threads: 1, reserved_per: node}', "field 'threads.reserved_per'"),
+    ('threads: {flag: "-t", default: "all cores"}', "field 'threads.default'"),
+    ('threads: {flag: "-t", aliases: "--threads"}', "field 'threads.aliases'"),
+    ('threads: {flag: "-t", build_flag_spread: evenly}', "field 'threads.build_flag_spread'"),
+    ('threads: {flag: "-t", numa_flag: {flag: "--numa", spreads: {distribute: scatter}}}',
+     "field 'threads.numa_flag.spreads.distribute'"),
 ])
 def test_bad_engine_profile_is_one_line_naming_file_and_field(tmp_path, change, needle):
     key = change.split(":")[0]
