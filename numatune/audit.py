@@ -9,14 +9,15 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .capacity import available_bytes
+from .capacity import HEADROOM_PERCENT, available_bytes, fits, with_headroom
+from .command import EngineCommand, build_command, parse_command
+from .config import Configuration
 from .engines import EngineInstall
 from .errors import NumatuneError
 from .models import ModelFootprint
 from .pagecache import PageCacheReport, drop_command_for, page_cache_nodes
-from .search import WORKING_MEMORY
+from .profiles import EngineProfile, find_engine_profile
 from .sysfs import format_cpulist as _cpus
-from .sysfs import parse_cpulist, parse_cpumask
 from .topology import Topology
 
 SEVERITIES = ("info", "warning", "error")
@@ -46,20 +47,6 @@ class Finding:
 
 
 @dataclass(frozen=True)
-class EngineCommand:
-    """What a command line says about threads and placement, read without running it."""
-
-    argv: tuple[str, ...]
-    threads: int | None = None            # compute threads, counted as --threads counts them
-    thread_flag: str | None = None        # the flag as written, e.g. "--cpu_infer 42"
-    numa_mode: str | None = None          # llama.cpp --numa value ("distribute" when given bare)
-    cpu_nodes: tuple[int, ...] | None = None     # numactl --cpunodebind
-    cpus: tuple[int, ...] | None = None          # numactl --physcpubind, taskset -c
-    memory_mode: str | None = None        # numactl: "bind", "interleave", "preferred" or "local"
-    memory_nodes: tuple[int, ...] | None = None
-
-
-@dataclass(frozen=True)
 class AuditContext:
     """What the user intends to run, as far as they told us."""
 
@@ -68,122 +55,15 @@ class AuditContext:
     threads: int | None = None
     command: EngineCommand | None = None
     page_cache: PageCacheReport | None = None     # where the model file's cached pages are
+    profile: EngineProfile | None = None          # the engine's profile (default: the installed engine's)
+
+    def engine_profile(self) -> EngineProfile | None:
+        if self.profile is not None:
+            return self.profile
+        return find_engine_profile(self.engine.engine) if self.engine is not None else None
 
 
 Rule = Callable[[Topology, AuditContext], Iterable[Finding]]
-
-# numactl's options that take a value: long name -> short name
-_NUMACTL_OPTIONS = {"--cpunodebind": "-N", "--physcpubind": "-C", "--membind": "-m",
-                    "--interleave": "-i", "--preferred": "-p", "--preferred-many": "-P"}
-_MEMORY_MODES = {"--membind": "bind", "--interleave": "interleave", "--preferred": "preferred",
-                 "--preferred-many": "preferred"}
-# an engine's thread flag and how its value counts compute threads
-_THREAD_FLAGS = {"ktransformers": (("--cpu_infer",), -1), "llama.cpp": (("-t", "--threads"), 0)}
-
-
-def _node_list(text: str, flag: str) -> tuple[int, ...]:
-    try:
-        values = parse_cpulist(text.replace("+", ""))
-    except ValueError:
-        raise NumatuneError(f"{flag}: '{text}' is not a CPU or node list like 0-3,8") from None
-    if not values:
-        raise NumatuneError(f"{flag}: empty list")
-    return tuple(values)
-
-
-def _option(argv: list[str], i: int, names: tuple[str, ...]) -> tuple[str | None, int]:
-    """The value of argv[i] if it is one of `names` ("--x V", "--x=V", "-xV"), and the next index."""
-    word = argv[i]
-    for name in names:
-        if word == name:
-            if i + 1 >= len(argv):
-                raise NumatuneError(f"{name}: missing value in the command line")
-            return argv[i + 1], i + 2
-        if word.startswith(name + "="):
-            return word[len(name) + 1:], i + 1
-        attached = word[len(name):]
-        if len(name) == 2 and word.startswith(name) and (attached[:1].isdigit() or attached == "all"):
-            return word[2:], i + 1
-    return None, i
-
-
-def _numactl_option(argv: list[str], i: int, fields: dict) -> int:
-    """Reads one numactl option at argv[i] into `fields`; the index after it."""
-    for long, short in _NUMACTL_OPTIONS.items():
-        value, after = _option(argv, i, (long, short))
-        if value is None:
-            continue
-        if long in _MEMORY_MODES:
-            fields["memory_mode"] = _MEMORY_MODES[long]
-            fields["memory_nodes"] = None if value == "all" else _node_list(value, f"numactl {long}")
-        elif long == "--cpunodebind":
-            fields["cpu_nodes"] = _node_list(value, "numactl --cpunodebind")
-        else:
-            fields["cpus"] = _node_list(value, "numactl --physcpubind")
-        return after
-    if argv[i] in ("-l", "--localalloc"):
-        fields["memory_mode"], fields["memory_nodes"] = "local", None
-    return i + 1
-
-
-def _read_prefix(argv: list[str], fields: dict) -> int:
-    """Reads `numactl …`, `taskset -c …` and `env A=B` prefixes; the index of the engine's program."""
-    i = 0
-    while i < len(argv) and argv[i].rsplit("/", 1)[-1] in ("numactl", "taskset", "env"):
-        tool, i = argv[i].rsplit("/", 1)[-1], i + 1
-        while i < len(argv) and (argv[i].startswith("-") or (tool == "env" and "=" in argv[i])):
-            if tool == "numactl":
-                i = _numactl_option(argv, i, fields)
-                continue
-            value, after = _option(argv, i, ("-c", "--cpu-list")) if tool == "taskset" else (None, i)
-            if value is not None:
-                fields["cpus"] = _node_list(value, "taskset -c")
-            i = after if value is not None else i + 1
-        if tool == "taskset" and "cpus" not in fields and i + 1 < len(argv):
-            # taskset MASK COMMAND: a hexadecimal CPU mask before the program
-            try:
-                fields["cpus"] = tuple(parse_cpumask(argv[i]))
-                i += 1
-            except ValueError:
-                pass
-    return i
-
-
-def _read_engine_flags(engine: str | None, rest: list[str], fields: dict) -> None:
-    """Reads the engine's thread flag (as compute threads) and llama.cpp's --numa mode."""
-    flags, offset = _THREAD_FLAGS.get(engine or "", ((), 0))
-    j = 0
-    while j < len(rest):
-        value, after = _option(rest, j, flags) if flags else (None, j)
-        if value is not None:
-            flag = rest[j].split("=")[0]
-            try:
-                count = int(value)
-            except ValueError:
-                raise NumatuneError(f"{flag}: '{value}' is not a thread count") from None
-            if count + offset < 1:
-                raise NumatuneError(f"{flag}: {count} leaves no compute thread")
-            fields["threads"], fields["thread_flag"] = count + offset, f"{flag} {count}"
-            j = after
-        elif engine == "llama.cpp" and rest[j].startswith("--numa="):
-            fields["numa_mode"] = rest[j].partition("=")[2] or "distribute"
-            j += 1
-        elif engine == "llama.cpp" and rest[j] == "--numa":
-            given = j + 1 < len(rest) and not rest[j + 1].startswith("-")
-            fields["numa_mode"] = rest[j + 1] if given else "distribute"   # a bare --numa distributes
-            j += 2 if given else 1
-        else:
-            j += 1
-
-
-def parse_command(engine: str | None, argv: tuple[str, ...] | list[str]) -> EngineCommand:
-    """Reads a `numactl …`/`taskset -c …` prefix and the engine's thread and --numa flags."""
-    argv = list(argv)
-    fields: dict = {}
-    start = _read_prefix(argv, fields)
-    _read_engine_flags(engine, argv[start:], fields)
-    return EngineCommand(tuple(argv), **fields)
-
 
 def run_audit(topology: Topology, context: AuditContext = AuditContext()) -> tuple[Finding, ...]:
     findings = [finding for rule in RULES for finding in rule(topology, context)]
@@ -223,24 +103,27 @@ def _gib(n: int | None) -> str:
 
 def engine_spans_nodes(t: Topology, c: AuditContext) -> Iterable[Finding]:
     """The seed's failure: threads on several nodes reading weights that live on one."""
-    nodes = usable_nodes(t)
+    # Nodes with memory of their own: CPUs on memoryless nodes read remotely wherever they run.
+    nodes = sorted(n for n in {t.node_of_cpu(cpu) for cpu in _command_pool(t, c)} - {None} if t.node(n).has_memory)
     if c.engine is None or len(nodes) < 2 or c.engine.numa_aware:
         return
     largest = max(nodes, key=lambda n: usable_cores(t, n))
     node_cores = usable_cores(t, largest)
-    threads = c.threads
+    asked = busy_threads(c)
+    threads = asked[0] if asked else None
     if threads is not None and threads <= node_cores:
         return
     evidence = [Evidence("nodes with usable CPUs", str(nodes), _path(t, "sys/devices/system/node")),
                 Evidence(f"physical cores on node {largest}", str(node_cores),
                          _path(t, f"sys/devices/system/node/node{largest}/cpulist")),
                 Evidence(f"{c.engine.engine} build", c.engine.evidence, c.engine.location or "-")]
-    if threads is not None:
-        evidence.append(Evidence("threads asked", str(threads), "--threads"))
-    confined = (f"numactl --cpunodebind={largest} --membind={largest} "
-                f"{_thread_flag(c.engine.engine, node_cores)}")
+    if asked is not None:
+        evidence.append(Evidence("threads asked", str(threads), asked[2]))
+    node_cpus = t.one_cpu_per_core(t.usable_cpus_of_node(largest))
+    confined = _suggested_command(t, c, Configuration(tuple(node_cpus), "bind", (largest,)))
     fix = confined if c.engine.fix is None else f"{c.engine.fix}   (or, as built: {confined})"
-    severity = "error" if threads is not None or c.engine.numa_aware is False else "warning"
+    # An uninspected build may be the NUMA one (what recommend assumes, with a warning): a warning.
+    severity = "error" if c.engine.numa_aware is False else "warning"
     yield Finding(
         "engine-spans-nodes", severity,
         f"{c.engine.engine} is not NUMA-aware but its threads would span {len(nodes)} nodes",
@@ -251,14 +134,49 @@ def engine_spans_nodes(t: Topology, c: AuditContext) -> Iterable[Finding]:
         fix)
 
 
-def _thread_flag(engine: str, threads: int) -> str:
-    return {
-        # --cpu_infer counts the compute workers plus the submitting thread (profiles/engines).
-        "ktransformers": f"ktransformers ... --cpu_infer {threads + 1}",
-        "llama.cpp": f"llama-server ... -t {threads} --numa numactl",
-        "vllm-cpu": f"VLLM_CPU_OMP_THREADS_BIND=<{threads} cpus of that node> vllm serve ...",
-        "sglang-cpu": f"SGLANG_CPU_OMP_THREADS_BIND=<{threads} cpus of that node> python -m sglang.launch_server ...",
-    }.get(engine, f"<engine> with {threads} threads")
+def _suggested_command(t: Topology, c: AuditContext, config: Configuration) -> str:
+    """The engine's command for `config`, as numatune's command builder makes it (the user's own
+    program and flags kept), for a finding's fix."""
+    profile = c.engine_profile()
+    if profile is None:
+        return f"use at most {config.threads} threads"
+    program = c.command.program if c.command is not None else ()
+    try:
+        return build_command(config, profile, t, program, use_numactl=True).shell()
+    except NumatuneError as exc:
+        return str(exc)
+
+
+def _spread_cpus(t: Topology, pool: Iterable[int], count: int) -> tuple[int, ...]:
+    """`count` CPUs of the pool, one per physical core, taken from its nodes in turn."""
+    by_node: dict[int, list[int]] = {}
+    for cpu in t.one_cpu_per_core(sorted(pool)):
+        by_node.setdefault(t.node_of_cpu(cpu), []).append(cpu)
+    queues = [cpus for _, cpus in sorted(by_node.items())]
+    chosen: list[int] = []
+    while len(chosen) < count and any(queues):
+        chosen += [q.pop(0) for q in queues if q][:count - len(chosen)]
+    return tuple(sorted(chosen))
+
+
+def _with_cpus(t: Topology, c: AuditContext, cpus: tuple[int, ...]) -> Configuration:
+    """The configuration the user's command asks for, on `cpus` instead of its own."""
+    profile = c.engine_profile()
+    command = c.command
+    if c.engine is not None and c.engine.numa_aware and profile is not None and profile.numa_aware == "build-flag":
+        return Configuration(cpus, "replicate", tuple(n.id for n in t.nodes if n.has_memory))
+    if command is not None and command.memory_mode in ("bind", "interleave") and command.memory_nodes:
+        policy = "bind" if command.memory_mode == "bind" and len(command.memory_nodes) == 1 else "interleave"
+        return Configuration(cpus, policy, command.memory_nodes)
+    return Configuration(cpus, "first-touch", tuple(sorted({t.node_of_cpu(cpu) for cpu in cpus})))
+
+
+def _fewer_threads(t: Topology, c: AuditContext, pool: Iterable[int], cpus_given: int) -> str:
+    """The fix that gives the engine `cpus_given` CPUs of the pool (its compute threads are those
+    less the ones it reserves)."""
+    if cpus_given < 1:
+        return "use fewer threads"
+    return _suggested_command(t, c, _with_cpus(t, c, _spread_cpus(t, pool, cpus_given)))
 
 
 def ktransformers_without_numa(t: Topology, c: AuditContext) -> Iterable[Finding]:
@@ -444,33 +362,31 @@ def node_memory_mismatch(t: Topology, c: AuditContext) -> Iterable[Finding]:
 def busy_threads(c: AuditContext) -> tuple[int, int, str] | None:
     """(compute threads, extra busy threads, where the count came from) of what the user runs;
     None when no thread count was given. The extra ones are the engine's `reserved_threads`
-    (ktransformers' submitting thread spins while its workers run)."""
+    (ktransformers' submitting thread spins while its workers run; vLLM's front end, per rank)."""
+    profile = c.engine_profile()
     if c.threads is not None:
-        compute, where = c.threads, "--threads"
+        command, where = EngineCommand((), threads=c.threads), "--threads"
     elif c.command is not None and c.command.threads is not None:
-        compute, where = c.command.threads, c.command.thread_flag or "command line"
+        command, where = c.command, c.command.thread_flag or "command line"
     else:
         return None
-    return compute, _reserved_threads(c), where
-
-
-def _reserved_threads(c: AuditContext) -> int:
-    if c.engine is None:
-        return 0
-    from .profiles import find_engine_profile
-    return find_engine_profile(c.engine.engine).reserved_threads
+    return command.threads, command.busy_threads(profile) - command.threads, where
 
 
 def _default_threads(t: Topology, c: AuditContext) -> tuple[int, str] | None:
-    """What the engine runs when not told: (busy threads, why). Both defaults count the whole
-    machine's physical cores, whatever the cgroup allows (ollama #17916 for llama.cpp's)."""
-    if c.engine is None:
+    """What the engine runs when not told: (busy threads, why). Both known defaults count the
+    whole machine's physical cores, whatever the cgroup allows (ollama #17916 for llama.cpp's)."""
+    profile = c.engine_profile()
+    if profile is None or profile.default_cores_less is None or not profile.threads_flag:
         return None
-    if c.engine.engine == "ktransformers":   # --cpu_infer defaults to physical cores - 3
-        return max(1, t.cores - 3), f"ktransformers' default --cpu_infer (physical cores - 3 = {t.cores - 3})"
-    if c.engine.engine == "llama.cpp":       # -t defaults to the physical cores
-        return t.cores, f"llama.cpp's default -t (the machine's {t.cores} physical cores)"
-    return None
+    value = max(1, t.cores - profile.default_cores_less)
+    try:
+        busy = parse_command(profile, (profile.threads_flag, str(value))).busy_threads(profile)
+    except NumatuneError:          # a default that leaves no compute thread: nothing runs
+        return None
+    less = f" - {profile.default_cores_less}" if profile.default_cores_less else ""
+    return busy, (f"{profile.name}'s default {profile.threads_flag} {value} (the machine's physical cores{less}: "
+                  f"{t.cores}{less})")
 
 
 def cpu_quota(t: Topology, c: AuditContext) -> Iterable[Finding]:
@@ -487,7 +403,7 @@ def cpu_quota(t: Topology, c: AuditContext) -> Iterable[Finding]:
         default = _default_threads(t, c)
         busy, why = default if default else (None, "")
     if busy is not None and busy > limit:
-        flag = _thread_flag(c.engine.engine, max(1, limit - _reserved_threads(c))) if c.engine else \
+        flag = _fewer_threads(t, c, _command_pool(t, c), limit) if c.engine_profile() else \
             f"<engine> with {limit} threads"
         yield Finding(
             "threads-exceed-cpu-quota", "error",
@@ -528,7 +444,7 @@ class ThreadSpread:
 
 
 def _evenly_by_index(workers: int, nodes: list[int]) -> dict[int, int]:
-    """ktransformers' NUMA build: worker i of W goes to node floor(i * M / W)."""
+    """by-index (ktransformers' NUMA build): worker i of W goes to node floor(i * M / W)."""
     counts = {n: 0 for n in nodes}
     for i in range(workers):
         counts[nodes[i * len(nodes) // workers]] += 1
@@ -536,7 +452,7 @@ def _evenly_by_index(workers: int, nodes: list[int]) -> dict[int, int]:
 
 
 def _round_robin(workers: int, nodes: list[int]) -> dict[int, int]:
-    """llama.cpp --numa distribute: thread i runs on node i mod N."""
+    """round-robin (llama.cpp --numa distribute): thread i runs on node i mod N."""
     counts = {n: 0 for n in nodes}
     for i in range(workers):
         counts[nodes[i % len(nodes)]] += 1
@@ -560,19 +476,21 @@ def thread_spread(t: Topology, c: AuditContext, compute: int | None = None) -> T
     compute = asked[0] if compute is None else compute
     reserved = asked[1]
     pool = _command_pool(t, c)
-    engine = c.engine.engine if c.engine else None
-    if engine == "ktransformers" and c.engine.numa_aware and compute > 0:
-        nodes = [n.id for n in t.nodes if n.has_memory]
+    profile = c.engine_profile()
+    memory_nodes = [n.id for n in t.nodes if n.has_memory]
+    numa_build = c.engine is not None and c.engine.numa_aware and profile.numa_aware == "build-flag"
+    if numa_build and profile.build_flag_spread == "by-index" and compute > 0 and memory_nodes:
+        nodes = memory_nodes
         return ThreadSpread(compute + reserved, tuple(sorted(_evenly_by_index(compute, nodes).items())), reserved,
                             tuple(t.usable_cpus()),
-                            f"ktransformers' NUMA build binds worker i of {compute} to node ⌊i·{len(nodes)}/{compute}⌋ "
-                            f"of all {len(nodes)} memory nodes (whatever numactl says); its submitting thread "
-                            "spins unbound")
+                            f"{profile.name}'s {profile.build_flag} build binds worker i of {compute} to node "
+                            f"⌊i·{len(nodes)}/{compute}⌋ of all {len(nodes)} memory nodes (whatever numactl says); "
+                            "its reserved thread spins unbound")
     numa_mode = c.command.numa_mode if c.command is not None else None
-    if engine == "llama.cpp" and numa_mode == "distribute":
+    if profile is not None and dict(profile.numa_flag_spreads).get(numa_mode) == "round-robin":
         nodes = [n.id for n in t.nodes if n.has_cpus]
         return ThreadSpread(compute + reserved, tuple(sorted(_round_robin(compute, nodes).items())), reserved, pool,
-                            f"llama.cpp --numa distribute runs thread i on node i mod {len(nodes)}")
+                            f"{profile.name} {profile.numa_flag} {numa_mode} runs thread i on node i mod {len(nodes)}")
     return ThreadSpread(compute + reserved, (), compute + reserved, pool,
                         "the scheduler places the threads on the CPUs the process may use")
 
@@ -587,11 +505,24 @@ def node_oversubscribed(t: Topology, c: AuditContext) -> Iterable[Finding]:
     spread = thread_spread(t, c)
     if spread is None or not spread.bound:
         return
+    cpuless = [node for node, n in spread.bound if n and not t.usable_cpus_of_node(node)]
+    if cpuless:
+        yield Finding(
+            "workers-bound-to-cpuless-nodes", "error",
+            f"the engine would bind workers to node(s) {cpuless}, which have no usable CPUs",
+            tuple(Evidence(f"node {node} CPUs usable", "none", _path(t, f"sys/devices/system/node/node{node}/cpulist"))
+                  for node in cpuless),
+            f"How the threads are spread: {spread.how}. Memory-only nodes (CXL, HBM, GPU memory) count as "
+            "nodes there, and a worker bound to one has no CPU to run on (ktransformers #1136: EINVAL from "
+            "numa_sched_setaffinity on an 8-node machine); no thread count avoids it.",
+            "run a build without USE_NUMA under numactl on the CPU nodes, or keep the memory-only nodes out "
+            "of the process's cpuset.mems")
+        return
     over_cpus = [(node, n) for node, n in spread.bound if n > len(t.usable_cpus_of_node(node))]
     over_cores = [(node, n) for node, n in spread.bound if n > usable_cores(t, node)]
     if not over_cores:
         return
-    compute, _, where = busy_threads(c)
+    compute, reserved, where = busy_threads(c)
     evidence = [Evidence(f"node {node}: threads bound / usable physical cores / usable hardware threads",
                          f"{n} / {usable_cores(t, node)} / {len(t.usable_cpus_of_node(node))}",
                          _path(t, f"sys/devices/system/node/node{node}/cpulist")) for node, n in spread.bound]
@@ -599,7 +530,7 @@ def node_oversubscribed(t: Topology, c: AuditContext) -> Iterable[Finding]:
     worst = over_cpus or over_cores
     better = next((w for w in range(compute - 1, 0, -1)
                    if _fits_per_node(t, thread_spread(t, c, w))), None)
-    fix = _thread_flag(c.engine.engine, better) if better and c.engine else (
+    fix = _fewer_threads(t, c, spread.pool, better + reserved) if better and c.engine_profile() else (
         f"use at most {better} threads" if better else "use fewer threads")
     if over_cpus:
         explanation = ("More threads are bound to the node than it has hardware threads: they take turns on "
@@ -622,7 +553,8 @@ def threads_exceed_cpus(t: Topology, c: AuditContext) -> Iterable[Finding]:
     if spread is None or spread.busy <= len(spread.pool):
         return
     compute, reserved, where = busy_threads(c)
-    limit = max(1, len(t.core_groups(spread.pool)) - reserved)
+    cores = len(t.core_groups(spread.pool))
+    limit = max(1, cores - reserved)
     yield Finding(
         "threads-exceed-cpus", "error",
         f"{spread.busy} busy threads on {len(spread.pool)} CPUs",
@@ -631,7 +563,7 @@ def threads_exceed_cpus(t: Topology, c: AuditContext) -> Iterable[Finding]:
                   ", ".join(t.allowed.sources) or _path(t, "sys/devices/system/cpu/online"))),
         "Busy-waiting threads beyond the CPUs take turns on them; every step of the decode then waits "
         "for a thread that is not running.",
-        _thread_flag(c.engine.engine, limit) if c.engine else f"use at most {limit} threads")
+        _fewer_threads(t, c, spread.pool, cores) if c.engine_profile() else f"use at most {limit} threads")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,8 +588,10 @@ def _distance(t: Topology, a: int, b: int) -> int | None:
 
 
 def _replicating(c: AuditContext) -> bool | None:
-    """Whether the engine keeps a copy of the weights per node: True, False, None (unknown build)."""
-    if c.engine is None or c.engine.engine != "ktransformers":
+    """Whether the engine keeps a copy of the weights per node: True, False, None (unknown build);
+    per the profile, a build-flag engine whose several-node mode is a copy per node."""
+    profile = c.engine_profile()
+    if c.engine is None or profile is None or (profile.numa_aware, profile.multi_node) != ("build-flag", "replicate"):
         return False
     return c.engine.numa_aware
 
@@ -698,23 +632,23 @@ def sub_numa_clustering(t: Topology, c: AuditContext) -> Iterable[Finding]:
 
 def placements_that_fit(t: Topology, weight_bytes: int, nodes: list[int]) -> list[str]:
     """The placements whose per-node share (with working memory) fits each node's free memory."""
-    need = weight_bytes * (1 + WORKING_MEMORY)
+    need = with_headroom(weight_bytes)
     free = {n: available_bytes(t, n) for n in nodes}
     options = []
-    holders = [n for n in nodes if free[n] >= need]
+    holders = [n for n in nodes if fits(weight_bytes, free[n])]
     if len(holders) >= 2:
         options.append(f"one copy on each of nodes {holders} only (fewer copies)")
     if holders:
         options.append(f"bind to one node: numactl --cpunodebind={holders[0]} --membind={holders[0]} <engine> ...")
     groups = [[n for n in group if n in free] for group in snc_packages(t).values()]
-    if groups and all(len(g) > 1 and all(free[n] >= need / len(g) for n in g) for g in groups):
+    if groups and all(len(g) > 1 and all(fits(weight_bytes // len(g), free[n]) for n in g) for g in groups):
         per_socket = "; ".join(f"numactl --cpunodebind={_cpus(g)} --interleave={_cpus(g)} <engine> ..." for g in groups)
         options.append(f"one copy per socket interleaved over its nodes, one instance per socket ({per_socket})")
-    if len(nodes) > 1 and all(free[n] >= need / len(nodes) for n in nodes):
+    if len(nodes) > 1 and all(fits(weight_bytes // len(nodes), free[n]) for n in nodes):
         options.append(f"one copy interleaved or partitioned over nodes {nodes} "
                        f"({_gib(int(need / len(nodes)))} per node)")
-    elif len(nodes) > 1 and sum(free.values()) >= need:
-        short = [n for n in nodes if free[n] < need / len(nodes)]
+    elif len(nodes) > 1 and fits(weight_bytes, sum(free.values())):
+        short = [n for n in nodes if not fits(weight_bytes // len(nodes), free[n])]
         options.append(f"one copy spread over nodes {nodes} by their free memory (numactl "
                        f"--weighted-interleave={_cpus(nodes)}, weights in /sys/kernel/mm/mempolicy/"
                        f"weighted_interleave/nodeN, Linux 6.9+), or free memory on node(s) {short} "
@@ -729,15 +663,15 @@ def model_fit(t: Topology, c: AuditContext) -> Iterable[Finding]:
     if not nodes:
         return
     weights = c.model.weight_bytes
-    need = int(weights * (1 + WORKING_MEMORY))
+    need = with_headroom(weights)
     free = {n: available_bytes(t, n) for n in nodes}
     evidence = tuple(Evidence(f"node {n}: free / a whole copy needs", f"{_gib(free[n])} / {_gib(need)}",
                               _path(t, f"sys/devices/system/node/node{n}/meminfo")) for n in nodes)
     evidence += (Evidence(f"weights of {c.model.name}",
-                          f"{_gib(weights)} (+{WORKING_MEMORY:.0%} working memory: {_gib(need)})", c.model.source),)
+                          f"{_gib(weights)} (+{HEADROOM_PERCENT}% working memory: {_gib(need)})", c.model.source),)
     total = sum(free.values())
-    holders = [n for n in nodes if free[n] >= need]
-    if need > total:
+    holders = [n for n in nodes if fits(weights, free[n])]
+    if not fits(weights, total):
         yield Finding("model-does-not-fit", "error",
                       f"{c.model.name} needs {_gib(need)}, all allowed nodes hold {_gib(total)} free",
                       evidence, "The weights do not fit in memory even once; loading will swap or fail.",

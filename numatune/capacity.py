@@ -3,6 +3,30 @@ from __future__ import annotations
 
 from .topology import Topology
 
+HEADROOM_PERCENT = 5       # working memory a node must have free beyond the weights placed on it
+
+
+def with_headroom(weight_bytes: int) -> int:
+    """What a node must have free to take `weight_bytes` of weights: them plus the headroom
+    (integer arithmetic, so that a boundary is the same boundary everywhere)."""
+    return weight_bytes + -(-weight_bytes * HEADROOM_PERCENT // 100)
+
+
+def fits(weight_bytes: int, free_bytes: int) -> bool:
+    """The one capacity rule (audit, recommend, search, plan and the engine's placement use it):
+    weights fit where they and their headroom are free."""
+    return with_headroom(weight_bytes) <= free_bytes
+
+
+def shortfalls(topology: Topology, needs: dict[int, int]) -> list[tuple[int, int, int]]:
+    """(node, weight bytes, free bytes) of every node of `needs` (node → weight bytes) that they do not fit."""
+    out = []
+    for node, need in sorted(needs.items()):
+        free = available_bytes(topology, node)
+        if not fits(need, free):
+            out.append((node, need, free))
+    return out
+
 
 def available_bytes(topology: Topology, node: int) -> int:
     """Free memory of a node, as placement can count on it.

@@ -135,19 +135,14 @@ class FailOn(str, Enum):
     error = "error"
 
 
-class EngineName(str, Enum):
-    ktransformers = "ktransformers"
-    llama_cpp = "llama.cpp"
-    vllm_cpu = "vllm-cpu"
-    sglang_cpu = "sglang-cpu"
-
-
 @app.command("audit", context_settings={"allow_interspersed_args": False})
 def audit_command(
     command: Optional[List[str]] = typer.Argument(None, help="The command line you intend to run, after -- "
                                                   "(its numactl/taskset prefix and thread flags are checked)."),
     root: str = RootOption,
-    engine: Optional[EngineName] = typer.Option(None, "--engine", help="Target engine to check."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Target engine to check: a profile in "
+                                         "profiles/engines (ktransformers, llama.cpp, vllm-cpu, sglang-cpu, openmp, "
+                                         "numatune)."),
     engine_bin: Optional[Path] = typer.Option(None, "--engine-bin", help="The engine's binary or "
                                               "extension (default: the installed Python package)."),
     model: Optional[str] = typer.Option(None, "--model", help="A GGUF file, or a model profile "
@@ -159,16 +154,18 @@ def audit_command(
 ) -> int:
     """Report what is wrong for NUMA inference on this machine, with evidence and fixes."""
     from .audit import SEVERITIES, AuditContext, run_audit, worst_severity
-    from .engines import inspect_engine
+    from .command import parse_command
+    from .engines import ENGINES, inspect_engine
     from .models import resolve_model
+    from .profiles import find_engine_profile
 
-    from .audit import parse_command
+    profile = find_engine_profile(engine) if engine else None
     topology = _probe(root)
     context = AuditContext(
-        engine=inspect_engine(engine.value, engine_bin) if engine else None,
+        engine=inspect_engine(engine, engine_bin) if engine in ENGINES else None,
         model=resolve_model(model) if model else None,
         threads=threads,
-        command=parse_command(engine.value if engine else None, command) if command else None)
+        command=parse_command(profile, command) if command else None, profile=profile)
     findings = run_audit(topology, context)
     if as_json:
         _emit_json({"schema_version": 1, "root": topology.root,

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from . import _kernels
-from .capacity import available_bytes, bytes_per_node
+from .capacity import HEADROOM_PERCENT, bytes_per_node, shortfalls
 from .errors import NumatuneError, PlacementError
 from .gguf_moe import SUPPORTED_TYPES, MoeModel, read_moe_model
 from .topology import Topology
@@ -53,12 +53,10 @@ def plan_placement(topology: Topology, cpus: Sequence[int], policy: str, nodes: 
     cpu_nodes = sorted(set(worker_nodes))
     chosen = _node_set(topology, policy, nodes, cpu_nodes)
     need = bytes_per_node(policy, weight_bytes, chosen, worker_nodes)
-    for node, needed in sorted(need.items()):
-        have = available_bytes(topology, node)
-        if needed > have:
-            raise PlacementError(
-                f"node {node}: {policy} needs {needed / GIB:.2f} GiB of weights there but only "
-                f"{have / GIB:.2f} GiB is free" + (" (one full copy per node)" if policy == "replicate" else ""))
+    for node, needed, have in shortfalls(topology, need)[:1]:
+        raise PlacementError(
+            f"node {node}: {policy} needs {needed / GIB:.2f} GiB of weights there (+{HEADROOM_PERCENT}% working "
+            f"memory) but only {have / GIB:.2f} GiB is free" + (" (one full copy per node)" if policy == "replicate" else ""))
     return PlacementPlan(policy, tuple(chosen), tuple(worker_nodes), tuple(sorted(need.items())))
 
 

@@ -30,7 +30,8 @@ from typing import Any, Optional
 from .errors import NumatuneError, ProfileError
 from .profiles import (PROFILES_DIR, EngineProfile, _count, _positive_int, _positive_number, _str_list,
                        _text, read_yaml)
-from .search import WORKING_MEMORY, engine_can, thread_ladder
+from .capacity import HEADROOM_PERCENT, fits
+from .search import engine_can, thread_ladder
 
 SCHEMA_VERSION = 1
 GIB = 1 << 30
@@ -634,9 +635,9 @@ def prune_reason(machine: Machine, config: PlanConfig, weights: int, traits: Eng
             return f"node {node_id}: {busy} busy threads exceed its {node.hardware_threads} hardware threads"
     for node_id, needed in sorted(placed_bytes(config, weights, traits).items()):
         have = machine.node(node_id).memory_bytes
-        if needed * (1 + WORKING_MEMORY) > have:
+        if not fits(needed, have):
             return (f"node {node_id} has {have / GIB:.0f} GiB, {config.policy} puts "
-                    f"{needed / GIB:.0f} GiB (+{WORKING_MEMORY:.0%}) there")
+                    f"{needed / GIB:.0f} GiB (+{HEADROOM_PERCENT}%) there")
     return None
 
 
@@ -719,15 +720,42 @@ def _model_key(spec: str) -> str:
 
 
 def threads_argument(engine: Optional[EngineProfile], config: PlanConfig) -> Optional[str]:
-    """The engine's thread flag for a configuration, e.g. '--cpu_infer 65'."""
+    """The engine's thread flag for one instance of a configuration (e.g. '--cpu_infer 65'), as the
+    command builder writes it for CPUs given = workers plus the threads the engine reserves."""
     if engine is None or not engine.threads_flag:
         return None
-    values = {"threads": config.total_workers, "threads_plus_one": config.total_workers + 1,
-              "threads_per_node": config.workers[0][1]}
-    try:
-        return f"{engine.threads_flag} {engine.threads_value.format(**values)}"
-    except (KeyError, IndexError, ValueError):
-        return None
+    from .command import build_command
+    from .config import Configuration
+    workers = config.workers if config.instances == 1 else config.workers[:1]
+    numbering = _CpuNumbering.of(workers, engine)
+    policy = "bind" if len(workers) == 1 else config.policy
+    nodes = tuple(n for n, _ in workers) if policy in ("bind", "first-touch") or config.instances > 1 \
+        else config.memory_nodes
+    built = build_command(Configuration(numbering.cpus, policy, nodes[:1] if policy == "bind" else nodes),
+                          engine, numbering, use_numactl=False)
+    value = built.argv[built.argv.index(engine.threads_flag) + 1]
+    return f"{engine.threads_flag} {value}"
+
+
+@dataclass(frozen=True)
+class _CpuNumbering:
+    """Stand-in CPU numbers for a machine profile (which counts cores, not CPU ids): each node's
+    workers, plus the engine's reserved threads (on the first node, or on every rank's)."""
+
+    first_cpu: tuple[tuple[int, int], ...]      # (node, its first stand-in CPU), in order
+    cpus: tuple[int, ...]
+
+    @classmethod
+    def of(cls, workers: tuple[tuple[int, int], ...], engine: EngineProfile) -> "_CpuNumbering":
+        first, cpus = [], []
+        for i, (node, count) in enumerate(workers):
+            given = count + (engine.reserved_threads if i == 0 or engine.reserved_per == "rank" else 0)
+            first.append((node, len(cpus)))
+            cpus += range(len(cpus), len(cpus) + given)
+        return cls(tuple(first), tuple(cpus))
+
+    def node_of_cpu(self, cpu: int) -> int:
+        return [node for node, start in self.first_cpu if start <= cpu][-1]
 
 
 def plan_command(machine: Optional[str], model: Optional[str], engine: Optional[str], as_json: bool = False,

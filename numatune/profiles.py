@@ -184,6 +184,9 @@ TEMPLATE_VARIABLES = ("threads", "threads_plus_one", "threads_per_node", "nodes"
                       "cpus_by_rank", "ranks", "policy", "program")
 PLACEMENT_CONDITIONS = ("always", "never", "build-flag", "without-build-flag", "tensor-parallel")
 WHEN = ("always", "multi-node", "single-node", "replicate", "tensor-parallel")
+# How an engine sends its compute threads to nodes: worker i of W to memory node floor(i*M/W)
+# (ktransformers' NUMA build), or thread i to CPU node i mod N (llama.cpp --numa distribute).
+SPREADS = ("by-index", "round-robin")
 _TEMPLATE_FIELD = re.compile(r"{([^{}]*)}")
 
 
@@ -207,6 +210,13 @@ class EngineProfile:
     threads_value: str
     threads_counts: str
     reserved_threads: int
+    reserved_per: str          # process | rank: the reserved threads are kept once, or once per rank
+    threads_aliases: tuple[str, ...]          # other spellings of threads_flag the engine accepts
+    default_cores_less: int | None            # unset, the flag's value is the physical cores minus this
+    numa_flag: str | None                     # the engine's own thread-placement flag (llama.cpp --numa)
+    numa_flag_bare: str | None                # what that flag means given without a value
+    numa_flag_spreads: tuple[tuple[str, str], ...]   # that flag's value -> how threads go to nodes
+    build_flag_spread: str | None             # how the build-flag (NUMA) build sends workers to nodes
     flags: tuple[TemplatedFlag, ...]
     env: tuple[TemplatedFlag, ...]
     numactl: bool
@@ -263,6 +273,26 @@ def parse_engine_profile(data: dict, where: str) -> EngineProfile:
     reserved = threads.get("reserved_threads", 0)
     if not _count(reserved):
         raise ProfileError(f"{where}: field 'threads.reserved_threads' must be an integer ≥ 0")
+    reserved_per = threads.get("reserved_per", "process")
+    if reserved_per not in ("process", "rank"):
+        raise ProfileError(f"{where}: field 'threads.reserved_per' must be process or rank, got {reserved_per!r}")
+    aliases = threads.get("aliases", [])
+    if not _str_list(aliases):
+        raise ProfileError(f"{where}: field 'threads.aliases' must be a list of flags")
+    default = threads.get("default")
+    match = re.fullmatch(r"physical-cores(?: - (\d+))?", str(default)) if default is not None else None
+    if default is not None and match is None:
+        raise ProfileError(f"{where}: field 'threads.default' must be 'physical-cores' or 'physical-cores - N', "
+                           f"got {default!r}")
+    numa_flag = threads.get("numa_flag") or {}
+    if not isinstance(numa_flag, dict) or (numa_flag and not _text(numa_flag.get("flag"))):
+        raise ProfileError(f"{where}: field 'threads.numa_flag.flag' is missing")
+    spreads = numa_flag.get("spreads") or {}
+    build_spread = threads.get("build_flag_spread")
+    for field, spread in [(f"threads.numa_flag.spreads.{k}", v) for k, v in dict(spreads).items()] + \
+            ([("threads.build_flag_spread", build_spread)] if build_spread is not None else []):
+        if spread not in SPREADS:
+            raise ProfileError(f"{where}: field '{field}' must be one of {', '.join(SPREADS)}, got {spread!r}")
     numactl = f("numactl", lambda v: isinstance(v, bool), "true or false")
     return EngineProfile(
         name=f("name", _text, "a non-empty string"),
@@ -274,7 +304,10 @@ def parse_engine_profile(data: dict, where: str) -> EngineProfile:
         placements=tuple(placements.items()),
         threads_flag=threads.get("flag"),
         threads_value=_template(threads.get("value", "{threads}"), where, "threads.value"),
-        threads_counts=str(threads.get("counts", "")), reserved_threads=reserved,
+        threads_counts=str(threads.get("counts", "")), reserved_threads=reserved, reserved_per=reserved_per,
+        threads_aliases=tuple(aliases), default_cores_less=int(match.group(1) or 0) if match else None,
+        numa_flag=numa_flag.get("flag"), numa_flag_bare=numa_flag.get("bare"),
+        numa_flag_spreads=tuple(dict(spreads).items()), build_flag_spread=build_spread,
         flags=_templated_list(data, "flags", "flag", where), env=_templated_list(data, "env", "name", where),
         numactl=numactl, notes=tuple(str(n) for n in data.get("notes") or ()), source=where)
 

@@ -18,14 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
 
-from .capacity import available_bytes, bytes_per_node
+from .capacity import HEADROOM_PERCENT, bytes_per_node, shortfalls
 from .config import Configuration
 from .profiles import EngineProfile
 from .store import Trial
 from .topology import Topology
-
-WORKING_MEMORY = 0.05          # headroom over the weights a node must have free
-
 
 @dataclass(frozen=True)
 class Space:
@@ -117,10 +114,9 @@ def _prune_reason(t, config: Configuration, weight_bytes: int, profile, numa_bui
         need = {n: weight_bytes for n in config.nodes}
     else:
         need = bytes_per_node(config.policy, weight_bytes, list(config.nodes), worker_nodes)
-    for node, needed in sorted(need.items()):
-        have = available_bytes(t, node)
-        if needed * (1 + WORKING_MEMORY) > have:
-            return f"node {node} has {have / 2**30:.1f} GiB free, {config.policy} needs {needed / 2**30:.1f} GiB there"
+    for node, needed, have in shortfalls(t, need)[:1]:
+        return (f"node {node} has {have / 2**30:.1f} GiB free, {config.policy} needs {needed / 2**30:.1f} GiB there "
+                f"(+{HEADROOM_PERCENT}%)")
     return None
 
 

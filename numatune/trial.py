@@ -19,7 +19,8 @@ from typing import Optional
 
 from .config import Configuration
 from .errors import NumatuneError
-from .launch import apply_placement, numactl_args, placement_for
+from .command import numactl_args, placement_for
+from .launch import apply_placement
 from .profiles import EngineProfile, find_engine_profile
 from .search import Stage
 from .stats import Measurement

@@ -21,8 +21,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
-from .audit import (AuditContext, Evidence, Finding, cpu_quota, node_oversubscribed, parse_command,
+from .audit import (AuditContext, Evidence, Finding, cpu_quota, node_oversubscribed,
                     threads_exceed_cpus)
+from .command import parse_command
 from .config import POLICIES
 from .errors import NumatuneError
 from .sysfs import Root, format_cpulist, parse_status

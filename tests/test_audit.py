@@ -26,7 +26,8 @@ def test_seed_failure_non_numa_ktransformers_across_sockets(tmp_path):
     findings = run_audit(t, AuditContext(engine=KT_PLAIN, threads=126))
     span = by_id(findings, "engine-spans-nodes")
     assert span.severity == "error"
-    assert "--cpu_infer 33" in span.fix  # 32 workers + the submitting thread and "numactl --cpunodebind=0 --membind=0" in span.fix
+    # the node's 32 cores: 31 workers + the submitting thread that spins beside them
+    assert "numactl --physcpubind=0-31 --membind=0 ktransformers --cpu_infer 32" in span.fix
     assert "USE_NUMA=1" in span.fix
     assert by_id(findings, "ktransformers-no-numa-build").severity == "error"
     smt = by_id(findings, "smt-counted-as-cores")

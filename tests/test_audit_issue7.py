@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from numatune.audit import AuditContext, parse_command, run_audit, snc_packages, thread_spread
+from numatune.audit import AuditContext, run_audit, snc_packages, thread_spread
+from numatune.command import parse_command
 from numatune.cli import main
 from numatune.engines import EngineInstall
 from numatune.errors import NumatuneError

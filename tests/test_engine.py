@@ -193,8 +193,12 @@ def test_replicate_refused_when_a_node_lacks_memory(tmp_path):
         plan_placement(topology, [0, 2], "replicate", None, 4 * GIB)
     with pytest.raises(PlacementError, match=r"node 1: partition needs 2\.00 GiB"):
         plan_placement(topology, [0, 2], "partition", None, 4 * GIB)
-    plan = plan_placement(topology, [0, 2], "partition", None, 2 * GIB)
-    assert dict(plan.bytes_per_node) == {0: GIB, 1: GIB}
+    # a whole GiB on node 1's one free GiB would leave no working memory (capacity.fits)
+    with pytest.raises(PlacementError, match=r"node 1: partition needs 1\.00 GiB"):
+        plan_placement(topology, [0, 2], "partition", None, 2 * GIB)
+    weights = 19 * GIB // 10
+    plan = plan_placement(topology, [0, 2], "partition", None, weights)
+    assert dict(plan.bytes_per_node) == {0: weights // 2, 1: weights // 2}
 
 
 def test_memory_only_node_is_no_replica_target(tmp_path):

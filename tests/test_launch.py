@@ -16,7 +16,8 @@ import pytest
 from numatune.cli import main
 from numatune.config import Configuration
 from numatune.errors import NumatuneError
-from numatune.launch import build_plan, run
+from numatune.command import build_command
+from numatune.launch import run
 from numatune.models import resolve_model
 from numatune.profiles import ProfileError, engine_profiles, find_engine_profile
 from numatune.recommend import recommend, recommend_all
@@ -80,6 +81,12 @@ numactl: true
     ("numactl: 3", "field 'numactl'"),
     ("numa_aware: build-flag", "field 'build.flag'"),
     ('env: [{name: OMP_NUM_THREADS, value: "{threads}", when: later}]', "field 'env[0].when'"),
+    ('threads: {flag: "-t", reserved_threads: 1, reserved_per: node}', "field 'threads.reserved_per'"),
+    ('threads: {flag: "-t", default: "all cores"}', "field 'threads.default'"),
+    ('threads: {flag: "-t", aliases: "--threads"}', "field 'threads.aliases'"),
+    ('threads: {flag: "-t", build_flag_spread: evenly}', "field 'threads.build_flag_spread'"),
+    ('threads: {flag: "-t", numa_flag: {flag: "--numa", spreads: {distribute: scatter}}}',
+     "field 'threads.numa_flag.spreads.distribute'"),
 ])
 def test_bad_engine_profile_is_one_line_naming_file_and_field(tmp_path, change, needle):
     key = change.split(":")[0]
@@ -102,9 +109,11 @@ def test_unknown_engine_is_a_clean_cli_error(capsys, tiny_root):
 def test_seed_ktransformers_deepseek_gets_numa_build_replicated_per_socket(seed):
     r = recommend(seed, "ktransformers", resolve_model("deepseek-r1:Q4_K_M"))
     assert r.config.policy == "replicate" and r.config.nodes == (0, 1)
-    assert r.config.threads == 64                            # one per physical core, both sockets
+    assert r.config.threads == 64                            # one CPU per physical core, both sockets
     assert "--cpu_infer" in r.plan.argv
-    assert r.plan.argv[r.plan.argv.index("--cpu_infer") + 1] == "65"   # workers + the main thread
+    # 63 workers + the submitting thread that spins beside them: 64 busy threads on 64 cores
+    assert r.plan.argv[r.plan.argv.index("--cpu_infer") + 1] == "64"
+    assert r.plan.budget.compute_threads == 63 and r.plan.budget.reserved_threads == 1
     assert not r.plan.uses_numactl                            # the NUMA build binds its own workers
     text = " ".join(r.warnings)
     assert "memory doubles" in text and "USE_NUMA=1" in text
@@ -123,7 +132,7 @@ def test_non_numa_ktransformers_build_stays_on_one_socket(seed):
                             evidence="DT_NEEDED has no libnuma")
     r = recommend(seed, "ktransformers", resolve_model("deepseek-r1:Q4_K_M"), install=install)
     assert r.config.policy == "bind" and r.config.nodes in ((0,), (1,)) and r.config.threads == 32
-    assert r.plan.argv[r.plan.argv.index("--cpu_infer") + 1] == "33"
+    assert r.plan.argv[r.plan.argv.index("--cpu_infer") + 1] == "32"     # 31 workers + the spinning one
 
 
 @pytest.mark.skipif(not HAS_NUMACTL, reason="numactl is not installed")
@@ -138,7 +147,7 @@ def test_llama_cpp_on_the_seed_is_bound_to_one_socket_by_numactl(seed, monkeypat
 def test_vllm_gets_one_rank_per_node_through_the_environment(seed):
     r = recommend(seed, "vllm-cpu", resolve_model("qwen3-30b-a3b:Q8_0"))
     env = dict(r.plan.env)
-    assert env.get("VLLM_CPU_OMP_THREADS_BIND") == "0-31|32-63"
+    assert env.get("VLLM_CPU_OMP_THREADS_BIND") == "0-30|32-62"    # each rank leaves a CPU to the front end
     assert r.plan.argv[r.plan.argv.index("--tensor-parallel-size") + 1] == "2"
 
 
@@ -162,7 +171,7 @@ def test_saved_result_is_followed_when_the_engine_can_do_it(seed, tmp_path, caps
 
 def test_replace_a_flag_the_user_already_gave(seed):
     config = Configuration(tuple(range(8)), "bind", (0,))
-    plan = build_plan(config, find_engine_profile("llama.cpp"), ["llama-cli", "-m", "x.gguf", "-t", "99"], seed)
+    plan = build_command(config, find_engine_profile("llama.cpp"), seed, ["llama-cli", "-m", "x.gguf", "-t", "99"])
     assert plan.argv.count("-t") == 1 and plan.argv[plan.argv.index("-t") + 1] == "8"
     assert any("replaced the command's own -t 99 with 8" in w for w in plan.warnings)
 
