@@ -20,7 +20,7 @@ import yaml
 from .capacity import available_bytes
 from .config import Configuration, ProcessPlacement
 from .errors import NumatuneError
-from .launch import LaunchPlan, build_plan
+from .command import LaunchPlan, build_command
 from .profiles import find_engine_profile
 from .recommend import Recommendation
 from .sysfs import format_cpulist
@@ -192,10 +192,10 @@ def _kubelet_core(rec: Recommendation, topology: Topology) -> tuple[Recommendati
                             "none is left for the kubelet's reservedSystemCPUs")
     config = replace(rec.config, cpus=tuple(c for c in rec.config.cpus if c not in last_core))
     profile = find_engine_profile(rec.engine)
-    # The command as planned, engine flags included: build_plan sets them again to the new counts.
+    # The command as planned, engine flags included: build_command sets them again to the new counts.
     command = engine_command(rec.plan)
-    plan = build_plan(config, profile, command, topology)
-    per_instance = tuple(build_plan(part, profile, command, topology)
+    plan = build_command(config, profile, topology, command)
+    per_instance = tuple(build_command(part, profile, topology, command)
                          for part in config.split(topology.node_of_cpu)) if config.instances > 1 else ()
     rebuilt = replace(rec, config=config, plan=per_instance[0] if per_instance else plan,
                       instance_plans=per_instance)

@@ -290,7 +290,7 @@ def test_docker_one_container_per_node_with_its_cpuset(seed):
 
 
 def test_engine_command_drops_only_the_numactl_prefix(seed, monkeypatch):
-    monkeypatch.setattr("numatune.launch.numactl_available", lambda: "/usr/bin/numactl")
+    monkeypatch.setattr("numatune.command.numactl_available", lambda: "/usr/bin/numactl")
     rec = recommend(seed, "llama.cpp", resolve_model("qwen3-30b-a3b:Q4_K_M"), user_argv=("llama-server", "--x"))
     assert rec.plan.argv[0] == "numactl"
     assert engine_command(rec.plan) == ("llama-server", "--x", "-t", "32", "-tb", "32", "--numa", "numactl")
