@@ -143,7 +143,7 @@ def test_every_policy_gives_the_same_result(models, host):
 
 
 def test_torch_reference(models, host):
-    torch = pytest.importorskip("torch")
+    import torch
     engine = Engine.load(models["Q6_K"], CPUS, "interleave", [0], topology=host)
     model = engine.model
     layer = model.layers[0]

@@ -7,11 +7,28 @@ then the SMT siblings in the same order.
 """
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 GIB = 1 << 30
+
+
+@functools.lru_cache(maxsize=None)
+def hwloc_corpus() -> Path:
+    """hwloc's captured machines (shared/fixtures/hwloc-linux): NUMATUNE_HWLOC_CORPUS, else the
+    first shared/ beside a folder above the tests (a clone in CI, a worktree of /work/wt). Missing
+    is an error, so a run without the captures never passes by skipping them."""
+    if os.environ.get("NUMATUNE_HWLOC_CORPUS"):
+        return Path(os.environ["NUMATUNE_HWLOC_CORPUS"])
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "fixtures" / "hwloc-linux"
+        if (candidate / "expected.json").is_file():
+            return candidate
+    raise FileNotFoundError("the hwloc capture corpus (shared/fixtures/hwloc-linux) is in no folder above "
+                            f"{Path(__file__).parent}; set NUMATUNE_HWLOC_CORPUS")
 
 
 @dataclass
