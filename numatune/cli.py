@@ -14,6 +14,8 @@ import typer
 
 from . import render
 from .errors import NumatuneError
+from .policy import NAMES as POLICY_NAMES
+from .policy import Policy
 
 
 class NumatuneApp(typer.Typer):
@@ -187,7 +189,7 @@ def bench_command(
     type_name: str = typer.Option("Q4_K_M", "--type", help="Weight type of a --synthetic model."),
     cpus: Optional[str] = typer.Option(None, "--cpus", help="CPUs to run on, e.g. 0-31,64-95."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Thread count (CPUs chosen one per core)."),
-    policy: str = typer.Option("first-touch", "--policy", help="first-touch, interleave, bind, replicate, partition."),
+    policy: str = typer.Option(Policy.FIRST_TOUCH.value, "--policy", help=", ".join(POLICY_NAMES) + "."),
     nodes: Optional[str] = typer.Option(None, "--nodes", help="Node set of the policy, e.g. 0,1."),
     tokens: int = typer.Option(64, "--tokens", min=1, help="Decoded tokens per repetition."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Repetitions (median and spread)."),
@@ -441,8 +443,8 @@ def plan_cli_command(
 def verify_cli_command(
     command: Optional[List[str]] = typer.Argument(None, help="A command to start and inspect, after --."),
     pid: Optional[int] = typer.Option(None, "--pid", min=1, help="A running process to inspect instead."),
-    expect: Optional[str] = typer.Option(None, "--expect", help="Intended memory placement: replicate, "
-                                         "interleave, partition, bind or first-touch."),
+    expect: Optional[str] = typer.Option(None, "--expect", help="Intended memory placement: "
+                                         + ", ".join(POLICY_NAMES) + "."),
     nodes: Optional[str] = typer.Option(None, "--nodes", help="Nodes of that placement, e.g. 0,1 (default: "
                                         "every memory node)."),
     engine: Optional[str] = typer.Option(None, "--engine", help="The engine: its build implies the placement "

@@ -64,7 +64,7 @@ class ModelChoice:
 
 def trial_argv(model: Path, config: Configuration, stage: Stage) -> list[str]:
     return [sys.executable, "-m", "numatune.cli", "bench", "--model", str(model),
-            "--cpus", format_cpulist(config.cpus), "--policy", config.policy,
+            "--cpus", format_cpulist(config.cpus), "--policy", config.policy.value,
             "--nodes", format_cpulist(config.nodes), "--tokens", str(stage.tokens),
             "--repeats", str(stage.repeats), "--no-bandwidth", "--json"]
 
