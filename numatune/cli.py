@@ -160,6 +160,16 @@ def audit_command(
     return 1 if failing else 0
 
 
+def _load_topology(path: Path):
+    from .topology import Topology
+    try:
+        return Topology.from_json(json.loads(path.read_text()))
+    except OSError as exc:
+        raise NumatuneError(f"--topology: {path}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise NumatuneError(f"--topology: {path}: not a probe JSON document ({exc})") from None
+
+
 def _cpu_list(text: str, flag: str) -> list[int]:
     from .sysfs import parse_cpulist
     try:
@@ -194,11 +204,13 @@ def bench_command(
     tokens: int = typer.Option(64, "--tokens", min=1, help="Decoded tokens per repetition."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Repetitions (median and spread)."),
     no_bandwidth: bool = typer.Option(False, "--no-bandwidth", help="Skip the read-bandwidth reference."),
+    topology_file: Optional[Path] = typer.Option(None, "--topology", help="This machine as `probe --json` "
+                                                 "wrote it, used instead of probing (tune's trials pass it)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> int:
     """Decode with the bundled engine and compare its weight traffic with the memory's read bandwidth."""
     from .bench import pick_cpus, run_bench
-    topology = _probe("/")
+    topology = _load_topology(topology_file) if topology_file else _probe("/")
     if (cpus is None) == (threads is None):
         raise NumatuneError("give exactly one of --cpus LIST and --threads N")
     chosen = _cpu_list(cpus, "--cpus") if cpus else list(pick_cpus(topology, threads))
@@ -321,7 +333,7 @@ def _run_tune(topology, model, budget: float, engine: Optional[str], engine_bin:
 
     from .trial import run_trial
     progress = render.TuneProgress(budget)
-    measure = partial(run_trial, cold_cache=cold_cache)
+    measure = partial(run_trial, cold_cache=cold_cache, topology=topology)
     try:
         if quiet:
             return tune(topology, model, budget, target, numa_build, out, resume, objective=objective.value,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -40,9 +41,11 @@ class TuneRun:
 def tune(topology: Topology, model: ModelChoice, budget_s: float, target: Optional[EngineProfile] = None,
          numa_build: Optional[bool] = None, out: Optional[Path] = None, resume: bool = False,
          on_start: Optional[Callable[[Space], None]] = None, on_trial: Optional[ProgressHook] = None,
-         measure=run_trial, objective: str = "latency") -> TuneRun:
+         measure=None, objective: str = "latency") -> TuneRun:
     """Builds the space, searches it within the budget, and saves the result atomically (also
-    when interrupted by Ctrl-C: what was measured is kept, marked incomplete)."""
+    when interrupted by Ctrl-C: what was measured is kept, marked incomplete). `measure` defaults
+    to real trials, handed this topology."""
+    measure = measure or partial(run_trial, topology=topology)
     weight_bytes = model.path.stat().st_size
     space = build_space(topology, weight_bytes, target, numa_build, objective)
     if not space.candidates:
@@ -148,7 +151,8 @@ def default_tolerance(winner: Trial) -> float:
 
 
 def check(topology: Topology, baseline_path: Path, tolerance: Optional[float] = None,
-          allow_other_host: bool = False, measure=run_trial) -> CheckOutcome:
+          allow_other_host: bool = False, measure=None) -> CheckOutcome:
+    measure = measure or partial(run_trial, topology=topology)
     baseline = store.load_result(baseline_path)
     if baseline.winner is None:
         raise NumatuneError(f"{baseline_path}: the saved result has no winner to check")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from numatune.sysfs import Root
 from numatune.topology import probe
 from numatune.trial import ModelChoice, run_trial
 from numatune.tune import TuneInterrupted, check, tune
-from treegen import seed_machine, write_tree
+from treegen import FakeMachine, seed_machine, write_tree
 
 GIB = 1 << 30
 R1 = resolve_model("deepseek-r1:Q4_K_M").weight_bytes
@@ -255,6 +257,55 @@ def test_a_real_trial_decodes_in_a_placed_child(small_model):
     assert trial.error is None, trial.error
     assert trial.tokens_per_s.n == stage_plan(0).repeats and trial.tokens_per_s.median > 0
     assert trial.resident_bytes > 0 and trial.weight_gb_per_s.median > 0
+
+
+# Installed in child processes through PYTHONPATH: every look at /sys (a file or a folder) is
+# refused and written down in the file NUMATUNE_TEST_SYS_LOG names.
+SYS_GUARD = """
+import os, sys
+def _no_sys(event, args):
+    if event in ("open", "os.listdir", "os.scandir") and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.fsdecode(args[0])
+        if path.startswith("/sys"):
+            with os.fdopen(os.open(os.environ["NUMATUNE_TEST_SYS_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT), "w") as log:
+                log.write(path + "\\n")
+            raise PermissionError(f"this process may not read {path}")
+sys.addaudithook(_no_sys)
+"""
+
+
+@pytest.fixture
+def sys_reads_of_children(tmp_path, monkeypatch):
+    """The file where children started from now on log their reads of /sys (refused)."""
+    folder = tmp_path / "guard"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(SYS_GUARD)
+    log = tmp_path / "sys-reads.log"
+    monkeypatch.setenv("NUMATUNE_TEST_SYS_LOG", str(log))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+    subprocess.run([sys.executable, "-m", "numatune.cli", "probe", "--json"], capture_output=True, check=True)
+    assert "/sys/devices/system" in log.read_text()          # the guard sees a child that probes
+    log.unlink()
+    return log
+
+
+def test_a_trial_child_uses_the_topology_it_is_handed_and_never_reads_sys(small_model, sys_reads_of_children):
+    t, config = host_config()
+    trial = run_trial(config, small_model, 0, stage_plan(0), topology=t)
+    assert trial.error is None, trial.error
+    assert trial.tokens_per_s.median > 0
+    assert not sys_reads_of_children.exists(), sys_reads_of_children.read_text()
+
+
+def test_a_trial_child_judges_the_placement_by_the_topology_it_is_handed(tmp_path, small_model):
+    """A machine where the trial's CPU is outside the cpuset: the child must say so, though this host allows it."""
+    _, config = host_config()
+    cpu = config.cpus[0]
+    others = ",".join(str(c) for c in range(cpu + 2) if c != cpu)
+    fenced = probe(Root.open(str(write_tree(tmp_path / "fenced", FakeMachine(sockets=1, cores_per_node=cpu + 2,
+                                                                              cgroup_cpus=others)))))
+    trial = run_trial(Configuration(config.cpus, "bind", (0,)), small_model, 0, stage_plan(0), topology=fenced)
+    assert trial.error and f"CPU {cpu} is outside this process's cpuset" in trial.error
 
 
 def test_a_failing_trial_is_recorded_not_raised(small_model):
