@@ -274,7 +274,7 @@ def recommend_command(
     result = recommend(topology, engine, resolve_model(model) if model else None,
                        _saved_for(topology, from_file, root), install, objective=objective.value)
     if as_json:
-        _emit_json(result.to_json())
+        _emit_json({"schema_version": 1, **result.to_json()})      # numatune/schemas/recommend-v1.schema.json
     else:
         render.recommendation(result)
     return 0

@@ -133,7 +133,7 @@ class CheckOutcome:
         return line
 
     def to_json(self) -> dict:
-        return {"baseline": self.baseline.to_json(), "current": self.current.to_json(),
+        return {"schema_version": 1, "baseline": self.baseline.to_json(), "current": self.current.to_json(),
                 "ratio": self.ratio, "tolerance": self.tolerance, "regressed": self.regressed,
                 "runner_up": self.runner_up.to_json() if self.runner_up else None,
                 "runner_up_now": self.runner_up_now.to_json() if self.runner_up_now else None,
