@@ -160,16 +160,6 @@ def audit_command(
     return 1 if failing else 0
 
 
-def _load_topology(path: Path):
-    from .topology import Topology
-    try:
-        return Topology.from_json(json.loads(path.read_text()))
-    except OSError as exc:
-        raise NumatuneError(f"--topology: {path}: {exc.strerror}") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise NumatuneError(f"--topology: {path}: not a probe JSON document ({exc})") from None
-
-
 def _cpu_list(text: str, flag: str) -> list[int]:
     from .sysfs import parse_cpulist
     try:
@@ -210,7 +200,9 @@ def bench_command(
 ) -> int:
     """Decode with the bundled engine and compare its weight traffic with the memory's read bandwidth."""
     from .bench import pick_cpus, run_bench
-    topology = _load_topology(topology_file) if topology_file else _probe("/")
+    from .store import load_json
+    from .topology import Topology
+    topology = load_json(topology_file, Topology.from_json, "a probe JSON document") if topology_file else _probe("/")
     if (cpus is None) == (threads is None):
         raise NumatuneError("give exactly one of --cpus LIST and --threads N")
     chosen = _cpu_list(cpus, "--cpus") if cpus else list(pick_cpus(topology, threads))

@@ -8,12 +8,14 @@ import platform
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 from .config import Configuration
 from .errors import NumatuneError
 from .stats import Measurement
 from .topology import Topology
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 
@@ -143,14 +145,21 @@ def save_result(result: TuneResult, path: Optional[Path] = None) -> Path:
     return path
 
 
-def load_result(path: Path) -> TuneResult:
+def load_json(path: Path, parse: Callable[[dict], T], what: str) -> T:
+    """parse(the JSON document in `path`); a one-line error naming the file otherwise."""
     path = Path(path)
     try:
-        return TuneResult.from_json(json.loads(path.read_text()))
+        return parse(json.loads(path.read_text()))
     except OSError as exc:
         raise NumatuneError(f"{path}: cannot read ({exc.strerror})") from None
+    except NumatuneError as exc:          # the parser's own verdict (e.g. another schema version)
+        raise type(exc)(f"{path}: {exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise NumatuneError(f"{path}: not a numatune tuning result ({exc})") from None
+        raise NumatuneError(f"{path}: not {what} ({exc})") from None
+
+
+def load_result(path: Path) -> TuneResult:
+    return load_json(path, TuneResult.from_json, "a numatune tuning result")
 
 
 def saved_result(fp: Fingerprint) -> Optional[TuneResult]:

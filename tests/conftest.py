@@ -72,6 +72,16 @@ def tiny_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def host_memory_node() -> int:
+    """A NUMA node this process may allocate on, read from this host (node 0 on most; which one
+    does not matter to the tests that place real memory there)."""
+    from numatune.sysfs import Root
+    from numatune.topology import probe
+    host = probe(Root.open("/"))
+    return next(node.id for node in host.nodes if node.has_memory and node.id in host.allowed.nodes)
+
+
+@pytest.fixture(scope="session")
 def small_gguf(tmp_path_factory) -> Path:
     """A real GGUF with the default preset's layout shrunk: 2 layers of 8 experts, top-2, Q8_0."""
     from numatune.synth import PRESETS, synthesize

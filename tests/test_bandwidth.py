@@ -6,21 +6,10 @@ import pytest
 
 from numatune import _kernels, bandwidth
 from numatune.errors import PlacementError
-from numatune.sysfs import Root
-from numatune.topology import probe
 
 SMALL_ARRAY = 1 << 20  # cache-resident: these tests check behaviour, so they only need to be quick
 CPUS = sorted(os.sched_getaffinity(0))
 CPU = CPUS[0]
-
-
-def memory_node() -> int:
-    """A node this process may allocate on (node 0 on most hosts; some have memory-less node 0)."""
-    host = probe(Root.open("/"))
-    return next(node.id for node in host.nodes if node.has_memory and node.id in host.allowed.nodes)
-
-
-MEMORY_NODE = memory_node()
 
 
 def pattern_sum(elements: int) -> float:
@@ -56,10 +45,10 @@ def test_checksum_is_what_the_kernel_must_compute(isa, kernel, factor, array_byt
     assert raw["checksum"] == factor * pattern_sum(array_bytes // 8)
 
 
-def test_binding_to_a_node_puts_the_pages_there():
-    result = bandwidth.measure([CPU], MEMORY_NODE, "read", SMALL_ARRAY, repeats=1)
-    assert result.memory_node == MEMORY_NODE
-    assert result.fraction_on(MEMORY_NODE) == pytest.approx(1.0)
+def test_binding_to_a_node_puts_the_pages_there(host_memory_node):
+    result = bandwidth.measure([CPU], host_memory_node, "read", SMALL_ARRAY, repeats=1)
+    assert result.memory_node == host_memory_node
+    assert result.fraction_on(host_memory_node) == pytest.approx(1.0)
 
 
 def test_nonexistent_node_is_a_placement_error_naming_it():
@@ -118,12 +107,12 @@ def test_result_json_round_trip():
     assert bandwidth.BandwidthResult.from_json(json.loads(json.dumps(result.to_json()))) == result
 
 
-def test_matrix_measures_every_pair_and_round_trips_through_json():
-    matrix = bandwidth.measure_matrix({0: [CPU]}, [MEMORY_NODE], kernels=("read", "triad"),
+def test_matrix_measures_every_pair_and_round_trips_through_json(host_memory_node):
+    matrix = bandwidth.measure_matrix({0: [CPU]}, [host_memory_node], kernels=("read", "triad"),
                                       array_bytes=SMALL_ARRAY, repeats=1)
     assert [(c.cpu_node, c.result.memory_node, c.result.kernel) for c in matrix.cells] == [
-        (0, MEMORY_NODE, "read"), (0, MEMORY_NODE, "triad")]
-    assert matrix.gbps(0, MEMORY_NODE, "triad").n == 1
+        (0, host_memory_node, "read"), (0, host_memory_node, "triad")]
+    assert matrix.gbps(0, host_memory_node, "triad").n == 1
     assert bandwidth.BandwidthMatrix.from_json(json.loads(json.dumps(matrix.to_json()))) == matrix
 
 

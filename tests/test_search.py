@@ -308,6 +308,17 @@ def test_a_trial_child_judges_the_placement_by_the_topology_it_is_handed(tmp_pat
     assert trial.error and f"CPU {cpu} is outside this process's cpuset" in trial.error
 
 
+@pytest.mark.parametrize("content, message", [(None, "cannot read"), ("{}", "schema_version None is not supported"),
+                                               ('{"schema_version": 1}', "not a probe JSON document")])
+def test_bench_with_a_bad_topology_file_is_one_line(tmp_path, small_model, capsys, content, message):
+    path = tmp_path / "topology.json"
+    if content is not None:
+        path.write_text(content)
+    code = main(["bench", "--model", str(small_model.path), "--cpus", "0", "--topology", str(path), "--json"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and str(path) in err and err.count("\n") == 1
+
+
 def test_a_failing_trial_is_recorded_not_raised(small_model):
     _, config = host_config()
     impossible = Configuration(config.cpus, "bind", (4095,))

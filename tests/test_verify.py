@@ -229,16 +229,10 @@ needs_numa_maps = pytest.mark.skipif(not os.path.exists("/proc/self/numa_maps"),
                                      reason="this kernel has no /proc/PID/numa_maps (CONFIG_NUMA off)")
 
 
-def host_memory_node() -> int:
-    """A node this process may allocate on, read from this host (the test does not depend on which)."""
-    host = probe(Root.open("/"))
-    return next(node.id for node in host.nodes if node.has_memory and node.id in host.allowed.nodes)
-
-
 @needs_numa_maps
-def test_a_real_command_placed_as_expected_passes(capsys, require):
+def test_a_real_command_placed_as_expected_passes(capsys, require, host_memory_node):
     """A real child bound by numactl to one node, CPUs and memory: verify must pass it, and stop it."""
-    node = str(host_memory_node())
+    node = str(host_memory_node)
     program = "b = bytearray(64 << 20)\nimport time\nwhile True: time.sleep(0.05)"
     status = main(["verify", "--expect", "bind", "--nodes", node, "--after", "1", "--sample", "0", "--json",
                    "--", require("numactl"), f"--cpunodebind={node}", f"--membind={node}", sys.executable,
