@@ -16,15 +16,6 @@ using Bytes = py::array_t<uint8_t, py::array::c_style>;
 using Floats = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using Ints = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 
-Placement placement_from_name(const std::string& name) {
-    if (name == "first-touch") return Placement::first_touch;
-    if (name == "interleave") return Placement::interleave;
-    if (name == "bind") return Placement::bind;
-    if (name == "replicate") return Placement::replicate;
-    if (name == "partition") return Placement::partition;
-    throw std::invalid_argument("unknown placement '" + name + "'");
-}
-
 GgmlType checked_type(int number, const char* what) {
     if (number < 0 || find_type(static_cast<uint32_t>(number)) == nullptr) {
         throw std::invalid_argument(std::string(what) + ": GGML type " + std::to_string(number) +
@@ -75,11 +66,15 @@ int add_layer(MoeEngine& engine, const Bytes& gate, const Bytes& up, const Bytes
 }  // namespace
 
 void register_engine(py::module_& m) {
+    py::enum_<Placement>(m, "Placement", "Memory placement of the weights (numatune.policy.Policy by number).")
+        .value("first_touch", Placement::first_touch)
+        .value("interleave", Placement::interleave)
+        .value("bind", Placement::bind)
+        .value("replicate", Placement::replicate)
+        .value("partition", Placement::partition);
     py::class_<MoeEngine>(m, "MoeEngine")
-        .def(py::init([](const std::vector<int>& cpus, const std::vector<int>& cpu_nodes, const std::string& placement,
-                         const std::vector<int>& nodes) {
-                 return new MoeEngine(cpus, cpu_nodes, placement_from_name(placement), nodes);
-             }),
+        .def(py::init([](const std::vector<int>& cpus, const std::vector<int>& cpu_nodes, Placement placement,
+                         const std::vector<int>& nodes) { return new MoeEngine(cpus, cpu_nodes, placement, nodes); }),
              py::arg("cpus"), py::arg("cpu_nodes"), py::arg("placement"), py::arg("nodes"))
         .def("add_layer", &add_layer)
         .def("experts_forward",

@@ -17,7 +17,9 @@
 
 namespace numatune {
 
-enum class Placement { first_touch, interleave, bind, replicate, partition };
+// numatune/policy.py's Policy, in the same order with the same numbers (bound as _kernels.Placement;
+// tests/test_policy.py checks that the two agree).
+enum class Placement { first_touch = 0, interleave = 1, bind = 2, replicate = 3, partition = 4 };
 
 enum class Gating { softmax, sigmoid };
 

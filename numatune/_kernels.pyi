@@ -17,8 +17,22 @@ def gemv(type_name: str, weights: np.ndarray, x: np.ndarray, isa: Optional[str] 
 def quantize_activation(type_name: str, x: np.ndarray, isa: Optional[str] = None) -> np.ndarray: ...
 def dequantize_row(type_name: str, data: Union[bytes, np.ndarray]) -> np.ndarray: ...
 
+class Placement:
+    first_touch: "Placement"
+    interleave: "Placement"
+    bind: "Placement"
+    replicate: "Placement"
+    partition: "Placement"
+    __members__: dict[str, "Placement"]
+    def __init__(self, value: int) -> None: ...
+    def __int__(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
 class MoeEngine:
-    def __init__(self, cpus: Sequence[int], cpu_nodes: Sequence[int], placement: str,
+    def __init__(self, cpus: Sequence[int], cpu_nodes: Sequence[int], placement: Placement,
                  nodes: Sequence[int]) -> None: ...
     def add_layer(self, gate: np.ndarray, up: np.ndarray, down: np.ndarray, gate_type: int, up_type: int,
                   down_type: int, hidden: int, intermediate: int, top_k: int, router: np.ndarray,

@@ -10,6 +10,7 @@ import psutil
 from . import bandwidth
 from .engine import Engine
 from .errors import NumatuneError
+from .policy import Policy
 from .stats import Measurement
 from .topology import Topology
 
@@ -17,7 +18,7 @@ from .topology import Topology
 @dataclass(frozen=True)
 class BenchResult:
     model: str
-    policy: str
+    policy: Policy
     nodes: tuple[int, ...]
     cpus: tuple[int, ...]
     isa: str
@@ -37,7 +38,7 @@ class BenchResult:
         return self.weight_gb_per_s.median / self.read_gb_per_s.median
 
     def to_json(self) -> dict:
-        return {"schema_version": 1, "model": self.model, "policy": self.policy, "nodes": list(self.nodes),
+        return {"schema_version": 1, "model": self.model, "policy": self.policy.value, "nodes": list(self.nodes),
                 "cpus": list(self.cpus), "isa": self.isa, "tokens": self.tokens,
                 "tokens_per_s": self.tokens_per_s.to_json(), "weight_gb_per_s": self.weight_gb_per_s.to_json(),
                 "bytes_per_token": self.bytes_per_token, "resident_bytes": self.resident_bytes,
@@ -57,7 +58,7 @@ def pick_cpus(topology: Topology, threads: int) -> tuple[int, ...]:
     return tuple(sorted(ordered[:threads]))
 
 
-def run_bench(model_path: str, cpus: Sequence[int], policy: str, nodes: Sequence[int] | None,
+def run_bench(model_path: str, cpus: Sequence[int], policy: Policy | str, nodes: Sequence[int] | None,
               topology: Topology, tokens: int = 64, repeats: int = 5, warmup: int = 4,
               measure_read: bool = True) -> BenchResult:
     engine = Engine.load(model_path, cpus, policy, nodes, topology=topology)
@@ -65,7 +66,7 @@ def run_bench(model_path: str, cpus: Sequence[int], policy: str, nodes: Sequence
     placed = engine.placement(samples_per_group=1024)
     read = _read_bandwidth(engine, topology, repeats) if measure_read else None
     return BenchResult(
-        model=str(model_path), policy=policy, nodes=engine.plan.nodes, cpus=tuple(cpus), isa=runs[0]["isa"],
+        model=str(model_path), policy=engine.plan.policy, nodes=engine.plan.nodes, cpus=tuple(cpus), isa=runs[0]["isa"],
         tokens=tokens, tokens_per_s=Measurement.of((r["tokens_per_s"] for r in runs), "tok/s"),
         weight_gb_per_s=Measurement.of((r["gb_per_s"] for r in runs), "GB/s"),
         bytes_per_token=runs[0]["bytes_per_token"], resident_bytes=placed["resident_bytes"],
@@ -77,11 +78,11 @@ def _read_bandwidth(engine: Engine, topology: Topology, repeats: int) -> Measure
     placements (their sum), bound to the node for bind, unbound otherwise."""
     llc = max((c.size_bytes or 0 for c in topology.caches if c.type == "Unified"), default=0)
     plan = engine.plan
-    if plan.policy in ("replicate", "partition"):
+    if plan.policy.per_node_groups:
         groups = {node: [c for c, n in zip(engine.cpus, plan.worker_nodes) if n == node] for node in plan.nodes}
         per_group = [bandwidth.measure(cpus, node, "read", repeats=repeats, llc_bytes=llc).gbps
                      for node, cpus in groups.items()]
         sums = [sum(samples) for samples in zip(*(m.samples for m in per_group))]
         return Measurement.of(sums, "GB/s")
-    node = plan.nodes[0] if plan.policy == "bind" else None
+    node = plan.nodes[0] if plan.policy is Policy.BIND else None
     return bandwidth.measure(engine.cpus, node, "read", repeats=repeats, llc_bytes=llc).gbps

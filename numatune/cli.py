@@ -14,6 +14,8 @@ import typer
 
 from . import render
 from .errors import NumatuneError
+from .policy import NAMES as POLICY_NAMES
+from .policy import Policy
 
 
 class NumatuneApp(typer.Typer):
@@ -207,16 +209,20 @@ def bench_command(
     type_name: str = typer.Option("Q4_K_M", "--type", help="Weight type of a --synthetic model."),
     cpus: Optional[str] = typer.Option(None, "--cpus", help="CPUs to run on, e.g. 0-31,64-95."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Thread count (CPUs chosen one per core)."),
-    policy: str = typer.Option("first-touch", "--policy", help="first-touch, interleave, bind, replicate, partition."),
+    policy: str = typer.Option(Policy.FIRST_TOUCH.value, "--policy", help=", ".join(POLICY_NAMES) + "."),
     nodes: Optional[str] = typer.Option(None, "--nodes", help="Node set of the policy, e.g. 0,1."),
     tokens: int = typer.Option(64, "--tokens", min=1, help="Decoded tokens per repetition."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Repetitions (median and spread)."),
     no_bandwidth: bool = typer.Option(False, "--no-bandwidth", help="Skip the read-bandwidth reference."),
+    topology_file: Optional[Path] = typer.Option(None, "--topology", help="This machine as `probe --json` "
+                                                 "wrote it, used instead of probing (tune's trials pass it)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> int:
     """Decode with the bundled engine and compare its weight traffic with the memory's read bandwidth."""
     from .bench import pick_cpus, run_bench
-    topology = _probe("/")
+    from .store import load_json
+    from .topology import Topology
+    topology = load_json(topology_file, Topology.from_json, "a probe JSON document") if topology_file else _probe("/")
     if (cpus is None) == (threads is None):
         raise NumatuneError("give exactly one of --cpus LIST and --threads N")
     chosen = _cpu_list(cpus, "--cpus") if cpus else list(pick_cpus(topology, threads))
@@ -293,7 +299,7 @@ def recommend_command(
                                            footprint.weight_bytes if footprint else None))
         return 0
     if as_json:
-        _emit_json(result.to_json())
+        _emit_json({"schema_version": 1, **result.to_json()})      # numatune/schemas/recommend-v1.schema.json
     else:
         render.recommendation(result)
     return 0
@@ -351,7 +357,7 @@ def _run_tune(topology, model, budget: float, engine: Optional[str], engine_bin:
     from functools import partial
 
     from .trial import run_trial
-    measure = partial(run_trial, cold_cache=cold_cache)
+    measure = partial(run_trial, cold_cache=cold_cache, topology=topology)
     try:
         if quiet:
             return tune(topology, model, budget, target, numa_build, out, resume, objective=objective.value,
@@ -567,8 +573,8 @@ def plan_cli_command(
 def verify_cli_command(
     command: Optional[List[str]] = typer.Argument(None, help="A command to start and inspect, after --."),
     pid: Optional[int] = typer.Option(None, "--pid", min=1, help="A running process to inspect instead."),
-    expect: Optional[str] = typer.Option(None, "--expect", help="Intended memory placement: replicate, "
-                                         "interleave, partition, bind or first-touch."),
+    expect: Optional[str] = typer.Option(None, "--expect", help="Intended memory placement: "
+                                         + ", ".join(POLICY_NAMES) + "."),
     nodes: Optional[str] = typer.Option(None, "--nodes", help="Nodes of that placement, e.g. 0,1 (default: "
                                         "every memory node)."),
     engine: Optional[str] = typer.Option(None, "--engine", help="The engine: its build implies the placement "

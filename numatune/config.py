@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-POLICIES = ("first-touch", "interleave", "bind", "replicate", "partition")
+from .policy import Policy
 
 
 @dataclass(frozen=True)
@@ -17,23 +17,22 @@ class Configuration:
     """
 
     cpus: tuple[int, ...]
-    policy: str
+    policy: Policy                  # a policy name is accepted and turned into its Policy
     nodes: tuple[int, ...]
     instances: int = 1
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(f"unknown policy {self.policy!r}")
+        object.__setattr__(self, "policy", Policy.parse(self.policy, "configuration"))
         if not self.cpus or not self.nodes or self.instances < 1:
             raise ValueError("a configuration needs CPUs, nodes and at least one instance")
-        if self.instances > 1 and (self.policy != "bind" or len(self.nodes) != self.instances):
+        if self.instances > 1 and (self.policy is not Policy.BIND or len(self.nodes) != self.instances):
             raise ValueError("several instances run one per node, each bound to its node")
 
     def split(self, node_of_cpu) -> tuple["Configuration", ...]:
         """One configuration per instance: instance i runs on node i's CPUs, bound to node i."""
         if self.instances == 1:
             return (self,)
-        return tuple(Configuration(tuple(c for c in self.cpus if node_of_cpu(c) == node), "bind", (node,))
+        return tuple(Configuration(tuple(c for c in self.cpus if node_of_cpu(c) == node), Policy.BIND, (node,))
                      for node in self.nodes)
 
     @property
@@ -46,7 +45,7 @@ class Configuration:
                 f"cpus={format_cpulist(self.cpus)}" + (f" ×{self.instances} instances" if self.instances > 1 else ""))
 
     def to_json(self) -> dict:
-        return {"cpus": list(self.cpus), "policy": self.policy, "nodes": list(self.nodes),
+        return {"cpus": list(self.cpus), "policy": self.policy.value, "nodes": list(self.nodes),
                 "instances": self.instances}
 
     @classmethod
@@ -76,8 +75,8 @@ def process_placement(config: Configuration, engine_places_memory: bool) -> Proc
     NUMA build of ktransformers), so the process only gets its CPUs; an engine that cannot place
     memory itself gets them as an interleave over the nodes, the closest it can come.
     """
-    if config.policy in ("bind", "interleave"):
-        return ProcessPlacement(config.cpus, config.policy, config.nodes)
-    if config.policy in ("replicate", "partition") and not engine_places_memory:
+    if config.policy in (Policy.BIND, Policy.INTERLEAVE):      # the memory modes of the same names
+        return ProcessPlacement(config.cpus, config.policy.value, config.nodes)
+    if config.policy.per_node_groups and not engine_places_memory:
         return ProcessPlacement(config.cpus, "interleave", config.nodes)
     return ProcessPlacement(config.cpus, "default", ())

@@ -15,9 +15,9 @@ from . import _kernels
 from .capacity import HEADROOM_PERCENT, bytes_per_node, shortfalls
 from .errors import NumatuneError, PlacementError
 from .gguf_moe import SUPPORTED_TYPES, MoeModel, read_moe_model
+from .policy import Policy
 from .topology import Topology
 
-POLICIES = ("first-touch", "interleave", "bind", "replicate", "partition")
 GIB = 1 << 30
 
 
@@ -25,7 +25,7 @@ GIB = 1 << 30
 class PlacementPlan:
     """Where the weights go: the policy, its node set, and what each node must hold."""
 
-    policy: str
+    policy: Policy
     nodes: tuple[int, ...]
     worker_nodes: tuple[int, ...]       # node of each worker CPU, in CPU order
     bytes_per_node: tuple[tuple[int, int], ...]
@@ -35,11 +35,13 @@ class PlacementPlan:
         return sum(b for _, b in self.bytes_per_node)
 
 
-def plan_placement(topology: Topology, cpus: Sequence[int], policy: str, nodes: Sequence[int] | None,
+def plan_placement(topology: Topology, cpus: Sequence[int], policy: Policy | str, nodes: Sequence[int] | None,
                    weight_bytes: int) -> PlacementPlan:
     """Checks the request against the machine and the memory each node has free."""
-    if policy not in POLICIES:
-        raise PlacementError(f"--policy: unknown policy '{policy}' (expected one of: {', '.join(POLICIES)})")
+    try:
+        policy = Policy.parse(policy, "--policy")
+    except ValueError as exc:
+        raise PlacementError(str(exc)) from None
     if not cpus:
         raise PlacementError("--cpus: no CPUs given")
     worker_nodes = []
@@ -56,11 +58,11 @@ def plan_placement(topology: Topology, cpus: Sequence[int], policy: str, nodes: 
     for node, needed, have in shortfalls(topology, need)[:1]:
         raise PlacementError(
             f"node {node}: {policy} needs {needed / GIB:.2f} GiB of weights there (+{HEADROOM_PERCENT}% working "
-            f"memory) but only {have / GIB:.2f} GiB is free" + (" (one full copy per node)" if policy == "replicate" else ""))
+            f"memory) but only {have / GIB:.2f} GiB is free" + (" (one full copy per node)" if policy is Policy.REPLICATE else ""))
     return PlacementPlan(policy, tuple(chosen), tuple(worker_nodes), tuple(sorted(need.items())))
 
 
-def _node_set(topology: Topology, policy: str, nodes: Sequence[int] | None, cpu_nodes: list[int]) -> list[int]:
+def _node_set(topology: Topology, policy: Policy, nodes: Sequence[int] | None, cpu_nodes: list[int]) -> list[int]:
     memory_nodes = {n.id for n in topology.nodes if n.has_memory}
     if nodes:
         for node in nodes:
@@ -68,16 +70,16 @@ def _node_set(topology: Topology, policy: str, nodes: Sequence[int] | None, cpu_
                 raise PlacementError(f"--nodes: node {node} does not exist or has no memory")
             if node not in topology.allowed.nodes:
                 raise PlacementError(f"--nodes: node {node} is outside this process's allowed memory nodes")
-    if policy == "first-touch":
+    if policy is Policy.FIRST_TOUCH:
         return sorted(set(cpu_nodes))
-    if policy == "bind":
+    if policy is Policy.BIND:
         chosen = list(nodes) if nodes else [cpu_nodes[0]]
         if len(chosen) != 1:
             raise PlacementError(f"--nodes: bind places memory on one node, got {chosen}")
         if chosen[0] not in memory_nodes:
             raise PlacementError(f"node {chosen[0]} has no memory to bind to")
         return chosen
-    if policy == "interleave":
+    if policy is Policy.INTERLEAVE:
         return sorted(nodes) if nodes else sorted(n for n in memory_nodes if n in topology.allowed.nodes)
     # replicate and partition: one copy or slice per node that has workers (reading locally).
     chosen = sorted(nodes) if nodes else cpu_nodes
@@ -103,7 +105,7 @@ class Engine:
         self._core = core
 
     @classmethod
-    def load(cls, path: str | Path, cpus: Sequence[int], policy: str = "first-touch",
+    def load(cls, path: str | Path, cpus: Sequence[int], policy: Policy | str = Policy.FIRST_TOUCH,
              nodes: Sequence[int] | None = None, topology: Topology | None = None) -> "Engine":
         model = read_moe_model(path)
         if topology is None:
@@ -112,7 +114,8 @@ class Engine:
             topology = probe(Root.open("/"))
         plan = plan_placement(topology, cpus, policy, nodes, model.expert_bytes)
         try:
-            core = _kernels.MoeEngine(list(cpus), list(plan.worker_nodes), policy, list(plan.nodes))
+            core = _kernels.MoeEngine(list(cpus), list(plan.worker_nodes), _kernels.Placement(plan.policy.code),
+                                      list(plan.nodes))
             for layer in model.layers:
                 core.add_layer(
                     layer.gate.data, layer.up.data, layer.down.data,
@@ -148,7 +151,7 @@ class Engine:
     def placement(self, samples_per_group: int = 4096) -> dict:
         """Policy, nodes, and where sampled pages of each tensor group really are (node → pages)."""
         pages = self._core.placement(samples_per_group)
-        return {"policy": self.plan.policy, "nodes": list(self.plan.nodes),
+        return {"policy": self.plan.policy.value, "nodes": list(self.plan.nodes),
                 "bytes_per_node": {str(n): b for n, b in self.plan.bytes_per_node},
                 "resident_bytes": self._core.resident_bytes(),
                 "pages": {group: {str(node): count for node, count in sorted(counts.items())}
@@ -165,7 +168,7 @@ class Engine:
                 "tokens_per_s": tokens / seconds if seconds > 0 else float("inf"),
                 "bytes_per_token": per_token,
                 "gb_per_s": per_token * tokens / seconds / 1e9 if seconds > 0 else float("inf"),
-                "isa": _kernels.active_isa(), "threads": len(self.cpus), "policy": self.plan.policy}
+                "isa": _kernels.active_isa(), "threads": len(self.cpus), "policy": self.plan.policy.value}
 
     def _activation(self, layer: int, x: np.ndarray) -> np.ndarray:
         if not 0 <= layer < self.layers:

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import NumatuneError, ProfileError
+from .policy import NAMES as POLICY_NAMES
+from .policy import Policy
 from .profiles import (PROFILES_DIR, EngineProfile, _count, _positive_int, _positive_number, _str_list,
                        _text, read_yaml)
 from .capacity import HEADROOM_PERCENT, fits
@@ -35,7 +37,6 @@ from .search import engine_can, thread_ladder
 
 SCHEMA_VERSION = 1
 GIB = 1 << 30
-POLICIES = ("first-touch", "interleave", "bind", "replicate", "partition")
 
 # Linux's scheduler gives a runnable thread a slice of about 3 ms when CPUs are overcommitted
 # (CFS/EEVDF base slice 0.75 ms scaled by 1 + log2(min(CPUs, 8)) = 4); a barrier whose worker
@@ -106,7 +107,7 @@ class Observation:
     label: str
     engine: str
     model: str
-    policy: str
+    policy: Policy
     nodes: tuple[int, ...]
     workers: int
     numa_build: Optional[bool]
@@ -270,7 +271,7 @@ def _observations(data: dict, where: str, machine: Machine) -> tuple[Observation
         out.append(Observation(
             label=f("label", _text, "a non-empty string"), engine=f("engine", _text, "an engine name"),
             model=f("model", _text, "a model name with quantization"),
-            policy=f("policy", lambda v: v in POLICIES, "one of " + ", ".join(POLICIES)),
+            policy=Policy(f("policy", lambda v: v in POLICY_NAMES, "one of " + ", ".join(POLICY_NAMES))),
             nodes=nodes, workers=f("workers", _positive_int, "an integer ≥ 1"),
             numa_build=f("numa_build", _optional_bool, "true, false or null", None),
             tokens_per_s=float(f("tokens_per_s", _positive_number, "a positive number")),
@@ -349,7 +350,7 @@ class PlanConfig:
     group is a copy per node, a socket's nodes per group a copy per socket.
     """
 
-    policy: str
+    policy: Policy
     workers: tuple[tuple[int, int], ...]
     memory_nodes: tuple[int, ...]
     numa_build: Optional[bool] = None
@@ -371,9 +372,9 @@ class PlanConfig:
         counts = [t for _, t in self.workers]
         per_node = f"{counts[0]}/node" if len(set(counts)) == 1 else "/".join(str(t) for t in counts)
         how = self.policy
-        if self.policy == "replicate" and self.copy_groups and any(len(g) > 1 for g in self.copy_groups):
+        if self.policy == Policy.REPLICATE and self.copy_groups and any(len(g) > 1 for g in self.copy_groups):
             how = "replicate per socket"
-        if self.policy in ("bind", "interleave") and set(self.memory_nodes) != set(self.worker_nodes):
+        if self.policy in (Policy.BIND, Policy.INTERLEAVE) and set(self.memory_nodes) != set(self.worker_nodes):
             how += " mem=" + format_cpulist(self.memory_nodes)
         build = {True: " (NUMA build)", False: " (non-NUMA build)", None: ""}[self.numa_build]
         many = f" ×{self.instances} instances" if self.instances > 1 else ""
@@ -434,14 +435,14 @@ def cpu_weight_bytes(profile, quantization: str, traits: EngineTraits) -> int:
 def _sources(machine: Machine, config: PlanConfig, node: int, traits: EngineTraits) -> dict[int, float]:
     """Fraction of node `node`'s reads served by each memory node."""
     policy = config.policy
-    if policy == "partition":
+    if policy == Policy.PARTITION:
         return {node: 1.0}
-    if policy == "replicate":
+    if policy == Policy.REPLICATE:
         group = next((g for g in config.copy_groups if node in g), (node,))
         return {m: 1.0 / len(group) for m in group}
-    if policy == "bind":
+    if policy == Policy.BIND:
         return {config.memory_nodes[0]: 1.0}
-    if policy == "interleave":
+    if policy == Policy.INTERLEAVE:
         return {m: 1.0 / len(config.memory_nodes) for m in config.memory_nodes}
     if traits.first_touch_by == "loader":
         return {config.worker_nodes[0]: 1.0}
@@ -452,14 +453,14 @@ def placed_bytes(config: PlanConfig, weights: int, traits: EngineTraits) -> dict
     """Weight bytes each node holds under the configuration."""
     if config.instances > 1:
         return {n: weights for n in config.worker_nodes}
-    if config.policy == "replicate":
+    if config.policy == Policy.REPLICATE:
         groups = config.copy_groups or tuple((n,) for n in config.memory_nodes)
         return {n: weights // len(g) for g in groups for n in g}
-    if config.policy in ("interleave", "partition"):
-        nodes = config.memory_nodes if config.policy == "interleave" else config.worker_nodes
+    if config.policy in (Policy.INTERLEAVE, Policy.PARTITION):
+        nodes = config.memory_nodes if config.policy == Policy.INTERLEAVE else config.worker_nodes
         return {n: weights // len(nodes) for n in nodes}
-    if config.policy == "bind" or traits.first_touch_by == "loader":
-        target = config.memory_nodes[0] if config.policy == "bind" else config.worker_nodes[0]
+    if config.policy == Policy.BIND or traits.first_touch_by == "loader":
+        target = config.memory_nodes[0] if config.policy == Policy.BIND else config.worker_nodes[0]
         return {target: weights}
     total = config.total_workers
     return {n: weights * t // total for n, t in config.workers}
@@ -502,10 +503,10 @@ def predict(machine: Machine, config: PlanConfig, bytes_per_token: int, weights:
     shared += [(gb / machine.link_gbps, f"socket link {src}→{dst}") for (src, dst), gb in sorted(link.items())]
     # On a tie a shared resource is named: it is what more threads cannot fix.
     memory_s, bottleneck = max(shared + times, key=lambda item: item[0])
-    if config.policy == "first-touch" and traits.first_touch_by == "workers" and len(config.workers) > 1:
+    if config.policy == Policy.FIRST_TOUCH and traits.first_touch_by == "workers" and len(config.workers) > 1:
         notes.append("first-touch read locally assumes a cold page cache: pages cached by an earlier run "
                      "stay where they were (drop caches first)")
-    if config.policy == "first-touch" and traits.first_touch_by == "loader" and len(config.workers) > 1:
+    if config.policy == Policy.FIRST_TOUCH and traits.first_touch_by == "loader" and len(config.workers) > 1:
         notes.append(f"one loader thread places every weight on node {config.worker_nodes[0]}; the other "
                      "nodes read remotely")
     sync_s = _sync_seconds(machine, config, layers, traits, notes)
@@ -534,7 +535,7 @@ def _sync_seconds(machine: Machine, config: PlanConfig, layers: int, traits: Eng
 
 def _predict_instances(machine: Machine, config: PlanConfig, bytes_per_token: int, weights: int,
                        layers: int, traits: EngineTraits) -> Prediction:
-    singles = [predict(machine, PlanConfig("bind", ((n, t),), (n,), config.numa_build,
+    singles = [predict(machine, PlanConfig(Policy.BIND, ((n, t),), (n,), config.numa_build,
                                            reserved_threads=config.reserved_threads),
                        bytes_per_token, weights, layers, traits) for n, t in config.workers]
     slowest = max(singles, key=lambda p: p.memory_s + p.sync_s)
@@ -589,19 +590,19 @@ def _policies(machine: Machine, node_set: tuple[int, ...], engine: Optional[Engi
     """(policy, copy groups) pairs the engine can run on this node set."""
     all_nodes = tuple(n.id for n in machine.nodes)
     if len(node_set) == 1:
-        return [("bind", ())] if engine_can(engine, "bind", numa_build) else []
+        return [(Policy.BIND, ())] if engine_can(engine, Policy.BIND, numa_build) else []
     out: list[tuple[str, tuple[tuple[int, ...], ...]]] = []
-    for policy in ("first-touch", "interleave", "replicate", "partition"):
+    for policy in (Policy.FIRST_TOUCH, Policy.INTERLEAVE, Policy.REPLICATE, Policy.PARTITION):
         if not engine_can(engine, policy, numa_build):
             continue
-        if policy == "replicate" and engine and engine.numa_aware == "build-flag" and node_set != all_nodes:
+        if policy == Policy.REPLICATE and engine and engine.numa_aware == "build-flag" and node_set != all_nodes:
             continue           # such a build copies onto every configured node, whatever the launch says
-        if policy == "replicate":
+        if policy == Policy.REPLICATE:
             out.append((policy, tuple((n,) for n in node_set)))
             sockets = sorted({machine.node(n).socket for n in node_set})
             by_socket = tuple(tuple(n for n in node_set if machine.node(n).socket == s) for s in sockets)
             per_socket = len(by_socket) > 1 and any(len(g) > 1 for g in by_socket)
-            if per_socket and engine and engine.placement_condition("replicate") == "always":
+            if per_socket and engine and engine.placement_condition(Policy.REPLICATE) == "always":
                 out.append((policy, by_socket))
         else:
             out.append((policy, ()))
@@ -621,8 +622,8 @@ def candidates(machine: Machine, engine: Optional[EngineProfile], objective: str
                 for policy, groups in _policies(machine, node_set, engine, numa_build):
                     out.append(PlanConfig(policy, workers, node_set, numa_build, groups,
                                           reserved_threads=reserved))
-                if objective == "throughput" and len(node_set) > 1 and engine_can(engine, "bind", numa_build):
-                    out.append(PlanConfig("bind", workers, node_set, numa_build, instances=len(node_set),
+                if objective == "throughput" and len(node_set) > 1 and engine_can(engine, Policy.BIND, numa_build):
+                    out.append(PlanConfig(Policy.BIND, workers, node_set, numa_build, instances=len(node_set),
                                           reserved_threads=reserved))
     return out
 
@@ -646,8 +647,8 @@ def observation_config(machine: Machine, obs: Observation, engine: Optional[Engi
     nodes get the remainder, as ktransformers' split does)."""
     count = len(obs.nodes)
     workers = tuple((n, obs.workers // count + (1 if i < obs.workers % count else 0)) for i, n in enumerate(obs.nodes))
-    groups = tuple((n,) for n in obs.nodes) if obs.policy == "replicate" else ()
-    memory = obs.nodes[:1] if obs.policy == "bind" else obs.nodes
+    groups = tuple((n,) for n in obs.nodes) if obs.policy == Policy.REPLICATE else ()
+    memory = obs.nodes[:1] if obs.policy == Policy.BIND else obs.nodes
     return PlanConfig(obs.policy, workers, memory, obs.numa_build, groups,
                       reserved_threads=engine.reserved_threads if engine else 0)
 

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import yaml
 
 from .errors import ProfileError
+from .policy import NAMES as POLICY_NAMES
 
 # Installed, the YAML files are the package numatune.profiledata; in a source checkout they are
 # profiles/ beside the package.
@@ -264,7 +265,7 @@ def parse_engine_profile(data: dict, where: str) -> EngineProfile:
         raise ProfileError(f"{where}: field 'build.flag' is missing (numa_aware is build-flag)")
     placements = f("placements", lambda v: isinstance(v, dict), "a mapping of policy to condition")
     for policy, condition in placements.items():
-        if policy not in ("first-touch", "interleave", "bind", "replicate", "partition"):
+        if policy not in POLICY_NAMES:
             raise ProfileError(f"{where}: field 'placements.{policy}' is not a policy")
         if condition not in PLACEMENT_CONDITIONS:
             raise ProfileError(f"{where}: field 'placements.{policy}' must be one of "

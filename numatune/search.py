@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from .capacity import HEADROOM_PERCENT, bytes_per_node, shortfalls
 from .config import Configuration
+from .policy import Policy
 from .profiles import EngineProfile
 from .store import Trial
 from .topology import Topology
@@ -85,13 +86,13 @@ def build_space(t: Topology, weight_bytes: int, profile: Optional[EngineProfile]
         cores = min(len(nodes[n][0]) for n in node_set)
         hw = min(len(nodes[n][1]) for n in node_set)
         counts = [(c, False) for c in thread_ladder(cores)] + ([(hw, True)] if hw > cores else [])
-        policies = ("bind",) if len(node_set) == 1 else ("first-touch", "interleave", "replicate", "partition")
+        policies = (Policy.BIND,) if len(node_set) == 1 else tuple(p for p in Policy if p is not Policy.BIND)
         for per_node, smt in counts:
             cpus = tuple(sorted(c for n in node_set for c in (nodes[n][1] if smt else nodes[n][0][:per_node])))
             for policy in policies:
                 raw.append(Configuration(cpus, policy, node_set))
             if objective == "throughput" and len(node_set) > 1:
-                raw.append(Configuration(cpus, "bind", node_set, instances=len(node_set)))
+                raw.append(Configuration(cpus, Policy.BIND, node_set, instances=len(node_set)))
     kept, pruned = [], []
     for config in raw:
         why = _prune_reason(t, config, weight_bytes, profile, numa_build, limit)

@@ -9,12 +9,14 @@ import platform
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 from .config import Configuration
 from .errors import NumatuneError
 from .stats import Measurement
 from .topology import Topology
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 
@@ -186,10 +188,11 @@ def write_atomically(path: Path, text: str) -> None:
         os.close(directory)
 
 
-def load_result(path: Path) -> TuneResult:
+def load_json(path: Path, parse: Callable[[dict], T], what: str) -> T:
+    """parse(the JSON document in `path`); a one-line error naming the file otherwise."""
     path = Path(path)
     try:
-        return TuneResult.from_json(json.loads(path.read_text()))
+        return parse(json.loads(path.read_text()))
     except OSError as exc:
         raise NumatuneError(f"{path}: cannot read ({exc.strerror})") from None
     except OtherVersion as exc:
@@ -199,9 +202,15 @@ def load_result(path: Path) -> TuneResult:
                             ) from None
     except CorruptResult as exc:
         raise NumatuneError(f"{path}: corrupt result: {exc}") from None
+    except NumatuneError as exc:          # the parser's own verdict (e.g. another schema version)
+        raise type(exc)(f"{path}: {exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise NumatuneError(f"{path}: not a numatune tuning result ({reason})") from None
+        raise NumatuneError(f"{path}: not {what} ({reason})") from None
+
+
+def load_result(path: Path) -> TuneResult:
+    return load_json(path, TuneResult.from_json, "a numatune tuning result")
 
 
 def saved_result(fp: Fingerprint) -> Optional[TuneResult]:

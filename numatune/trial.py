@@ -4,7 +4,8 @@ when the target's profile uses numactl and it is installed; otherwise CPU affini
 policy set by numatune in the child before exec).
 
 The child is `python -m numatune.cli bench --json`, run from `/` so that a source checkout in
-the current directory cannot shadow the installed package.
+the current directory cannot shadow the installed package. It is handed the parent's Topology
+as a probe JSON file (`--topology`): the machine is probed once per run, not once per trial.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -26,6 +28,7 @@ from .search import Stage
 from .stats import Measurement
 from .store import Trial
 from .sysfs import format_cpulist
+from .topology import Topology
 
 
 @dataclass(frozen=True)
@@ -63,11 +66,11 @@ class ModelChoice:
         return cls(cached_model(preset, type_name, layers=layers, experts=experts), label)
 
 
-def trial_argv(model: Path, config: Configuration, stage: Stage) -> list[str]:
+def trial_argv(model: Path, config: Configuration, stage: Stage, topology_file: Path) -> list[str]:
     return [sys.executable, "-m", "numatune.cli", "bench", "--model", str(model),
-            "--cpus", format_cpulist(config.cpus), "--policy", config.policy,
+            "--cpus", format_cpulist(config.cpus), "--policy", config.policy.value,
             "--nodes", format_cpulist(config.nodes), "--tokens", str(stage.tokens),
-            "--repeats", str(stage.repeats), "--no-bandwidth", "--json"]
+            "--repeats", str(stage.repeats), "--no-bandwidth", "--topology", str(topology_file), "--json"]
 
 
 def drop_cached_pages(path: Path) -> None:
@@ -81,7 +84,8 @@ def drop_cached_pages(path: Path) -> None:
 
 
 def run_trial(config: Configuration, model: ModelChoice, stage_index: int, stage: Stage,
-              target: Optional[EngineProfile] = None, timeout: float = 600.0, cold_cache: bool = False) -> Trial:
+              target: Optional[EngineProfile] = None, timeout: float = 600.0, cold_cache: bool = False,
+              topology: Optional[Topology] = None) -> Trial:
     """Runs one trial to completion. A failed child is a Trial with `error` set (its last line
     of stderr), never an exception: one bad configuration does not stop the search.
 
@@ -91,15 +95,26 @@ def run_trial(config: Configuration, model: ModelChoice, stage_index: int, stage
     memory, so this changes load time, not the decode speed measured).
 
     Several instances (one per node) run as that many children at once; the trial's tokens/s
-    is their sum, repeat by repeat (the aggregate throughput), its memory their sum."""
+    is their sum, repeat by repeat (the aggregate throughput), its memory their sum.
+
+    `topology` is the live machine's, probed once by the caller; without it, it is probed here."""
     target = target or find_engine_profile("numatune")
+    topology = topology or _probe_live()
     if cold_cache:
         drop_cached_pages(model.path)
-    parts = config.split(_node_of_cpu()) if config.instances > 1 else (config,)
+    with tempfile.TemporaryDirectory(prefix="numatune-trial-") as folder:
+        topology_file = Path(folder) / "topology.json"
+        topology_file.write_text(json.dumps(topology.to_json()))
+        return _run_children(config, model, stage_index, stage, target, timeout, topology, topology_file)
+
+
+def _run_children(config: Configuration, model: ModelChoice, stage_index: int, stage: Stage, target: EngineProfile,
+                  timeout: float, topology: Topology, topology_file: Path) -> Trial:
+    parts = config.split(topology.node_of_cpu) if config.instances > 1 else (config,)
     children = []
     try:
         for part in parts:
-            child = _start(part, model, stage, target)
+            child = _start(part, model, stage, target, topology_file)
             if isinstance(child, str):
                 return _failed(config, stage_index, child)
             children.append(child)
@@ -120,16 +135,16 @@ def run_trial(config: Configuration, model: ModelChoice, stage_index: int, stage
                  sum(o[2] for o in outputs), stage_index)
 
 
-def _node_of_cpu():
+def _probe_live() -> Topology:
     from .sysfs import Root
     from .topology import probe
-    return probe(Root.open("/")).node_of_cpu
+    return probe(Root.open("/"))
 
 
-def _start(config: Configuration, model: ModelChoice, stage: Stage, target: EngineProfile):
+def _start(config: Configuration, model: ModelChoice, stage: Stage, target: EngineProfile, topology_file: Path):
     placement, by_numactl = placement_for(config, target)
-    argv = (numactl_args(placement) if by_numactl else []) + trial_argv(model.path, config, stage)
-    env = dict(os.environ, NUMATUNE_QUICK_PROBE="1")
+    argv = (numactl_args(placement) if by_numactl else []) + trial_argv(model.path, config, stage, topology_file)
+    env = dict(os.environ)
     preexec = None if by_numactl else (lambda: apply_placement(placement))
     try:
         return subprocess.Popen(argv, env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -41,9 +42,11 @@ class TuneRun:
 def tune(topology: Topology, model: ModelChoice, budget_s: float, target: Optional[EngineProfile] = None,
          numa_build: Optional[bool] = None, out: Optional[Path] = None, resume: bool = False,
          on_start: Optional[Callable[[Space], None]] = None, on_trial: Optional[ProgressHook] = None,
-         measure=run_trial, objective: str = "latency") -> TuneRun:
+         measure=None, objective: str = "latency") -> TuneRun:
     """Builds the space, searches it within the budget, and saves the result atomically (also
-    when interrupted by Ctrl-C: what was measured is kept, marked incomplete)."""
+    when interrupted by Ctrl-C: what was measured is kept, marked incomplete). `measure` defaults
+    to real trials, handed this topology."""
+    measure = measure or partial(run_trial, topology=topology)
     weight_bytes = model.path.stat().st_size
     space = build_space(topology, weight_bytes, target, numa_build, objective)
     if not space.candidates:
@@ -140,7 +143,7 @@ class CheckOutcome:
         return line
 
     def to_json(self) -> dict:
-        return {"baseline": self.baseline.to_json(), "current": self.current.to_json(),
+        return {"schema_version": 1, "baseline": self.baseline.to_json(), "current": self.current.to_json(),
                 "ratio": self.ratio, "tolerance": self.tolerance, "regressed": self.regressed,
                 "runner_up": self.runner_up.to_json() if self.runner_up else None,
                 "runner_up_now": self.runner_up_now.to_json() if self.runner_up_now else None,
@@ -158,7 +161,8 @@ def default_tolerance(winner: Trial) -> float:
 
 
 def check(topology: Topology, baseline_path: Path, tolerance: Optional[float] = None,
-          allow_other_host: bool = False, measure=run_trial) -> CheckOutcome:
+          allow_other_host: bool = False, measure=None) -> CheckOutcome:
+    measure = measure or partial(run_trial, topology=topology)
     baseline = store.load_result(baseline_path)
     if baseline.winner is None:
         raise NumatuneError(f"{baseline_path}: the saved result has no winner to check")

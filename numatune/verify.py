@@ -24,7 +24,7 @@ from typing import Callable, Optional
 from .audit import (AuditContext, Evidence, Finding, cpu_quota, node_oversubscribed,
                     threads_exceed_cpus)
 from .command import parse_command
-from .config import POLICIES
+from .policy import Policy
 from .errors import NumatuneError
 from .sysfs import Root, format_cpulist, parse_status
 from .topology import Topology
@@ -205,10 +205,13 @@ def read_process(root: Root, pid: int, sample_s: float = 0.0,
 
 @dataclass(frozen=True)
 class Expectation:
-    policy: str
+    policy: Policy                       # a policy name is accepted and turned into its Policy
     nodes: tuple[int, ...]
     weight_bytes: Optional[int]          # one copy of the weights, when a model was named
     why: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy", Policy(self.policy))
 
 
 def expectation_for(topology: Topology, policy: Optional[str], nodes: Optional[tuple[int, ...]],
@@ -216,27 +219,29 @@ def expectation_for(topology: Topology, policy: Optional[str], nodes: Optional[t
     """--expect/--nodes when given, else what the engine's build implies."""
     memory_nodes = tuple(n.id for n in topology.nodes if n.has_memory)
     if policy is not None:
-        if policy not in POLICIES:
-            raise NumatuneError(f"--expect: unknown policy '{policy}' (expected one of: {', '.join(POLICIES)})")
+        try:
+            policy = Policy.parse(policy, "--expect")
+        except ValueError as exc:
+            raise NumatuneError(str(exc)) from None
         chosen = nodes or memory_nodes
         unknown = sorted(set(chosen) - {n.id for n in topology.nodes})
         if unknown:
             raise NumatuneError(f"--nodes: no NUMA node {unknown[0]} on this machine")
-        if policy == "bind" and len(chosen) != 1:
+        if policy is Policy.BIND and len(chosen) != 1:
             raise NumatuneError("--nodes: bind expects exactly one node")
-        if policy == "replicate" and len(chosen) < 2:
+        if policy is Policy.REPLICATE and len(chosen) < 2:
             raise NumatuneError("--nodes: replicate expects at least two nodes (a copy on each)")
         return Expectation(policy, tuple(chosen), weight_bytes, "as --expect says")
     if engine is not None and engine.engine == "ktransformers" and engine.numa_aware:
         if len(memory_nodes) < 2:
-            return Expectation("bind", memory_nodes, weight_bytes, "one memory node: the NUMA build makes one copy")
-        return Expectation("replicate", memory_nodes, weight_bytes,
+            return Expectation(Policy.BIND, memory_nodes, weight_bytes, "one memory node: the NUMA build makes one copy")
+        return Expectation(Policy.REPLICATE, memory_nodes, weight_bytes,
                            "ktransformers' NUMA build copies the experts to every memory node")
     if engine is not None and engine.engine == "ktransformers" and engine.numa_aware is None:
         raise NumatuneError("--engine ktransformers: cannot tell whether the build is NUMA-aware "
                             "(give --engine-bin, or --expect replicate|interleave|bind --nodes LIST)")
     if nodes:
-        return Expectation("interleave" if len(nodes) > 1 else "bind", tuple(nodes), weight_bytes,
+        return Expectation(Policy.INTERLEAVE if len(nodes) > 1 else Policy.BIND, tuple(nodes), weight_bytes,
                            "as --nodes implies")
     raise NumatuneError("say what to expect: --expect POLICY [--nodes LIST], or --engine with a build "
                         "that implies it")
@@ -283,15 +288,15 @@ def check_memory(view: ProcessView, expect: Expectation) -> Check:
     if total == 0:
         return Check("memory-placement", False, "the process has no resident memory yet", evidence,
                      "Nothing is loaded: wait longer (--after) before inspecting.")
-    if expect.policy == "replicate":
+    if expect.policy is Policy.REPLICATE:
         return _check_replicate(view, expect, resident, evidence)
     inside = _share(view, nodes)
-    if expect.policy == "bind":
+    if expect.policy is Policy.BIND:
         ok = inside >= 0.9
         title = f"{inside:.0%} of the resident memory is on node {nodes[0]}"
         why = "Bound memory should all be on its node; the rest came from another policy or an earlier run."
         fix = f"numactl --membind={nodes[0]} --cpunodebind={nodes[0]} <command>"
-    elif expect.policy in ("interleave", "partition"):
+    elif expect.policy in (Policy.INTERLEAVE, Policy.PARTITION):
         fair = total / len(nodes)
         low = [n for n in nodes if resident[n] < 0.6 * fair]
         ok = inside >= 0.9 and not low
@@ -299,7 +304,7 @@ def check_memory(view: ProcessView, expect: Expectation) -> Check:
                  ", ".join(f"node {n} {resident[n] / total:.0%}" for n in nodes))
         why = (f"{expect.policy} should put about 1/{len(nodes)} of the memory on each node"
                + (f"; node(s) {low} hold far less" if low else "") + ".")
-        fix = f"numactl --interleave={format_cpulist(nodes)} <command>" if expect.policy == "interleave" else None
+        fix = f"numactl --interleave={format_cpulist(nodes)} <command>" if expect.policy is Policy.INTERLEAVE else None
     else:   # first-touch: memory should follow the threads
         ok = inside >= 0.8
         title = f"{inside:.0%} of the resident memory is on the nodes of the threads {list(nodes)}"
@@ -354,7 +359,7 @@ def check_cpus(topology: Topology, view: ProcessView, expect: Expectation) -> tu
         evidence += (Evidence("Mems_allowed_list", format_cpulist(view.mems_allowed), view.sources[1]),)
     checks = []
     busy_nodes = {n for n, count in busy_by_node.items() if count}
-    if expect.policy == "bind":
+    if expect.policy is Policy.BIND:
         outside = sorted(n for n in by_node if n not in expect.nodes)
         ok = not outside
         checks.append(Check("cpu-placement", ok,
@@ -407,7 +412,7 @@ class VerifyReport:
 
     def to_json(self) -> dict:
         return {"schema_version": 1, "passed": self.passed, "process": self.view.to_json(),
-                "expected": {"policy": self.expectation.policy, "nodes": list(self.expectation.nodes),
+                "expected": {"policy": self.expectation.policy.value, "nodes": list(self.expectation.nodes),
                              "weight_bytes": self.expectation.weight_bytes, "why": self.expectation.why},
                 "checks": [c.to_json() for c in self.checks],
                 "preflight": [f.to_json() for f in self.preflight],

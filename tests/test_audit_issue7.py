@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from numatune.audit import AuditContext, run_audit, snc_packages, thread_spread
@@ -15,11 +16,9 @@ from numatune.engines import EngineInstall
 from numatune.errors import NumatuneError
 from numatune.models import resolve_model
 from numatune.pagecache import PageCacheReport
-from numatune.sysfs import Root
-from numatune.topology import Topology, probe
+from numatune.topology import Topology
 from treegen import GIB, FakeMachine, by_id, ids, probe_tree, seed_machine, write_tree
 
-FIXTURES = Path("/work/shared/fixtures/hwloc-linux")
 KT_NUMA = EngineInstall("ktransformers", "/x/cpuinfer_ext.so", True, "links libnuma.so.1", None)
 KT_PLAIN = EngineInstall("ktransformers", "/x/cpuinfer_ext.so", False, "no libnuma", "USE_NUMA=1 bash install.sh")
 LLAMA = EngineInstall("llama.cpp", None, False, "one copy", None)
@@ -27,13 +26,6 @@ R1 = "deepseek-r1:Q4_K_M"
 
 
 topo = probe_tree
-
-
-def fixture(name):
-    path = FIXTURES / f"{name}.tar.bz2"
-    if not path.exists():
-        pytest.skip(f"fixture {name} not available")
-    return probe(Root.open(str(path)))
 
 
 # ----- CPU quota --------------------------------------------------------------------------------
@@ -58,7 +50,6 @@ def test_quota_round_trips_through_probe_json_and_reads_the_old_key(tmp_path):
 
 
 def test_probe_json_with_quota_validates_against_the_schema(tmp_path):
-    jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads((Path(__file__).parent.parent / "numatune/schemas/probe-v1.schema.json").read_text())
     t = topo(tmp_path, FakeMachine(sockets=1, cpu_max="250000 100000"))
     jsonschema.validate(t.to_json(), schema)
@@ -193,17 +184,17 @@ def test_no_snc_with_one_node_per_socket(tmp_path):
     assert "sub-numa-clustering" not in ids(run_audit(topo(tmp_path, seed_machine(), "plain")))
 
 
-def test_snc_on_captured_machines():
-    arm = fixture("128arm-2pa2n8cluster4co")
+def test_snc_on_captured_machines(capture):
+    arm = capture("128arm-2pa2n8cluster4co")
     assert snc_packages(arm) and all(len(nodes) == 2 for nodes in snc_packages(arm).values())
     assert "sub-numa-clustering" in ids(run_audit(arm))
-    magny = fixture("48amd64-4pa2n6c-sparse")      # 4 packages of 2 dies, a node per die
+    magny = capture("48amd64-4pa2n6c-sparse")      # 4 packages of 2 dies, a node per die
     assert len(snc_packages(magny)) == 4
 
 
 @pytest.mark.parametrize("name", ["16amd64-8n2c", "8em64t-2s2ca2c-buggynuma", "2i386-2t-hugepagesizecount"])
-def test_no_snc_on_captured_machines_without_it(name):
-    t = fixture(name)        # one node per package; nodes spanning packages (broken tables); one node
+def test_no_snc_on_captured_machines_without_it(capture, name):
+    t = capture(name)        # one node per package; nodes spanning packages (broken tables); one node
     assert snc_packages(t) == {}
     assert "sub-numa-clustering" not in ids(run_audit(t))
 

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from numatune.cli import main
-from treegen import FakeMachine, hwloc_captures, seed_machine, write_tree
+from treegen import hwloc_corpus, FakeMachine, seed_machine, write_tree
 
-FIXTURES = hwloc_captures()
+FIXTURES = hwloc_corpus()
 
 
 def run(capsys, *argv):
@@ -77,8 +76,8 @@ def test_audit_json_and_fail_on(capsys, tmp_path):
     assert run(capsys, "audit", "--root", root, "--fail-on", "error")[0] == 0
 
 
-def test_audit_model_profile_on_seed(capsys, tmp_path):
-    root = str(write_tree(tmp_path / "r", seed_machine()))
+def test_audit_model_profile_on_seed(capsys, seed_root):
+    root = str(seed_root)
     code, out, _ = run(capsys, "audit", "--root", root, "--model", "deepseek-r1:Q4_K_M",
                        "--engine", "llama.cpp", "--threads", "126", "--json")
     assert code == 1  # errors found, default --fail-on error
@@ -86,9 +85,8 @@ def test_audit_model_profile_on_seed(capsys, tmp_path):
     assert {"engine-spans-nodes", "smt-counted-as-cores", "model-fits-one-node"} <= found
 
 
-@pytest.mark.skipif(shutil.which("numatune") is None, reason="the numatune command is not installed")
-def test_installed_command_error_has_no_traceback(tmp_path):
-    proc = subprocess.run(["numatune", "probe", "--root", str(tmp_path / "missing")],
+def test_installed_command_error_has_no_traceback(tmp_path, require):
+    proc = subprocess.run([require("numatune"), "probe", "--root", str(tmp_path / "missing")],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from numatune import _kernels, quants
-from numatune.engine import POLICIES, Engine, plan_placement
+from numatune.engine import Engine, plan_placement
+from numatune.policy import Policy
 from numatune.errors import ModelError, PlacementError
 from numatune.gguf_moe import read_moe_model
 from numatune.sysfs import Root
@@ -132,7 +133,7 @@ def test_router_matches_reference(models, host, name):
 
 def test_every_policy_gives_the_same_result(models, host):
     outputs = {}
-    for policy in POLICIES:
+    for policy in Policy:
         engine = Engine.load(models["Q4_K_M"], CPUS, policy, [0] if policy in ("bind", "interleave") else None,
                              topology=host)
         x = activation(engine.model, 7)
@@ -143,7 +144,7 @@ def test_every_policy_gives_the_same_result(models, host):
 
 
 def test_torch_reference(models, host):
-    torch = pytest.importorskip("torch")
+    import torch
     engine = Engine.load(models["Q6_K"], CPUS, "interleave", [0], topology=host)
     model = engine.model
     layer = model.layers[0]

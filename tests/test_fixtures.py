@@ -18,9 +18,9 @@ import numatune
 from numatune.errors import ProbeError
 from numatune.sysfs import Root
 from numatune.topology import SCHEMA_VERSION, Topology, probe
-from treegen import FakeMachine, hwloc_captures, write_tree
+from treegen import hwloc_corpus, FakeMachine, write_tree
 
-FIXTURES = hwloc_captures()
+FIXTURES = hwloc_corpus()
 SCHEMA_PATH = Path(numatune.__file__).parent / "schemas" / "probe-v1.schema.json"
 
 

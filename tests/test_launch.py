@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,25 +24,12 @@ from numatune.stats import Measurement
 from numatune.store import Trial, TuneResult, fingerprint, save_result
 from numatune.sysfs import Root
 from numatune.topology import probe as probe_root
-from treegen import FakeMachine, seed_machine, write_tree
+from treegen import seed_machine, write_tree
 
-HAS_NUMACTL = shutil.which("numactl") is not None
 
 
 def probe(path: str):
     return probe_root(Root.open(path))
-
-
-@pytest.fixture
-def seed(tmp_path):
-    return probe(str(write_tree(tmp_path / "seed", seed_machine())))
-
-
-@pytest.fixture
-def tiny_root(tmp_path):
-    """One node, one core: CPU 0 and node 0, which every Linux host has, so real children can be
-    placed as the plan says whatever this machine looks like."""
-    return str(write_tree(tmp_path / "tiny", FakeMachine(sockets=1, cores_per_node=1)))
 
 
 def cli(capsys, *argv):
@@ -99,7 +85,7 @@ def test_bad_engine_profile_is_one_line_naming_file_and_field(tmp_path, change, 
 
 
 def test_unknown_engine_is_a_clean_cli_error(capsys, tiny_root):
-    code, out, err = cli(capsys, "recommend", "--engine", "nope", "--root", tiny_root)
+    code, out, err = cli(capsys, "recommend", "--engine", "nope", "--root", str(tiny_root))
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "no engine profile named 'nope'" in err
 
@@ -135,8 +121,8 @@ def test_non_numa_ktransformers_build_stays_on_one_socket(seed):
     assert r.plan.argv[r.plan.argv.index("--cpu_infer") + 1] == "32"     # 31 workers + the spinning one
 
 
-@pytest.mark.skipif(not HAS_NUMACTL, reason="numactl is not installed")
-def test_llama_cpp_on_the_seed_is_bound_to_one_socket_by_numactl(seed, monkeypatch):
+def test_llama_cpp_on_the_seed_is_bound_to_one_socket_by_numactl(seed, monkeypatch, require):
+    require("numactl")
     monkeypatch.delenv("NUMATUNE_NO_NUMACTL", raising=False)
     r = recommend(seed, "llama.cpp", resolve_model("deepseek-r1:Q4_K_M"))
     assert r.plan.argv[:3] == ("numactl", "--physcpubind=0-31", "--membind=0")
@@ -155,14 +141,13 @@ def test_recommend_all_covers_every_profile(seed):
     assert set(recommend_all(seed, resolve_model("qwen3-30b-a3b:Q4_K_M"))) == set(engine_profiles())
 
 
-def test_saved_result_is_followed_when_the_engine_can_do_it(seed, tmp_path, capsys):
+def test_saved_result_is_followed_when_the_engine_can_do_it(seed, seed_root, tmp_path, capsys):
     winner = Trial(Configuration(tuple(range(32, 48)), "bind", (1,)), Measurement.of([10.0, 11.0, 10.5]),
                    None, 1 << 30, stage=2)
     result = TuneResult(fingerprint(seed, kernel="6.1"), "synthetic:default", (winner,), winner, None,
                         True, "2026-11-25T00:00:00Z")
     path = save_result(result, tmp_path / "result.json")
-    root = str(tmp_path / "seed")
-    code, out, err = cli(capsys, "recommend", "--engine", "openmp", "--root", root, "--from", str(path), "--json")
+    code, out, err = cli(capsys, "recommend", "--engine", "openmp", "--root", str(seed_root), "--from", str(path), "--json")
     assert code == 0, err
     data = json.loads(out)
     assert data["source"] == "saved" and data["config"]["cpus"] == list(range(32, 48))
@@ -182,14 +167,13 @@ STATUS = "grep -E '^(Cpus_allowed_list|Mems_allowed_list):' /proc/self/status; g
 
 
 @pytest.mark.parametrize("numactl", [True, False])
-def test_launch_places_the_child_and_passes_its_exit_status(capfd, tiny_root, monkeypatch, numactl):
-    if numactl and not HAS_NUMACTL:
-        pytest.skip("numactl is not installed")
+def test_launch_places_the_child_and_passes_its_exit_status(capfd, tiny_root, monkeypatch, numactl, require):
     if numactl:
+        require("numactl")
         monkeypatch.delenv("NUMATUNE_NO_NUMACTL", raising=False)
     else:
         monkeypatch.setenv("NUMATUNE_NO_NUMACTL", "1")
-    code = main(["launch", "--engine", "openmp", "--root", tiny_root, "--", "sh", "-c", STATUS])
+    code = main(["launch", "--engine", "openmp", "--root", str(tiny_root), "--", "sh", "-c", STATUS])
     out, err = capfd.readouterr()
     assert code == 7, err
     assert "Cpus_allowed_list:\t0\n" in out
@@ -199,7 +183,7 @@ def test_launch_places_the_child_and_passes_its_exit_status(capfd, tiny_root, mo
 def test_dry_run_prints_command_and_environment_and_runs_nothing(capsys, tiny_root, tmp_path, monkeypatch):
     monkeypatch.setenv("NUMATUNE_NO_NUMACTL", "1")
     marker = tmp_path / "ran"
-    code, out, err = cli(capsys, "launch", "--dry-run", "--engine", "openmp", "--root", tiny_root,
+    code, out, err = cli(capsys, "launch", "--dry-run", "--engine", "openmp", "--root", str(tiny_root),
                          "--", "touch", str(marker))
     assert code == 0, err
     assert "OMP_NUM_THREADS=1" in out and f"touch {marker}" in out and "placed by numatune: CPUs 0" in out
@@ -208,20 +192,20 @@ def test_dry_run_prints_command_and_environment_and_runs_nothing(capsys, tiny_ro
 
 def test_launch_of_a_missing_command_is_a_one_line_error(capsys, tiny_root, monkeypatch):
     monkeypatch.setenv("NUMATUNE_NO_NUMACTL", "1")
-    code, out, err = cli(capsys, "launch", "--root", tiny_root, "--", "/nonexistent/engine")
+    code, out, err = cli(capsys, "launch", "--root", str(tiny_root), "--", "/nonexistent/engine")
     assert code == 2 and err.count("\n") == 1 and "command not found: /nonexistent/engine" in err
 
 
 def test_numatune_places_the_process_itself_when_numactl_is_absent(tiny_root, monkeypatch):
     monkeypatch.setenv("NUMATUNE_NO_NUMACTL", "1")
-    r = recommend(probe(tiny_root), "openmp", user_argv=("true",))
+    r = recommend(probe(str(tiny_root)), "openmp", user_argv=("true",))
     assert not r.plan.uses_numactl and r.plan.argv == ("true",)
     assert run(r.plan) == 0
 
 
 def test_placement_the_kernel_refuses_is_a_clean_error(tiny_root, monkeypatch):
     monkeypatch.setenv("NUMATUNE_NO_NUMACTL", "1")
-    r = recommend(probe(tiny_root), "openmp", user_argv=("true",))
+    r = recommend(probe(str(tiny_root)), "openmp", user_argv=("true",))
     from dataclasses import replace
     bad = replace(r.plan, placement=replace(r.plan.placement, cpus=(100000,)))
     with pytest.raises(NumatuneError):
@@ -232,7 +216,7 @@ def test_signals_reach_the_child(tiny_root, tmp_path):
     ready = tmp_path / "ready"
     script = f"trap 'exit 42' TERM; touch {ready}; while true; do sleep 0.05; done"
     env = dict(os.environ, NUMATUNE_NO_NUMACTL="1")
-    parent = subprocess.Popen(["numatune", "launch", "--root", tiny_root, "--", "sh", "-c", script],
+    parent = subprocess.Popen(["numatune", "launch", "--root", str(tiny_root), "--", "sh", "-c", script],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
     deadline = time.time() + 30
     while not ready.exists() and time.time() < deadline:
@@ -242,12 +226,12 @@ def test_signals_reach_the_child(tiny_root, tmp_path):
     assert parent.wait(timeout=30) == 42
 
 
-def test_throughput_recommendation_is_one_command_per_node(seed, capsys, tmp_path):
+def test_throughput_recommendation_is_one_command_per_node(seed, seed_root, capsys, tmp_path):
     r = recommend(seed, "llama.cpp", resolve_model("qwen3-30b-a3b:Q4_K_M"), objective="throughput")
     assert r.config.instances == 2 and len(r.plans) == 2
     assert [p.placement.memory_nodes for p in r.plans] == [(0,), (1,)]
     assert r.plans[1].placement.cpus == tuple(range(32, 64))
-    root = str(tmp_path / "seed")
+    root = str(seed_root)
     code, out, err = cli(capsys, "launch", "--root", root, "--engine", "llama.cpp", "--model", "qwen3-30b-a3b:Q4_K_M",
                          "--dry-run", "--", "llama-server")
     assert code == 0, err                       # latency: one instance, no --instance needed

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 import numatune
@@ -32,6 +35,21 @@ def filesystem_of(path: Path) -> str:
     return kind
 
 
+@pytest.fixture
+def disk_dir(tmp_path):
+    """A fresh folder on a file system with a page cache of its own: tmp_path, else one under
+    /var/tmp (tmpfs pages are the file itself and cannot be dropped)."""
+    if filesystem_of(tmp_path) != "tmpfs":
+        yield tmp_path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="numatune-pagecache-", dir="/var/tmp"))
+    try:
+        assert filesystem_of(folder) != "tmpfs", "neither the temporary folder nor /var/tmp is on a disk"
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
 def written(tmp_path, size=16 * MIB) -> Path:
     path = tmp_path / "model.bin"
     with open(path, "wb") as out:
@@ -52,20 +70,16 @@ def test_cached_pages_are_found_on_existing_nodes(tmp_path):
     assert report.dropped is None
 
 
-def test_dropping_leaves_fewer_pages_resident(tmp_path):
-    path = written(tmp_path)
-    if filesystem_of(path) == "tmpfs":
-        pytest.skip("tmpfs pages are the file itself; they cannot be dropped")
+def test_dropping_leaves_fewer_pages_resident(disk_dir):
+    path = written(disk_dir)
     before = page_cache_nodes(path, drop=True)
     after = page_cache_nodes(path)
     assert before.dropped is True
     assert after.resident_pages < before.resident_pages
 
 
-def test_reading_part_of_a_dropped_file_caches_about_that_part(tmp_path):
-    path = written(tmp_path)
-    if filesystem_of(path) == "tmpfs":
-        pytest.skip("tmpfs pages cannot be dropped")
+def test_reading_part_of_a_dropped_file_caches_about_that_part(disk_dir):
+    path = written(disk_dir)
     page_cache_nodes(path, drop=True)
     with open(path, "rb") as handle:
         os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_RANDOM)   # no readahead beyond what is read
@@ -88,7 +102,6 @@ def test_bad_paths_are_one_line_errors(tmp_path, name, message):
 
 
 def validate(data: dict) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     schema = Path(numatune.__file__).parent / "schemas" / "pagecache-v1.schema.json"
     jsonschema.validate(data, json.loads(schema.read_text()))
 

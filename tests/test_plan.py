@@ -16,9 +16,6 @@ from numatune.plan import (Machine, PlanConfig, candidates, load_machine, machin
                            make_plan, parse_machine_profile, predict, traits_of)
 from numatune.profiles import find_engine_profile
 from numatune.stats import Measurement
-from numatune.sysfs import Root
-from numatune.topology import probe
-from treegen import seed_machine, write_tree
 
 SEED = "xeon-gold-6462c-2s"
 MODEL = "deepseek-r1:Q4_K_M"
@@ -234,9 +231,8 @@ def _fake_bandwidth(nodes, local, remote, single):
     return ProbeBandwidth(BandwidthMatrix(tuple(cells)), tuple(curves))
 
 
-def test_machine_from_probe(tmp_path):
-    topology = probe(Root.open(str(write_tree(tmp_path / "r", seed_machine()))))
-    machine = machine_from_probe(topology, _fake_bandwidth([0, 1], 240.0, 70.0, 11.0))
+def test_machine_from_probe(seed):
+    machine = machine_from_probe(seed, _fake_bandwidth([0, 1], 240.0, 70.0, 11.0))
     assert [n.cores for n in machine.nodes] == [32, 32]
     assert [n.threads_per_core for n in machine.nodes] == [2, 2]
     assert machine.bandwidth(0, 1) == 70.0 and machine.per_core_read_gbps == 11.0 and machine.link_gbps == 70.0
@@ -292,14 +288,6 @@ def test_cli_bad_profile_file_is_one_line(capsys, tmp_path):
 
 # ----- GGUF models and this host's own trials beside the predictions ---------------------------
 
-@pytest.fixture(scope="module")
-def small_gguf(tmp_path_factory):
-    from numatune.synth import PRESETS, synthesize
-    path = tmp_path_factory.mktemp("gguf") / "small.gguf"
-    synthesize(path, replace(PRESETS["default"], hidden=512, intermediate=256, experts=8, top_k=2, layers=2), "Q8_0")
-    return path
-
-
 def test_a_gguf_model_is_sized_from_its_moe_layers(small_gguf):
     from numatune.gguf_moe import read_moe_model
     from numatune.plan import make_plan, model_sizes, traits_of
@@ -312,7 +300,7 @@ def test_a_gguf_model_is_sized_from_its_moe_layers(small_gguf):
     assert plan.bytes_per_token == per_token and plan.ranked
 
 
-def test_saved_trials_are_set_beside_the_predictions(small_gguf):
+def test_saved_trials_are_set_beside_the_predictions(small_gguf, seed):
     from numatune.config import Configuration
     from numatune.plan import make_plan, tune_observations
     from numatune.store import Trial, TuneResult, fingerprint
@@ -320,8 +308,7 @@ def test_saved_trials_are_set_beside_the_predictions(small_gguf):
     bind = Trial(Configuration(tuple(range(16)), "bind", (0,)), Measurement.of([90.0, 100.0, 110.0]), None, 1, 2)
     early = Trial(bind.config, Measurement.of([50.0] * 3), None, 1, 0)
     failed = Trial(Configuration(tuple(range(8)), "bind", (0,)), Measurement.of([0.0]), None, 0, 0, error="boom")
-    t = probe(Root.open(str(write_tree(Path(str(small_gguf)).parent / "tree", seed_machine()))))
-    result = TuneResult(fingerprint(t), str(small_gguf), (early, bind, failed), bind, None, True, "x")
+    result = TuneResult(fingerprint(seed), str(small_gguf), (early, bind, failed), bind, None, True, "x")
     observed = tune_observations(result, "saved.json", "small.gguf")
     assert len(observed) == 1 and observed[0].tokens_per_s == 100.0 and observed[0].workers == 16
     plan = make_plan(replace(machine, observations=observed), str(small_gguf), find_engine_profile("numatune"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,12 +19,11 @@ from numatune.search import (MAX_STAGE, SearchState, build_space, rank, search, 
                              successive_halving, thread_ladder)
 from numatune.stats import Measurement
 from numatune.store import Trial, TuneResult, fingerprint, load_result, save_result
-from numatune.synth import PRESETS, synthesize
 from numatune.sysfs import Root
 from numatune.topology import probe
 from numatune.trial import ModelChoice, run_trial
 from numatune.tune import TuneInterrupted, check, tune
-from treegen import seed_machine, write_tree
+from treegen import FakeMachine, seed_machine, write_tree
 
 GIB = 1 << 30
 R1 = resolve_model("deepseek-r1:Q4_K_M").weight_bytes
@@ -79,11 +80,10 @@ def test_the_target_engine_limits_the_policies(tmp_path, engine, numa_build, exp
 
 def test_cpu_quota_caps_the_thread_counts(tmp_path):
     t = tree(tmp_path)
-    if not hasattr(t.allowed, "cpu_quota"):
-        pytest.skip("this probe does not read the CPU quota")
+    assert max(c.threads for c in build_space(t, R1).candidates) == 128
     limited = replace(t, allowed=replace(t.allowed, cpu_quota=6.0))
     space = build_space(limited, R1)
-    assert max(c.threads for c in space.candidates) == 6 or max(c.threads for c in space.candidates) <= 6
+    assert max(c.threads for c in space.candidates) == 6         # 3 per node on both sockets
     assert any("CPU quota" in why for _, why in space.pruned)
 
 
@@ -203,10 +203,8 @@ def test_resumed_search_does_not_measure_again():
 # ----- tune(): saving, Ctrl-C, --resume --------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def small_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "small.gguf"
-    synthesize(path, replace(PRESETS["default"], hidden=512, intermediate=256, experts=8, top_k=2, layers=2), "Q8_0")
-    return ModelChoice.from_file(path)
+def small_model(small_gguf):
+    return ModelChoice.from_file(small_gguf)
 
 
 def test_interrupted_tune_keeps_its_trials_and_resume_continues(tmp_path, small_model):
@@ -259,6 +257,66 @@ def test_a_real_trial_decodes_in_a_placed_child(small_model):
     assert trial.error is None, trial.error
     assert trial.tokens_per_s.n == stage_plan(0).repeats and trial.tokens_per_s.median > 0
     assert trial.resident_bytes > 0 and trial.weight_gb_per_s.median > 0
+
+
+# Installed in child processes through PYTHONPATH: every look at /sys (a file or a folder) is
+# refused and written down in the file NUMATUNE_TEST_SYS_LOG names.
+SYS_GUARD = """
+import os, sys
+def _no_sys(event, args):
+    if event in ("open", "os.listdir", "os.scandir") and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.fsdecode(args[0])
+        if path.startswith("/sys"):
+            with os.fdopen(os.open(os.environ["NUMATUNE_TEST_SYS_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT), "w") as log:
+                log.write(path + "\\n")
+            raise PermissionError(f"this process may not read {path}")
+sys.addaudithook(_no_sys)
+"""
+
+
+@pytest.fixture
+def sys_reads_of_children(tmp_path, monkeypatch):
+    """The file where children started from now on log their reads of /sys (refused)."""
+    folder = tmp_path / "guard"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(SYS_GUARD)
+    log = tmp_path / "sys-reads.log"
+    monkeypatch.setenv("NUMATUNE_TEST_SYS_LOG", str(log))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+    subprocess.run([sys.executable, "-m", "numatune.cli", "probe", "--json"], capture_output=True, check=True)
+    assert "/sys/devices/system" in log.read_text()          # the guard sees a child that probes
+    log.unlink()
+    return log
+
+
+def test_a_trial_child_uses_the_topology_it_is_handed_and_never_reads_sys(small_model, sys_reads_of_children):
+    t, config = host_config()
+    trial = run_trial(config, small_model, 0, stage_plan(0), topology=t)
+    assert trial.error is None, trial.error
+    assert trial.tokens_per_s.median > 0
+    assert not sys_reads_of_children.exists(), sys_reads_of_children.read_text()
+
+
+def test_a_trial_child_judges_the_placement_by_the_topology_it_is_handed(tmp_path, small_model):
+    """A machine where the trial's CPU is outside the cpuset: the child must say so, though this host allows it."""
+    _, config = host_config()
+    cpu = config.cpus[0]
+    others = ",".join(str(c) for c in range(cpu + 2) if c != cpu)
+    fenced = probe(Root.open(str(write_tree(tmp_path / "fenced", FakeMachine(sockets=1, cores_per_node=cpu + 2,
+                                                                              cgroup_cpus=others)))))
+    trial = run_trial(Configuration(config.cpus, "bind", (0,)), small_model, 0, stage_plan(0), topology=fenced)
+    assert trial.error and f"CPU {cpu} is outside this process's cpuset" in trial.error
+
+
+@pytest.mark.parametrize("content, message", [(None, "cannot read"), ("{}", "schema_version None is not supported"),
+                                               ('{"schema_version": 1}', "not a probe JSON document")])
+def test_bench_with_a_bad_topology_file_is_one_line(tmp_path, small_model, capsys, content, message):
+    path = tmp_path / "topology.json"
+    if content is not None:
+        path.write_text(content)
+    code = main(["bench", "--model", str(small_model.path), "--cpus", "0", "--topology", str(path), "--json"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and str(path) in err and err.count("\n") == 1
 
 
 def test_a_failing_trial_is_recorded_not_raised(small_model):

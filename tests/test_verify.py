@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 import numatune
@@ -27,7 +28,6 @@ PAGES_PER_GIB = GIB // 4096
 
 
 def validate(data: dict, schema: str) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(data, json.loads((SCHEMAS / schema).read_text()))
 
 
@@ -230,15 +230,19 @@ needs_numa_maps = pytest.mark.skipif(not os.path.exists("/proc/self/numa_maps"),
 
 
 @needs_numa_maps
-def test_a_real_command_is_started_inspected_and_stopped(capsys):
-    """A real child on this host: only the mechanics are asserted, not this host's layout."""
-    program = "b = bytearray(32 << 20)\nimport time\nwhile True: time.sleep(0.05)"
-    status = main(["verify", "--expect", "first-touch", "--nodes", "0", "--after", "1", "--sample", "0",
-                   "--json", "--", sys.executable, "-c", program])
+def test_a_real_command_placed_as_expected_passes(capsys, require, host_memory_node):
+    """A real child bound by numactl to one node, CPUs and memory: verify must pass it, and stop it."""
+    node = str(host_memory_node)
+    program = "b = bytearray(64 << 20)\nimport time\nwhile True: time.sleep(0.05)"
+    status = main(["verify", "--expect", "bind", "--nodes", node, "--after", "1", "--sample", "0", "--json",
+                   "--", require("numactl"), f"--cpunodebind={node}", f"--membind={node}", sys.executable,
+                   "-c", program])
     data = json.loads(capsys.readouterr().out)
     validate(data, "verify-v1.schema.json")
-    assert status in (0, 1) and data["stopped"] is True and data["exit_status"] is not None
-    assert sum(data["process"]["resident_bytes_by_node"].values()) > 16 << 20
+    assert [check["id"] for check in data["checks"] if not check["passed"]] == []
+    assert status == 0 and data["passed"] is True
+    assert data["stopped"] is True and data["exit_status"] is not None
+    assert data["process"]["resident_bytes_by_node"][node] > 48 << 20
 
 
 def test_a_command_that_exits_early_is_an_error(capsys):

@@ -7,6 +7,8 @@ then the SMT siblings in the same order.
 """
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -14,15 +16,22 @@ from typing import Optional
 GIB = 1 << 30
 
 
-def hwloc_captures() -> Path:
-    """The shared corpus of hwloc captures: `shared/fixtures/hwloc-linux` beside the checkout
-    (/work/shared for /work/main and for worktrees under /work/wt alike)."""
+@functools.lru_cache(maxsize=None)
+def hwloc_corpus() -> Path:
+    """hwloc's captured machines (shared/fixtures/hwloc-linux): NUMATUNE_HWLOC_CORPUS, else the
+    first shared/ beside a folder above the tests (a clone in CI, a worktree of /work/wt). Missing
+    is an error, so a run without the captures never passes by skipping them."""
+    if os.environ.get("NUMATUNE_HWLOC_CORPUS"):
+        return Path(os.environ["NUMATUNE_HWLOC_CORPUS"])
     for parent in Path(__file__).resolve().parents:
         candidate = parent / "shared" / "fixtures" / "hwloc-linux"
-        if candidate.is_dir():
+        if (candidate / "expected.json").is_file():
             return candidate
-    raise FileNotFoundError("the hwloc capture corpus is missing: no shared/fixtures/hwloc-linux "
-                            f"above {Path(__file__).resolve().parent}")
+    raise FileNotFoundError("the hwloc capture corpus (shared/fixtures/hwloc-linux) is in no folder above "
+                            f"{Path(__file__).parent}; set NUMATUNE_HWLOC_CORPUS")
+
+
+hwloc_captures = hwloc_corpus     # the name the probe's tests use
 
 
 @dataclass

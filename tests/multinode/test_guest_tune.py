@@ -28,7 +28,7 @@ def two_nodes(layout):
 
 
 def test_space_spans_both_nodes_and_every_policy(two_nodes, topology, models):
-    from numatune.config import POLICIES
+    from numatune.policy import NAMES as POLICIES
     from numatune.gguf_moe import read_moe_model
     from numatune.search import build_space
     space = build_space(topology, read_moe_model(models["tiny"]).expert_bytes)
