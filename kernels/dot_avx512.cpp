@@ -30,6 +30,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "quant.h"
@@ -62,6 +63,11 @@ float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
 
 __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
+
+// Q2_K, Q3_K, Q5_K, Q4_0, Q4_1, Q5_0, Q5_1: the 256-bit kernels shared with dot_avx2.cpp, here
+// with vpdpbusd/vpdpwssd (AVX512-VL VNNI) for the products.
+#define NUMATUNE_DOT_VNNI 1
+#include "dot_x86_blocks.h"
 
 // ---- activation (bit-identical to the reference: same scale, same products, ties to even)
 
@@ -108,10 +114,23 @@ void quantize_q8_0(const float* x, int n, BlockQ8_0* y) {
     }
 }
 
+void quantize_q8_1(const float* x, int n, BlockQ8_1* y) {
+    for (int b = 0; b < n / kQ8; ++b, x += kQ8) {
+        const Int8Scale scale = int8_scale(max_magnitude(x, kQ8));
+        const __m512 inverse = _mm512_set1_ps(scale.inverse);
+        y[b].d = f32_to_f16(scale.d);
+        const __m512i low = round_16(x, inverse), high = round_16(x + 16, inverse);
+        store_16(y[b].qs, low);
+        store_16(y[b].qs + 16, high);
+        y[b].sum = static_cast<int16_t>(_mm512_reduce_add_epi32(_mm512_add_epi32(low, high)));
+    }
+}
+
 void quantize_activation(GgmlType type, const float* x, int n, void* xq) {
     switch (type_info(type).activation) {
         case ActivationFormat::f32: return ref::quantize_activation(type, x, n, xq);
         case ActivationFormat::q8_0: return quantize_q8_0(x, n, static_cast<BlockQ8_0*>(xq));
+        case ActivationFormat::q8_1: return quantize_q8_1(x, n, static_cast<BlockQ8_1*>(xq));
         case ActivationFormat::q8_k: return quantize_q8_k(x, n, static_cast<BlockQ8K*>(xq));
     }
 }
@@ -485,6 +504,20 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
             return gemv_blocks<Q6KAccumulator, BlockQ6K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q8_0:
             return gemv_q8_0(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+        case GgmlType::Q2_K:
+            return gemv_blocks<Q2KAccumulator, BlockQ2K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+        case GgmlType::Q3_K:
+            return gemv_blocks<Q3KAccumulator, BlockQ3K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+        case GgmlType::Q5_K:
+            return gemv_blocks<Q5KAccumulator, BlockQ5K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+        case GgmlType::Q4_0:
+            return gemv_blocks<Q4_0Accumulator, BlockQ4_0>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+        case GgmlType::Q5_0:
+            return gemv_blocks<Q5_0Accumulator, BlockQ5_0>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+        case GgmlType::Q4_1:
+            return gemv_blocks<Q4_1Accumulator, BlockQ4_1>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
+        case GgmlType::Q5_1:
+            return gemv_blocks<Q5_1Accumulator, BlockQ5_1>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
         case GgmlType::BF16:
             if (kBf16Dot) return gemv_bf16_dot(base, row_stride, rows, static_cast<const float*>(xq), n, y);
             return gemv_float<GgmlType::BF16>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
