@@ -64,7 +64,8 @@ float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
 __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
 
-// Q2_K, Q3_K, Q5_K, Q4_0, Q4_1, Q5_0, Q5_1: the 256-bit kernels shared with dot_avx2.cpp, here
+// Q2_K, Q3_K, Q5_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS: the 256-bit kernels shared with
+// dot_avx2.cpp, here
 // with vpdpbusd/vpdpwssd (AVX512-VL VNNI) for the products.
 #define NUMATUNE_DOT_VNNI 1
 #include "dot_x86_blocks.h"
@@ -497,6 +498,11 @@ void gemv_bf16_dot(const uint8_t* weights, size_t row_stride, int rows, const fl
 template <bool kBf16Dot>
 void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const void* xq, int n, float* y) {
     const auto* base = static_cast<const uint8_t*>(weights);
+    auto blocks_of = [&](auto accumulator, auto block, auto x, int blocks) {
+        gemv_blocks<decltype(accumulator), std::remove_cv_t<std::remove_pointer_t<decltype(block)>>>(
+            base, row_stride, rows, x, blocks, y);
+    };
+    if (run_shared_type(type, xq, n, blocks_of)) return;
     switch (type) {
         case GgmlType::Q4_K:
             return gemv_q4_k(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
@@ -504,20 +510,6 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
             return gemv_blocks<Q6KAccumulator, BlockQ6K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q8_0:
             return gemv_q8_0(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
-        case GgmlType::Q2_K:
-            return gemv_blocks<Q2KAccumulator, BlockQ2K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
-        case GgmlType::Q3_K:
-            return gemv_blocks<Q3KAccumulator, BlockQ3K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
-        case GgmlType::Q5_K:
-            return gemv_blocks<Q5KAccumulator, BlockQ5K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
-        case GgmlType::Q4_0:
-            return gemv_blocks<Q4_0Accumulator, BlockQ4_0>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
-        case GgmlType::Q5_0:
-            return gemv_blocks<Q5_0Accumulator, BlockQ5_0>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
-        case GgmlType::Q4_1:
-            return gemv_blocks<Q4_1Accumulator, BlockQ4_1>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
-        case GgmlType::Q5_1:
-            return gemv_blocks<Q5_1Accumulator, BlockQ5_1>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
         case GgmlType::BF16:
             if (kBf16Dot) return gemv_bf16_dot(base, row_stride, rows, static_cast<const float*>(xq), n, y);
             return gemv_float<GgmlType::BF16>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
@@ -525,6 +517,7 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
             return gemv_float<GgmlType::F32>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
         case GgmlType::F16:
             return gemv_float<GgmlType::F16>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
+        default: break;   // the types of dot_x86_blocks.h, above
     }
 }
 

@@ -1,4 +1,5 @@
-// Row kernels of the K-quants Q2_K, Q3_K, Q5_K and the legacy Q4_0, Q4_1, Q5_0, Q5_1, on 256-bit
+// Row kernels of the K-quants Q2_K, Q3_K, Q5_K, the legacy Q4_0, Q4_1, Q5_0, Q5_1 and the
+// non-uniform IQ4_NL and IQ4_XS, on 256-bit
 // vectors: included by dot_avx2.cpp and by dot_avx512.cpp, so each compiles them with its own
 // instruction set. One primitive differs:
 //
@@ -38,6 +39,13 @@ inline __m256i dot_plain(__m256i acc, __m256i w, __m256i x) {
 // Signed weight bytes (−16..15) against signed activation bytes: |w| against x with w's sign.
 inline __m256i dot_signed(__m256i acc, __m256i w, __m256i x) {
     return dot_plain(acc, _mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+}
+
+// The same with a 16-bit scale word per pair, for weights up to ±127 (IQ4_*), whose sums of four
+// products do not fit the 16 bits that vpdpwssd's scaling needs: vpmaddubsw + vpmaddwd in either
+// instruction set (a pair sums to at most 2·127·127, within vpmaddubsw's 16 bits).
+inline __m256i dot_signed_scaled(__m256i acc, __m256i w, __m256i x, __m256i words) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)), words));
 }
 
 inline __m256i load_bytes(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
@@ -185,19 +193,27 @@ inline __m256i legacy_fifth_bits(const uint8_t qh[4]) {
     return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10));
 }
 
+// IQ4_NL's and IQ4_XS's grid values of 32 nibbles (vpshufb as a 16-entry table lookup).
+inline __m256i iq4_values(const uint8_t qs[16]) {
+    const __m256i grid = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)));
+    return _mm256_shuffle_epi8(grid, legacy_nibbles(qs));
+}
+
 template <class Block>
 __m256i legacy_values(const Block& w) {
     if constexpr (std::is_same_v<Block, BlockQ4_0> || std::is_same_v<Block, BlockQ4_1>) return legacy_nibbles(w.qs);
+    else if constexpr (std::is_same_v<Block, BlockIQ4NL>) return iq4_values(w.qs);
     else return _mm256_or_si256(legacy_nibbles(w.qs), legacy_fifth_bits(w.qh));
 }
 
-// Q4_0 and Q5_0 × Q8_0: w = d·(q − offset).
+// Q4_0, Q5_0 and IQ4_NL × Q8_0: w = d·(q − offset) (IQ4_NL: d·grid[q], offset 0).
 template <class Block, int kOffset>
 struct LegacySymmetricAccumulator {
     __m256 scaled = _mm256_setzero_ps();
 
     void add(const Block& w, const BlockQ8_0& x) {
-        const __m256i values = _mm256_sub_epi8(legacy_values(w), _mm256_set1_epi8(kOffset));
+        __m256i values = legacy_values(w);
+        if constexpr (kOffset != 0) values = _mm256_sub_epi8(values, _mm256_set1_epi8(kOffset));
         const __m256i sum = dot_signed(_mm256_setzero_si256(), values, load_bytes(x.qs));
         scaled = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w.d) * f16_scalar(x.d)), _mm256_cvtepi32_ps(sum), scaled);
     }
@@ -227,3 +243,46 @@ using Q4_0Accumulator = LegacySymmetricAccumulator<BlockQ4_0, 8>;
 using Q5_0Accumulator = LegacySymmetricAccumulator<BlockQ5_0, 16>;
 using Q4_1Accumulator = LegacyOffsetAccumulator<BlockQ4_1>;
 using Q5_1Accumulator = LegacyOffsetAccumulator<BlockQ5_1>;
+using IQ4NLAccumulator = LegacySymmetricAccumulator<BlockIQ4NL, 0>;
+
+// ---- IQ4_XS × Q8_K
+
+struct IQ4XSAccumulator {
+    __m256 scaled = _mm256_setzero_ps();
+
+    void add(const BlockIQ4XS& w, const BlockQ8K& x) {
+        __m256i sum = _mm256_setzero_si256();
+        for (int b = 0; b < 8; ++b) {
+            const int low = (w.scales_l[b / 2] >> (4 * (b % 2))) & 0x0f, high = (w.scales_h >> (2 * b)) & 3;
+            const __m256i scale = _mm256_set1_epi16(static_cast<short>((low | (high << 4)) - 32));
+            sum = dot_signed_scaled(sum, iq4_values(w.qs + 16 * b), load_bytes(x.qs + 32 * b), scale);
+        }
+        scaled = _mm256_fmadd_ps(_mm256_set1_ps(x.d * f16_scalar(w.d)), _mm256_cvtepi32_ps(sum), scaled);
+    }
+
+    __m256 lanes() const { return scaled; }
+    float total() const { return hsum(lanes()); }
+};
+
+// ---- dispatch
+
+// Runs the kernel of a type of this file as run(Accumulator{}, (const Block*) nullptr, activation,
+// blocks), the including file's gemv over blocks; false for a type that is not one of them.
+template <class Run>
+bool run_shared_type(GgmlType type, const void* xq, int n, Run run) {
+    const auto* q8_k = static_cast<const BlockQ8K*>(xq);
+    const auto* q8_0 = static_cast<const BlockQ8_0*>(xq);
+    const auto* q8_1 = static_cast<const BlockQ8_1*>(xq);
+    switch (type) {
+        case GgmlType::Q2_K: run(Q2KAccumulator{}, static_cast<const BlockQ2K*>(nullptr), q8_k, n / kQK); return true;
+        case GgmlType::Q3_K: run(Q3KAccumulator{}, static_cast<const BlockQ3K*>(nullptr), q8_k, n / kQK); return true;
+        case GgmlType::Q5_K: run(Q5KAccumulator{}, static_cast<const BlockQ5K*>(nullptr), q8_k, n / kQK); return true;
+        case GgmlType::IQ4_XS: run(IQ4XSAccumulator{}, static_cast<const BlockIQ4XS*>(nullptr), q8_k, n / kQK); return true;
+        case GgmlType::Q4_0: run(Q4_0Accumulator{}, static_cast<const BlockQ4_0*>(nullptr), q8_0, n / kQ8); return true;
+        case GgmlType::Q5_0: run(Q5_0Accumulator{}, static_cast<const BlockQ5_0*>(nullptr), q8_0, n / kQ8); return true;
+        case GgmlType::IQ4_NL: run(IQ4NLAccumulator{}, static_cast<const BlockIQ4NL*>(nullptr), q8_0, n / kQ8); return true;
+        case GgmlType::Q4_1: run(Q4_1Accumulator{}, static_cast<const BlockQ4_1*>(nullptr), q8_1, n / kQ8); return true;
+        case GgmlType::Q5_1: run(Q5_1Accumulator{}, static_cast<const BlockQ5_1*>(nullptr), q8_1, n / kQ8); return true;
+        default: return false;
+    }
+}

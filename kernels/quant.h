@@ -23,7 +23,7 @@ namespace numatune {
 // Numbers as in ggml's enum ggml_type (and in GGUF tensor infos).
 enum class GgmlType : uint32_t {
     F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8,
-    Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30
+    Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, IQ4_NL = 20, IQ4_XS = 23, BF16 = 30
 };
 
 // What a weight type's rows are dotted with.
@@ -59,6 +59,16 @@ struct BlockQ5_1 {       // w = d·q + m, q in 0..31
     uint8_t qs[kQ8 / 2];
 };
 static_assert(sizeof(BlockQ5_1) == 24, "Q5_1 block is 24 bytes");
+
+// IQ4_NL: w = d·kIq4Values[q], q in 0..15 (nibbles as in Q4_0): a non-uniform 4-bit grid.
+struct BlockIQ4NL {
+    uint16_t d;          // f16
+    uint8_t qs[kQ8 / 2];
+};
+static_assert(sizeof(BlockIQ4NL) == 18, "IQ4_NL block is 18 bytes");
+
+// The grid of IQ4_NL and IQ4_XS (ggml's kvalues_iq4nl).
+constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 // ---- K-quant super-blocks of 256 weights
 
@@ -119,6 +129,17 @@ struct BlockQ6K {
     uint16_t d;          // f16
 };
 static_assert(sizeof(BlockQ6K) == 210, "Q6_K block is 210 bytes");
+
+// IQ4_XS: 8 sub-blocks of 32 weights, w = d·(s[b] − 32)·kIq4Values[q]; s[b] has 6 bits: the low
+// 4 in nibble b % 2 of scales_l[b / 2], the top 2 in bits 2b..2b+1 of scales_h. Sub-block b's
+// 16 bytes of qs hold its weights as a legacy block does (low nibbles 0-15, high 16-31).
+struct BlockIQ4XS {
+    uint16_t d;          // f16
+    uint16_t scales_h;
+    uint8_t scales_l[kQK / 64];
+    uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(BlockIQ4XS) == 136, "IQ4_XS block is 136 bytes");
 
 // Q8_0: w = d·qs[i]. Both a weight format and the activation format of Q8_0 weights.
 struct BlockQ8_0 {

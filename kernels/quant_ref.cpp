@@ -24,6 +24,8 @@ const std::vector<TypeInfo>& supported_types() {
         {GgmlType::Q4_K, "Q4_K", kQK, sizeof(BlockQ4K), ActivationFormat::q8_k},
         {GgmlType::Q5_K, "Q5_K", kQK, sizeof(BlockQ5K), ActivationFormat::q8_k},
         {GgmlType::Q6_K, "Q6_K", kQK, sizeof(BlockQ6K), ActivationFormat::q8_k},
+        {GgmlType::IQ4_NL, "IQ4_NL", kQ8, sizeof(BlockIQ4NL), ActivationFormat::q8_0},
+        {GgmlType::IQ4_XS, "IQ4_XS", kQK, sizeof(BlockIQ4XS), ActivationFormat::q8_k},
         {GgmlType::BF16, "BF16", 1, 2, ActivationFormat::f32},
     };
     return types;
@@ -171,6 +173,13 @@ Legacy unpack_legacy(GgmlType type, const uint8_t* block) {
             out.m = f16_to_f32(w.m);
             break;
         }
+        case GgmlType::IQ4_NL: {
+            const auto& w = *reinterpret_cast<const BlockIQ4NL*>(block);
+            unpack_nibbles(w.qs, 0, 0, out.q);
+            for (int8_t& q : out.q) q = kIq4Values[q];
+            out.d = f16_to_f32(w.d);
+            break;
+        }
         default: throw std::invalid_argument("unpack_legacy: not a legacy type");
     }
     return out;
@@ -247,12 +256,25 @@ KQuant unpack_q5k(const BlockQ5K& w) {
     return out;
 }
 
+KQuant unpack_iq4xs(const BlockIQ4XS& w) {
+    KQuant out{};
+    for (int b = 0; b < 8; ++b) {
+        const int low = (w.scales_l[b / 2] >> (4 * (b % 2))) & 0x0f, high = (w.scales_h >> (2 * b)) & 3;
+        out.scale[2 * b] = out.scale[2 * b + 1] = static_cast<int8_t>((low | (high << 4)) - 32);
+        unpack_nibbles(w.qs + 16 * b, 0, 0, out.q + 32 * b);
+    }
+    for (int8_t& q : out.q) q = kIq4Values[q];
+    out.d = f16_to_f32(w.d);
+    return out;
+}
+
 KQuant unpack_kquant(GgmlType type, const uint8_t* block) {
     switch (type) {
         case GgmlType::Q2_K: return unpack_q2k(*reinterpret_cast<const BlockQ2K*>(block));
         case GgmlType::Q3_K: return unpack_q3k(*reinterpret_cast<const BlockQ3K*>(block));
         case GgmlType::Q5_K: return unpack_q5k(*reinterpret_cast<const BlockQ5K*>(block));
-        default: throw std::invalid_argument("unpack_kquant: not Q2_K, Q3_K or Q5_K");
+        case GgmlType::IQ4_XS: return unpack_iq4xs(*reinterpret_cast<const BlockIQ4XS*>(block));
+        default: throw std::invalid_argument("unpack_kquant: not Q2_K, Q3_K, Q5_K or IQ4_XS");
     }
 }
 
@@ -409,7 +431,8 @@ void dequantize_row(GgmlType type, const void* row, int n, float* y) {
         case GgmlType::Q4_0:
         case GgmlType::Q4_1:
         case GgmlType::Q5_0:
-        case GgmlType::Q5_1: {
+        case GgmlType::Q5_1:
+        case GgmlType::IQ4_NL: {
             const auto* w = static_cast<const uint8_t*>(row);
             const size_t bytes = type_info(type).block_bytes;
             const bool offset = type == GgmlType::Q4_1 || type == GgmlType::Q5_1;
@@ -424,7 +447,8 @@ void dequantize_row(GgmlType type, const void* row, int n, float* y) {
         }
         case GgmlType::Q2_K:
         case GgmlType::Q3_K:
-        case GgmlType::Q5_K: {
+        case GgmlType::Q5_K:
+        case GgmlType::IQ4_XS: {
             const auto* w = static_cast<const uint8_t*>(row);
             const size_t bytes = type_info(type).block_bytes;
             for (int b = 0; b < n / kQK; ++b) {
@@ -469,6 +493,7 @@ float vec_dot(GgmlType type, const void* row, const void* xq, int n) {
             return dot_q6_k(static_cast<const BlockQ6K*>(row), static_cast<const BlockQ8K*>(xq), n / kQK);
         case GgmlType::Q4_0:
         case GgmlType::Q5_0:
+        case GgmlType::IQ4_NL:
             return dot_legacy(type, static_cast<const uint8_t*>(row), static_cast<const BlockQ8_0*>(xq), n / kQ8);
         case GgmlType::Q4_1:
         case GgmlType::Q5_1:
@@ -476,6 +501,7 @@ float vec_dot(GgmlType type, const void* row, const void* xq, int n) {
         case GgmlType::Q2_K:
         case GgmlType::Q3_K:
         case GgmlType::Q5_K:
+        case GgmlType::IQ4_XS:
             return dot_kquant(type, static_cast<const uint8_t*>(row), static_cast<const BlockQ8K*>(xq), n / kQK);
     }
     return 0;

@@ -2,7 +2,7 @@
 
 gguf 0.19 reads every GGML type but quantizes only some: its own quantizers are used for Q8_0
 (bit-exact with ggml's), Q4_0, Q4_1, Q5_0, Q5_1, F16 and BF16; the K-quants Q2_K..Q6_K, which it
-cannot write, are quantized here, vectorised over blocks. The bytes are ggml's block layouts (kernels/quant.h), so
+cannot write, and IQ4_NL and IQ4_XS are quantized here, vectorised over blocks. The bytes are ggml's block layouts (kernels/quant.h), so
 `gguf.quants.dequantize` and the engine both read them.
 
 How the K-quant scales are chosen (plain least squares, no importance matrix):
@@ -19,6 +19,10 @@ How the K-quant scales are chosen (plain least squares, no importance matrix):
   least-squares refit of a; the 16 scales are then stored as int8 multiples of one f16
   super-scale (largest |a| / 127) and the weights rounded against them.
 
+* IQ4_NL (blocks of 32) and IQ4_XS (sub-blocks of 32 with 6-bit signed scales s − 32 against
+  d = largest |a| / 31): a = (weight of largest magnitude) / −127, the first value of the grid,
+  and each weight takes the nearest grid value of w / a (no search).
+
 Trying a handful of steps and refitting recovers most of what ggml's longer searches gain over
 plain min/max rounding, at a cost that keeps 50 M weights within a few seconds.
 """
@@ -31,7 +35,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gguf_quants
 
 TYPE_NAMES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-              "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+              "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
 
 QK_K = 256
 CHUNK_BLOCKS = 2048  # super-blocks quantized at once: bounds the temporaries to a few tens of MB
@@ -56,7 +60,7 @@ def bits_per_weight(type_name: str) -> float:
 
 
 # Nearest-size suggestions prefer the K-quants, then the legacy and float types, on a tie.
-_SUGGESTION_ORDER = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+_SUGGESTION_ORDER = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "IQ4_NL", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
                      "BF16", "F16", "F32")
 
 
@@ -99,8 +103,9 @@ def quantize(weights: np.ndarray, type_name: str) -> np.ndarray:
     n = weights.shape[-1] if weights.ndim else 0
     nbytes = row_bytes(type_name, n)
     rows = weights.reshape(-1, n)
-    if type_name in _K_QUANTIZERS:
-        blocks = _by_chunks(rows.reshape(-1, QK_K), _K_QUANTIZERS[type_name])
+    if type_name in _OWN_QUANTIZERS:
+        weights_per_block, quantize_blocks = _OWN_QUANTIZERS[type_name]
+        blocks = _by_chunks(rows.reshape(-1, weights_per_block), quantize_blocks)
     else:
         blocks = gguf_quants.quantize(rows, ggml_type(type_name))
     return np.ascontiguousarray(blocks).view(np.uint8).reshape(rows.shape[0], nbytes)
@@ -281,5 +286,50 @@ def _quantize_q3_k_blocks(blocks: np.ndarray) -> np.ndarray:
     return np.concatenate([hmask, _pack_two_bits(q), scales, _f16_bytes(d)], axis=1)
 
 
-_K_QUANTIZERS = {"Q2_K": _quantize_q2_k_blocks, "Q3_K": _quantize_q3_k_blocks, "Q4_K": _quantize_q4_k_blocks,
-                 "Q5_K": _quantize_q5_k_blocks, "Q6_K": _quantize_q6_k_blocks}
+# IQ4_NL's and IQ4_XS's non-uniform 4-bit grid (ggml's kvalues_iq4nl).
+IQ4_GRID = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
+
+
+def _signed_inverse(values: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.where(values != 0, 1 / np.where(values != 0, values, 1), 0).astype(np.float32)
+
+
+def _iq4_nibbles(sub: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Rows of 32 weights as 16 bytes of grid indices (low nibbles 0-15, high 16-31)."""
+    scaled = sub * _signed_inverse(step)[:, None]
+    q = np.abs(scaled[..., None] - IQ4_GRID).argmin(axis=-1).astype(np.uint8)
+    return q[:, :16] | (q[:, 16:] << 4)
+
+
+def _grid_step(sub: np.ndarray) -> np.ndarray:
+    """Per row: the step that puts the weight of largest magnitude on the grid's −127."""
+    peak = np.take_along_axis(sub, np.abs(sub).argmax(axis=-1)[:, None], axis=-1)[:, 0]
+    return peak / np.float32(-127)
+
+
+def _quantize_iq4_nl_blocks(blocks: np.ndarray) -> np.ndarray:
+    d = _f16(_grid_step(blocks))
+    return np.concatenate([_f16_bytes(d), _iq4_nibbles(blocks, d.astype(np.float32))], axis=1)
+
+
+def _quantize_iq4_xs_blocks(blocks: np.ndarray) -> np.ndarray:
+    n_blocks = blocks.shape[0]
+    sub = blocks.reshape(-1, 32)
+    a = _grid_step(sub).reshape(n_blocks, 8)
+    d = _f16(np.abs(a).max(axis=-1) / 31)
+    ls = np.clip(np.rint(a * _safe_inverse(d.astype(np.float32))[:, None]), -32, 31)
+    step = (d.astype(np.float32)[:, None] * ls).reshape(-1)
+    s = (ls + 32).astype(np.uint16)   # 0..63
+    scales_h = np.bitwise_or.reduce((s >> 4) << (2 * np.arange(8, dtype=np.uint16)), axis=1).astype(np.uint16)
+    low = (s & 0x0F).astype(np.uint8).reshape(n_blocks, 4, 2)
+    scales_l = low[:, :, 0] | (low[:, :, 1] << 4)
+    qs = _iq4_nibbles(sub, step).reshape(n_blocks, 128)
+    return np.concatenate([_f16_bytes(d), scales_h.reshape(-1, 1).view(np.uint8), scales_l, qs], axis=1)
+
+
+# The types quantized here (the others by gguf): weights per block, quantizer of (blocks, weights).
+_OWN_QUANTIZERS = {"Q2_K": (QK_K, _quantize_q2_k_blocks), "Q3_K": (QK_K, _quantize_q3_k_blocks),
+                   "Q4_K": (QK_K, _quantize_q4_k_blocks), "Q5_K": (QK_K, _quantize_q5_k_blocks),
+                   "Q6_K": (QK_K, _quantize_q6_k_blocks), "IQ4_NL": (32, _quantize_iq4_nl_blocks),
+                   "IQ4_XS": (QK_K, _quantize_iq4_xs_blocks)}

@@ -26,7 +26,7 @@ from treegen import GIB, FakeMachine, write_tree
 CPUS = sorted(os.sched_getaffinity(0))[:2]
 SMALL = replace(PRESETS["default"], hidden=512, intermediate=512, experts=6, top_k=2, layers=2)
 TOLERANCE = {"F32": 1e-5, "F16": 1e-3, "BF16": 1e-2, "Q8_0": 0.02, "Q4_K_M": 0.03, "Q4_K": 0.03, "Q6_K": 0.03,
-             **{t: 0.03 for t in ("Q2_K", "Q3_K", "Q5_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1")}}
+             **{t: 0.03 for t in ("Q2_K", "Q3_K", "Q5_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS")}}
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from numatune import _kernels, quants
 
 VARIANTS = _kernels.quant_variants()
 ROWS = 9  # the float kernels take rows four at a time: 9 exercises both paths
-K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")
+LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL")
 QUANTIZED = K_QUANTS + LEGACY
 SHAPES = {
     **{type_name: (256, 512, 768) for type_name in K_QUANTS},
@@ -43,7 +43,8 @@ def block(type_name: str) -> tuple[int, int]:
 
 # Byte offsets of a block's f16 scales (d, and dmin or m), set to sane values in random blocks.
 SCALE_OFFSETS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
-                 "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,)}
+                 "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "IQ4_NL": (0,),
+                 "IQ4_XS": (0,)}
 
 
 def random_blocks(type_name: str, rows: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -68,7 +69,7 @@ def decode_activation(type_name: str, data: np.ndarray, n: int) -> np.ndarray:
     """The activation the kernels really dot with, decoded from quantize_activation's bytes."""
     if type_name in ("F32", "F16", "BF16"):
         return data.view(np.float32).astype(np.float64)
-    if type_name in ("Q4_0", "Q5_0", "Q8_0"):   # Q8_0: f16 d, 32 int8
+    if type_name in ("Q4_0", "Q5_0", "Q8_0", "IQ4_NL"):   # Q8_0: f16 d, 32 int8
         blocks = data.reshape(n // 32, 34)
         return (blocks[:, :2].copy().view(np.float16).astype(np.float64)
                 * blocks[:, 2:].view(np.int8).astype(np.float64)).reshape(-1)
@@ -215,9 +216,11 @@ def test_active_variant_follows_set_active_isa(rng):
 # ---- quantizers and the scalar dequantizer against gguf
 
 # Relative RMS error on N(0, 1) weights; measured Q2_K 0.27, Q3_K 0.15, Q4_K 0.072, Q5_K 0.036,
-# Q6_K 0.017, Q4_0 0.086, Q4_1 0.078, Q5_0 0.043, Q5_1 0.038, Q8_0 0.0054, BF16 0.0017, F16 0.00021.
+# Q6_K 0.017, Q4_0 0.086, Q4_1 0.078, Q5_0 0.043, Q5_1 0.038, Q8_0 0.0054, IQ4_NL 0.080,
+# IQ4_XS 0.080, BF16 0.0017, F16 0.00021.
 RMS_BOUNDS = {"Q2_K": 0.3, "Q3_K": 0.17, "Q4_K": 0.08, "Q5_K": 0.04, "Q6_K": 0.02,
               "Q4_0": 0.095, "Q4_1": 0.085, "Q5_0": 0.047, "Q5_1": 0.042, "Q8_0": 0.006,
+              "IQ4_NL": 0.09, "IQ4_XS": 0.09,
               "BF16": 0.002, "F16": 0.0003}
 
 
@@ -406,7 +409,8 @@ static int check(const QuantKernels& k, GgmlType t, int rows, int n) {
         case GgmlType::Q2_K: std::memcpy(blk + 80, &d, 2); std::memcpy(blk + 82, &dmin, 2); break;
         case GgmlType::Q3_K: std::memcpy(blk + 108, &d, 2); break;
         case GgmlType::Q6_K: std::memcpy(blk + 208, &d, 2); break;
-        case GgmlType::Q8_0: case GgmlType::Q4_0: case GgmlType::Q5_0: std::memcpy(blk, &d, 2); break;
+        case GgmlType::Q8_0: case GgmlType::Q4_0: case GgmlType::Q5_0: case GgmlType::IQ4_NL: case GgmlType::IQ4_XS:
+          std::memcpy(blk, &d, 2); break;
         default: break;
       }
     }
@@ -437,9 +441,9 @@ static int check(const QuantKernels& k, GgmlType t, int rows, int n) {
 int main() {
   int failures = 0;
   for (const QuantKernels* k : {&avx512_quant_kernels(), &avx512_bf16_quant_kernels()}) {
-    for (GgmlType t : {GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K})
+    for (GgmlType t : {GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS})
       for (int n : {256, 512, 768}) failures += check(*k, t, 7, n);
-    for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0})
+    for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::IQ4_NL})
       for (int n : {32, 96, 224}) failures += check(*k, t, 7, n);
     for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16})
       for (int n : {1, 100, 129, 1000}) failures += check(*k, t, 3, n) + check(*k, t, 9, n);
@@ -487,3 +491,53 @@ def test_avx512_variant_under_emulation(tmp_path):
                    check=True, capture_output=True, text=True, timeout=300)
     done = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout
+
+
+# ---- the types through the CLI
+
+NEW_TYPES = ("Q2_K", "Q3_K", "Q5_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS")
+
+
+@pytest.mark.parametrize("type_name", NEW_TYPES)
+def test_model_synth_writes_each_type_and_the_engine_runs_it(type_name, tmp_path, capsys):
+    from numatune.cli import main
+    from numatune.gguf_moe import read_moe_model
+    path = tmp_path / f"{type_name}.gguf"
+    assert main(["model", "synth", "--out", str(path), "--layers", "1", "--experts", "8",
+                 "--type", type_name.lower()]) == 0
+    layer = read_moe_model(path).layers[0]
+    assert {layer.gate.type_name, layer.up.type_name, layer.down.type_name} == {type_name}
+    capsys.readouterr()
+    code = main(["bench", "--model", str(path), "--threads", "1", "--tokens", "2", "--repeats", "1",
+                 "--no-bandwidth", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    import json
+    result = json.loads(out)
+    # 8 of 8 experts per token: every expert byte of the layer is read once per token
+    assert result["bytes_per_token"] >= sum(t.data.nbytes for t in (layer.gate, layer.up, layer.down))
+    assert result["tokens_per_s"]["median"] > 0
+
+
+def test_cli_names_tensor_type_and_nearest_synthetic_type(tmp_path, capsys):
+    import gguf
+    from numatune.cli import main
+    path = tmp_path / "iq3.gguf"
+    writer = gguf.GGUFWriter(str(path), "qwen3moe")
+    writer.add_uint32("qwen3moe.expert_count", 2)
+    writer.add_uint32("qwen3moe.expert_used_count", 1)
+    writer.add_tensor("blk.0.ffn_gate_inp.weight", np.zeros((2, 256), np.float32))
+    q4 = quants.quantize(np.ones((2, 256, 256), np.float32), "Q4_K")
+    writer.add_tensor("blk.0.ffn_gate_exps.weight", q4.reshape(2, 256, -1), raw_dtype=gguf.GGMLQuantizationType.Q4_K)
+    iq3 = np.zeros((2, 256, 98), np.uint8)   # IQ3_XXS: 98 bytes per 256 weights
+    for name in ("up", "down"):
+        writer.add_tensor(f"blk.0.ffn_{name}_exps.weight", iq3, raw_dtype=gguf.GGMLQuantizationType.IQ3_XXS)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    code = main(["bench", "--model", str(path), "--threads", "1", "--tokens", "1", "--repeats", "1", "--no-bandwidth"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert err.strip() == (f"numatune: error: {path}: blk.0.ffn_up_exps.weight is IQ3_XXS (3.06 bpw), not supported; "
+                           "nearest synthetic: --type Q3_K (3.44 bpw)"), err
