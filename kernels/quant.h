@@ -3,12 +3,13 @@
 //
 // Weight blocks have ggml's layouts byte for byte, so rows of a memory-mapped GGUF file are used
 // in place. The activation x is converted once per token into the format its weights pair with
-// (Q8_K for the K-quants Q2_K..Q6_K, Q8_0 for Q4_0, Q5_0 and Q8_0 rows, Q8_1 for Q4_1 and Q5_1,
-// a plain float copy for F32/F16/BF16 rows);
+// (Q8_K for the K-quants Q2_K..Q6_K and IQ4_XS, Q8_0 for Q4_0, Q5_0, Q8_0 and IQ4_NL rows, Q8_1
+// for Q4_1 and Q5_1, a plain float copy for F32/F16/BF16 rows);
 // the dot products of the quantized formats are then integer sums per block, scaled once per block.
 //
 // quant_ref.cpp is the scalar truth; dot_avx2.cpp and dot_avx512.cpp are variants of the same
-// functions, each compiled with its own instruction-set flags; quant_dispatch.cpp chooses.
+// functions, each compiled with its own instruction-set flags (dot_x86_blocks.h holds the kernels
+// of the types both share); quant_dispatch.cpp chooses.
 #pragma once
 #include <cstddef>
 #include <cstdint>
