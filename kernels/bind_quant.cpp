@@ -135,15 +135,20 @@ void register_quant(py::module_& m) {
         return names;
     }, "Row-kernel variants this CPU and build can run, slowest first ('scalar', 'avx2', "
        "'avx512-vnni', 'avx512-vnni-bf16').");
+    m.def("supported_types", [] {
+        std::vector<std::string> names;
+        for (const TypeInfo& t : supported_types()) names.emplace_back(t.name);
+        return names;
+    }, "GGUF type names the row kernels compute with, in GGML number order.");
     m.def("gemv", &gemv_checked, py::arg("type_name"), py::arg("weights"), py::arg("x"), py::arg("isa") = py::none(),
-          "y = W·x for W a 2-D uint8 array of GGUF rows of type_name ('F32', 'F16', 'BF16', 'Q8_0', "
-          "'Q4_K', 'Q6_K'): quantizes x as the engine does, then runs the row kernels of `isa` (an ISA "
+          "y = W·x for W a 2-D uint8 array of GGUF rows of type_name (a GGUF type name of "
+          "supported_types()): quantizes x as the engine does, then runs the row kernels of `isa` (an ISA "
           "name, a name from quant_variants(), or None for the variant in force). Releases the GIL. "
           "ValueError for a bad type, shape, alignment or variant.");
     m.def("quantize_activation", &quantize_activation_checked, py::arg("type_name"), py::arg("x"),
           py::arg("isa") = py::none(),
-          "The bytes x becomes before it is dotted with rows of type_name (Q8_K blocks for Q4_K and "
-          "Q6_K, Q8_0 blocks for Q8_0, float32 for float types). Every variant gives the same bytes.");
+          "The bytes x becomes before it is dotted with rows of type_name (Q8_K blocks for the K-quants, "
+          "Q8_0 blocks for Q4_0/Q5_0/Q8_0, Q8_1 blocks for Q4_1/Q5_1, float32 for float types). Every variant gives the same bytes.");
     m.def("dequantize_row", &dequantize_checked, py::arg("type_name"), py::arg("data"),
           "The float32 weights held by contiguous GGUF blocks of type_name (the scalar reference).");
 }

@@ -10,6 +10,8 @@
 
 #include <immintrin.h>
 
+#include <type_traits>
+
 #include "quant.h"
 
 namespace numatune {
@@ -46,6 +48,8 @@ __m256 hsum8(const __m256* v) {
 }
 
 float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
+
+#include "dot_x86_blocks.h"   // Q2_K, Q3_K, Q5_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS (shared with dot_avx512.cpp)
 
 // ---- activation (bit-identical to the reference: same scale, same products, ties to even)
 
@@ -99,10 +103,24 @@ void quantize_q8_0(const float* x, int n, BlockQ8_0* y) {
     }
 }
 
+void quantize_q8_1(const float* x, int n, BlockQ8_1* y) {
+    for (int b = 0; b < n / kQ8; ++b, x += kQ8) {
+        const Int8Scale scale = int8_scale(max_magnitude(x, kQ8));
+        y[b].d = f32_to_f16(scale.d);
+        const __m256i q = round_32(x, _mm256_set1_ps(scale.inverse));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs), q);
+        const __m256i quads = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q), _mm256_set1_epi16(1));
+        const __m128i half = _mm_add_epi32(_mm256_castsi256_si128(quads), _mm256_extracti128_si256(quads, 1));
+        const __m128i pairs = _mm_add_epi32(half, _mm_unpackhi_epi64(half, half));
+        y[b].sum = static_cast<int16_t>(_mm_cvtsi128_si32(_mm_add_epi32(pairs, _mm_shuffle_epi32(pairs, 1))));
+    }
+}
+
 void quantize_activation(GgmlType type, const float* x, int n, void* xq) {
     switch (type_info(type).activation) {
         case ActivationFormat::f32: return ref::quantize_activation(type, x, n, xq);
         case ActivationFormat::q8_0: return quantize_q8_0(x, n, static_cast<BlockQ8_0*>(xq));
+        case ActivationFormat::q8_1: return quantize_q8_1(x, n, static_cast<BlockQ8_1*>(xq));
         case ActivationFormat::q8_k: return quantize_q8_k(x, n, static_cast<BlockQ8K*>(xq));
     }
 }
@@ -119,16 +137,6 @@ __m128i q4k_scales_and_mins(const BlockQ4K& w) {
     const __m128i low_four = _mm_and_si128(_mm_srlv_epi32(w2, _mm_setr_epi32(0, 4, 0, 4)), _mm_set1_epi32(0x0f0f0f0f));
     const __m128i upper = _mm_or_si128(low_four, top_two);                                 // sc[4..7], m[4..7]
     return _mm_unpacklo_epi32(low_six, upper);
-}
-
-// vpshufb masks over the 16 bytes above (in both lanes) that widen bytes to 16-bit words: every
-// word = sc[s]; or the words m0 m0 m1 m1 m2 m2 m3 m3 | m4 m4 .. m7 m7, which vpmaddwd with the
-// activation's 16 sums of 16 turns into m[s]·(sum of sub-block s) in 32-bit lane s.
-__m256i scale_words_mask(int s) { return _mm256_set1_epi16(static_cast<short>(0x8000 | s)); }
-
-__m256i min_pairs_mask() {
-    return _mm256_setr_epi8(8, -1, 8, -1, 9, -1, 9, -1, 10, -1, 10, -1, 11, -1, 11, -1,
-                            12, -1, 12, -1, 13, -1, 13, -1, 14, -1, 14, -1, 15, -1, 15, -1);
 }
 
 // x.d·d and x.d·dmin of a Q4_K block, in lanes 0 and 1.
@@ -173,14 +181,6 @@ struct Q4KAccumulator {
 };
 
 // ---- Q6_K × Q8_K
-
-// vpshufb masks: word 2k of the lane in the low lane, word 2k+1 in the high lane.
-__m256i pair_broadcast_mask(int k) {
-    const short low = static_cast<short>((4 * k) | ((4 * k + 1) << 8));
-    const short high = static_cast<short>((4 * k + 2) | ((4 * k + 3) << 8));
-    return _mm256_setr_epi16(low, low, low, low, low, low, low, low,
-                             high, high, high, high, high, high, high, high);
-}
 
 struct Q6KAccumulator {
     __m256 scaled = _mm256_setzero_ps();
@@ -337,6 +337,11 @@ void gemv_float(const uint8_t* weights, size_t row_stride, int rows, const float
 
 void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const void* xq, int n, float* y) {
     const auto* base = static_cast<const uint8_t*>(weights);
+    auto blocks_of = [&](auto accumulator, auto block, auto x, int blocks) {
+        gemv_blocks<decltype(accumulator), std::remove_cv_t<std::remove_pointer_t<decltype(block)>>>(
+            base, row_stride, rows, x, blocks, y);
+    };
+    if (run_shared_type(type, xq, n, blocks_of)) return;
     switch (type) {
         case GgmlType::Q4_K:
             return gemv_blocks<Q4KAccumulator, BlockQ4K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
@@ -350,6 +355,7 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
             return gemv_float<GgmlType::F16>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
         case GgmlType::BF16:
             return gemv_float<GgmlType::BF16>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
+        default: break;   // the types of dot_x86_blocks.h, above
     }
 }
 

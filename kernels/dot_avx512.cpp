@@ -30,6 +30,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "quant.h"
@@ -62,6 +63,12 @@ float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
 
 __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
+
+// Q2_K, Q3_K, Q5_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS: the 256-bit kernels shared with
+// dot_avx2.cpp, here
+// with vpdpbusd/vpdpwssd (AVX512-VL VNNI) for the products.
+#define NUMATUNE_DOT_VNNI 1
+#include "dot_x86_blocks.h"
 
 // ---- activation (bit-identical to the reference: same scale, same products, ties to even)
 
@@ -108,10 +115,23 @@ void quantize_q8_0(const float* x, int n, BlockQ8_0* y) {
     }
 }
 
+void quantize_q8_1(const float* x, int n, BlockQ8_1* y) {
+    for (int b = 0; b < n / kQ8; ++b, x += kQ8) {
+        const Int8Scale scale = int8_scale(max_magnitude(x, kQ8));
+        const __m512 inverse = _mm512_set1_ps(scale.inverse);
+        y[b].d = f32_to_f16(scale.d);
+        const __m512i low = round_16(x, inverse), high = round_16(x + 16, inverse);
+        store_16(y[b].qs, low);
+        store_16(y[b].qs + 16, high);
+        y[b].sum = static_cast<int16_t>(_mm512_reduce_add_epi32(_mm512_add_epi32(low, high)));
+    }
+}
+
 void quantize_activation(GgmlType type, const float* x, int n, void* xq) {
     switch (type_info(type).activation) {
         case ActivationFormat::f32: return ref::quantize_activation(type, x, n, xq);
         case ActivationFormat::q8_0: return quantize_q8_0(x, n, static_cast<BlockQ8_0*>(xq));
+        case ActivationFormat::q8_1: return quantize_q8_1(x, n, static_cast<BlockQ8_1*>(xq));
         case ActivationFormat::q8_k: return quantize_q8_k(x, n, static_cast<BlockQ8K*>(xq));
     }
 }
@@ -478,6 +498,11 @@ void gemv_bf16_dot(const uint8_t* weights, size_t row_stride, int rows, const fl
 template <bool kBf16Dot>
 void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const void* xq, int n, float* y) {
     const auto* base = static_cast<const uint8_t*>(weights);
+    auto blocks_of = [&](auto accumulator, auto block, auto x, int blocks) {
+        gemv_blocks<decltype(accumulator), std::remove_cv_t<std::remove_pointer_t<decltype(block)>>>(
+            base, row_stride, rows, x, blocks, y);
+    };
+    if (run_shared_type(type, xq, n, blocks_of)) return;
     switch (type) {
         case GgmlType::Q4_K:
             return gemv_q4_k(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
@@ -492,6 +517,7 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
             return gemv_float<GgmlType::F32>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
         case GgmlType::F16:
             return gemv_float<GgmlType::F16>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
+        default: break;   // the types of dot_x86_blocks.h, above
     }
 }
 

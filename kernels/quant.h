@@ -3,11 +3,13 @@
 //
 // Weight blocks have ggml's layouts byte for byte, so rows of a memory-mapped GGUF file are used
 // in place. The activation x is converted once per token into the format its weights pair with
-// (Q8_K for Q4_K and Q6_K rows, Q8_0 for Q8_0 rows, a plain float copy for F32/F16/BF16 rows);
+// (Q8_K for the K-quants Q2_K..Q6_K and IQ4_XS, Q8_0 for Q4_0, Q5_0, Q8_0 and IQ4_NL rows, Q8_1
+// for Q4_1 and Q5_1, a plain float copy for F32/F16/BF16 rows);
 // the dot products of the quantized formats are then integer sums per block, scaled once per block.
 //
 // quant_ref.cpp is the scalar truth; dot_avx2.cpp and dot_avx512.cpp are variants of the same
-// functions, each compiled with its own instruction-set flags; quant_dispatch.cpp chooses.
+// functions, each compiled with its own instruction-set flags (dot_x86_blocks.h holds the kernels
+// of the types both share); quant_dispatch.cpp chooses.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -20,13 +22,88 @@
 namespace numatune {
 
 // Numbers as in ggml's enum ggml_type (and in GGUF tensor infos).
-enum class GgmlType : uint32_t { F32 = 0, F16 = 1, Q8_0 = 8, Q4_K = 12, Q6_K = 14, BF16 = 30 };
+enum class GgmlType : uint32_t {
+    F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8,
+    Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, IQ4_NL = 20, IQ4_XS = 23, BF16 = 30
+};
 
 // What a weight type's rows are dotted with.
-enum class ActivationFormat { f32, q8_0, q8_k };
+enum class ActivationFormat { f32, q8_0, q8_1, q8_k };
 
-constexpr int kQK = 256;   // weights of a K-quant super-block (Q4_K, Q6_K, Q8_K)
-constexpr int kQ8 = 32;    // weights of a Q8_0 block
+constexpr int kQK = 256;   // weights of a K-quant super-block (Q2_K .. Q6_K, Q8_K)
+constexpr int kQ8 = 32;    // weights of a legacy block (Q4_0 .. Q8_0, Q8_1)
+
+// ---- legacy blocks of 32 weights. Byte l of qs holds weight l (low nibble) and weight 16+l
+// (high nibble); in Q5_0/Q5_1 bit i of the little-endian 32-bit qh is the fifth bit of weight i.
+struct BlockQ4_0 {       // w = d·(q − 8), q in 0..15
+    uint16_t d;          // f16
+    uint8_t qs[kQ8 / 2];
+};
+static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block is 18 bytes");
+
+struct BlockQ4_1 {       // w = d·q + m, q in 0..15
+    uint16_t d, m;       // f16
+    uint8_t qs[kQ8 / 2];
+};
+static_assert(sizeof(BlockQ4_1) == 20, "Q4_1 block is 20 bytes");
+
+struct BlockQ5_0 {       // w = d·(q − 16), q in 0..31
+    uint16_t d;          // f16
+    uint8_t qh[4];
+    uint8_t qs[kQ8 / 2];
+};
+static_assert(sizeof(BlockQ5_0) == 22, "Q5_0 block is 22 bytes");
+
+struct BlockQ5_1 {       // w = d·q + m, q in 0..31
+    uint16_t d, m;       // f16
+    uint8_t qh[4];
+    uint8_t qs[kQ8 / 2];
+};
+static_assert(sizeof(BlockQ5_1) == 24, "Q5_1 block is 24 bytes");
+
+// IQ4_NL: w = d·kIq4Values[q], q in 0..15 (nibbles as in Q4_0): a non-uniform 4-bit grid.
+struct BlockIQ4NL {
+    uint16_t d;          // f16
+    uint8_t qs[kQ8 / 2];
+};
+static_assert(sizeof(BlockIQ4NL) == 18, "IQ4_NL block is 18 bytes");
+
+// The grid of IQ4_NL and IQ4_XS (ggml's kvalues_iq4nl).
+constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// ---- K-quant super-blocks of 256 weights
+
+// Q2_K: 16 groups of 16 weights, w = d·(scales[g] & 15)·q − dmin·(scales[g] >> 4), q in 0..3.
+// Weight 128h + 32j + l (h in 0..1, j in 0..3, l in 0..31) is bits 2j..2j+1 of qs[32h + l];
+// its group is its index / 16.
+struct BlockQ2K {
+    uint8_t scales[kQK / 16];
+    uint8_t qs[kQK / 4];
+    uint16_t d;          // f16
+    uint16_t dmin;       // f16
+};
+static_assert(sizeof(BlockQ2K) == 84, "Q2_K block is 84 bytes");
+
+// Q3_K: 16 groups of 16 weights, w = d·(s[g] − 32)·(q − 4), q in 0..7 and s 6 bits (see
+// q3k_unpack_scales). Weight i = 128h + 32j + l: bits 0-1 of q are bits 2j..2j+1 of qs[32h + l]
+// (as in Q2_K), bit 2 is bit i / 32 of hmask[l].
+struct BlockQ3K {
+    uint8_t hmask[kQK / 8];
+    uint8_t qs[kQK / 4];
+    uint8_t scales[12];
+    uint16_t d;          // f16
+};
+static_assert(sizeof(BlockQ3K) == 110, "Q3_K block is 110 bytes");
+
+// Q5_K: Q4_K (below) with a fifth bit per weight: bit 4 of weight i is bit i / 32 of qh[i % 32].
+struct BlockQ5K {
+    uint16_t d;          // f16
+    uint16_t dmin;       // f16
+    uint8_t scales[12];
+    uint8_t qh[kQK / 8];
+    uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(BlockQ5K) == 176, "Q5_K block is 176 bytes");
 
 // Q4_K: 8 sub-blocks of 32 weights, w = d·sc[s]·q − dmin·m[s] with q in 0..15.
 // Byte l of the j-th 32-byte run of qs holds weight 64j+l (low nibble, sub-block 2j) and weight
@@ -54,12 +131,33 @@ struct BlockQ6K {
 };
 static_assert(sizeof(BlockQ6K) == 210, "Q6_K block is 210 bytes");
 
+// IQ4_XS: 8 sub-blocks of 32 weights, w = d·(s[b] − 32)·kIq4Values[q]; s[b] has 6 bits: the low
+// 4 in nibble b % 2 of scales_l[b / 2], the top 2 in bits 2b..2b+1 of scales_h. Sub-block b's
+// 16 bytes of qs hold its weights as a legacy block does (low nibbles 0-15, high 16-31).
+struct BlockIQ4XS {
+    uint16_t d;          // f16
+    uint16_t scales_h;
+    uint8_t scales_l[kQK / 64];
+    uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(BlockIQ4XS) == 136, "IQ4_XS block is 136 bytes");
+
 // Q8_0: w = d·qs[i]. Both a weight format and the activation format of Q8_0 weights.
 struct BlockQ8_0 {
     uint16_t d;          // f16
     int8_t qs[kQ8];
 };
 static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block is 34 bytes");
+
+// Q8_1: the activation format of Q4_1 and Q5_1 weights, Q8_0 with the block's Σ qs, which turns
+// their offset m into one product per block. (ggml stores d·Σ qs as f16; the exact integer sum
+// is kept here, so the offset term has no rounding of its own.)
+struct BlockQ8_1 {
+    uint16_t d;          // f16
+    int16_t sum;         // Σ qs, within ±32·127
+    int8_t qs[kQ8];
+};
+static_assert(sizeof(BlockQ8_1) == 36, "Q8_1 block is 36 bytes");
 
 // Q8_K: the activation format of Q4_K and Q6_K weights. bsums[g] = Σ qs[16g .. 16g+15], which
 // turns the minimum of Q4_K and the −32 offset of Q6_K into one small product per group.
@@ -194,6 +292,20 @@ inline void q4k_unpack_scales(const uint8_t packed[12], uint32_t words[4]) {
     words[1] = (w[2] & 0x0f0f0f0fu) | ((w[0] >> 2) & 0x30303030u);
     words[2] = w[1] & 0x3f3f3f3fu;
     words[3] = ((w[2] >> 4) & 0x0f0f0f0fu) | ((w[1] >> 2) & 0x30303030u);
+}
+
+// Q3_K's 12 bytes of scales as 16 signed values s − 32, in group order, as four 32-bit words.
+// Bytes 0-7 hold the low 4 bits of s[0..7] (low nibble) and s[8..15] (high nibble); bits 2k..2k+1
+// of byte 8 + j are the top 2 bits of s[4k + j].
+inline void q3k_unpack_scales(const uint8_t packed[12], uint32_t words[4]) {
+    uint32_t w[3];
+    std::memcpy(w, packed, sizeof w);
+    const uint32_t low = 0x0f0f0f0fu, two = 0x03030303u;
+    const uint32_t s[4] = {(w[0] & low) | ((w[2] & two) << 4), (w[1] & low) | (((w[2] >> 2) & two) << 4),
+                           ((w[0] >> 4) & low) | (((w[2] >> 4) & two) << 4),
+                           ((w[1] >> 4) & low) | (((w[2] >> 6) & two) << 4)};
+    // − 32 in each byte: values 0..63 become −32..31 (bytes never borrow from each other).
+    for (int i = 0; i < 4; ++i) words[i] = ((s[i] | 0x80808080u) - 0x20202020u) ^ 0x80808080u;
 }
 
 // ---- the kernels

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include <type_traits>
 
 #include "quant.h"
 
@@ -13,9 +14,18 @@ const std::vector<TypeInfo>& supported_types() {
     static const std::vector<TypeInfo> types = {
         {GgmlType::F32, "F32", 1, 4, ActivationFormat::f32},
         {GgmlType::F16, "F16", 1, 2, ActivationFormat::f32},
+        {GgmlType::Q4_0, "Q4_0", kQ8, sizeof(BlockQ4_0), ActivationFormat::q8_0},
+        {GgmlType::Q4_1, "Q4_1", kQ8, sizeof(BlockQ4_1), ActivationFormat::q8_1},
+        {GgmlType::Q5_0, "Q5_0", kQ8, sizeof(BlockQ5_0), ActivationFormat::q8_0},
+        {GgmlType::Q5_1, "Q5_1", kQ8, sizeof(BlockQ5_1), ActivationFormat::q8_1},
         {GgmlType::Q8_0, "Q8_0", kQ8, sizeof(BlockQ8_0), ActivationFormat::q8_0},
+        {GgmlType::Q2_K, "Q2_K", kQK, sizeof(BlockQ2K), ActivationFormat::q8_k},
+        {GgmlType::Q3_K, "Q3_K", kQK, sizeof(BlockQ3K), ActivationFormat::q8_k},
         {GgmlType::Q4_K, "Q4_K", kQK, sizeof(BlockQ4K), ActivationFormat::q8_k},
+        {GgmlType::Q5_K, "Q5_K", kQK, sizeof(BlockQ5K), ActivationFormat::q8_k},
         {GgmlType::Q6_K, "Q6_K", kQK, sizeof(BlockQ6K), ActivationFormat::q8_k},
+        {GgmlType::IQ4_NL, "IQ4_NL", kQ8, sizeof(BlockIQ4NL), ActivationFormat::q8_0},
+        {GgmlType::IQ4_XS, "IQ4_XS", kQK, sizeof(BlockIQ4XS), ActivationFormat::q8_k},
         {GgmlType::BF16, "BF16", 1, 2, ActivationFormat::f32},
     };
     return types;
@@ -64,6 +74,7 @@ size_t activation_bytes(GgmlType type, int n) {
     switch (type_info(type).activation) {
         case ActivationFormat::f32: return static_cast<size_t>(n) * sizeof(float);
         case ActivationFormat::q8_0: return static_cast<size_t>(n / kQ8) * sizeof(BlockQ8_0);
+        case ActivationFormat::q8_1: return static_cast<size_t>(n / kQ8) * sizeof(BlockQ8_1);
         case ActivationFormat::q8_k: return static_cast<size_t>(n / kQK) * sizeof(BlockQ8K);
     }
     return 0;
@@ -100,6 +111,188 @@ void quantize_q8_0(const float* x, int n, BlockQ8_0* y) {
         y[b].d = f32_to_f16(scale.d);
         for (int i = 0; i < kQ8; ++i) y[b].qs[i] = round_to_int8(x[i] * scale.inverse);
     }
+}
+
+void quantize_q8_1(const float* x, int n, BlockQ8_1* y) {
+    for (int b = 0; b < n / kQ8; ++b, x += kQ8) {
+        const Int8Scale scale = int8_scale(max_magnitude(x, kQ8));
+        y[b].d = f32_to_f16(scale.d);
+        int sum = 0;
+        for (int i = 0; i < kQ8; ++i) sum += y[b].qs[i] = round_to_int8(x[i] * scale.inverse);
+        y[b].sum = static_cast<int16_t>(sum);
+    }
+}
+
+// ---- legacy blocks: the 32 values of a block in weight order, offset removed where the format
+// has one (Q4_0: q − 8, Q5_0: q − 16), with the block's scale d and offset m (0 where none).
+
+struct Legacy {
+    int8_t q[kQ8];
+    float d, m;
+};
+
+void unpack_nibbles(const uint8_t qs[kQ8 / 2], uint32_t high_bits, int offset, int8_t q[kQ8]) {
+    for (int l = 0; l < kQ8 / 2; ++l) {
+        q[l] = static_cast<int8_t>(((qs[l] & 0x0f) | (((high_bits >> l) & 1) << 4)) - offset);
+        q[l + 16] = static_cast<int8_t>(((qs[l] >> 4) | (((high_bits >> (l + 16)) & 1) << 4)) - offset);
+    }
+}
+
+uint32_t load_u32(const uint8_t bytes[4]) {
+    uint32_t v;
+    std::memcpy(&v, bytes, sizeof v);
+    return v;
+}
+
+Legacy unpack_legacy(GgmlType type, const uint8_t* block) {
+    Legacy out{};
+    switch (type) {
+        case GgmlType::Q4_0: {
+            const auto& w = *reinterpret_cast<const BlockQ4_0*>(block);
+            unpack_nibbles(w.qs, 0, 8, out.q);
+            out.d = f16_to_f32(w.d);
+            break;
+        }
+        case GgmlType::Q4_1: {
+            const auto& w = *reinterpret_cast<const BlockQ4_1*>(block);
+            unpack_nibbles(w.qs, 0, 0, out.q);
+            out.d = f16_to_f32(w.d);
+            out.m = f16_to_f32(w.m);
+            break;
+        }
+        case GgmlType::Q5_0: {
+            const auto& w = *reinterpret_cast<const BlockQ5_0*>(block);
+            unpack_nibbles(w.qs, load_u32(w.qh), 16, out.q);
+            out.d = f16_to_f32(w.d);
+            break;
+        }
+        case GgmlType::Q5_1: {
+            const auto& w = *reinterpret_cast<const BlockQ5_1*>(block);
+            unpack_nibbles(w.qs, load_u32(w.qh), 0, out.q);
+            out.d = f16_to_f32(w.d);
+            out.m = f16_to_f32(w.m);
+            break;
+        }
+        case GgmlType::IQ4_NL: {
+            const auto& w = *reinterpret_cast<const BlockIQ4NL*>(block);
+            unpack_nibbles(w.qs, 0, 0, out.q);
+            for (int8_t& q : out.q) q = kIq4Values[q];
+            out.d = f16_to_f32(w.d);
+            break;
+        }
+        default: throw std::invalid_argument("unpack_legacy: not a legacy type");
+    }
+    return out;
+}
+
+// Legacy rows against Q8_0 (no offset) or Q8_1 (offset m times the block's Σ x).
+template <class Activation>
+float dot_legacy(GgmlType type, const uint8_t* row, const Activation* x, int blocks) {
+    const size_t bytes = type_info(type).block_bytes;
+    float sum = 0;
+    for (int b = 0; b < blocks; ++b) {
+        const Legacy w = unpack_legacy(type, row + b * bytes);
+        int32_t dot = 0;
+        for (int i = 0; i < kQ8; ++i) dot += w.q[i] * x[b].qs[i];
+        const float dx = f16_to_f32(x[b].d);
+        float block = w.d * dx * dot;
+        if constexpr (std::is_same_v<Activation, BlockQ8_1>) block += w.m * dx * x[b].sum;
+        sum += block;
+    }
+    return sum;
+}
+
+// ---- K-quants other than Q4_K and Q6_K, as one form: values q (offset removed) and, per
+// group of 16 weights, a scale and a minimum: w = d·scale[g]·q − dmin·min[g].
+
+struct KQuant {
+    int8_t q[kQK];
+    int8_t scale[16];
+    uint8_t min[16];
+    float d, dmin;
+};
+
+KQuant unpack_q2k(const BlockQ2K& w) {
+    KQuant out{};
+    for (int i = 0; i < kQK; ++i) out.q[i] = static_cast<int8_t>((w.qs[32 * (i / 128) + i % 32] >> (2 * (i / 32 % 4))) & 3);
+    for (int g = 0; g < 16; ++g) {
+        out.scale[g] = static_cast<int8_t>(w.scales[g] & 0x0f);
+        out.min[g] = w.scales[g] >> 4;
+    }
+    out.d = f16_to_f32(w.d);
+    out.dmin = f16_to_f32(w.dmin);
+    return out;
+}
+
+KQuant unpack_q3k(const BlockQ3K& w) {
+    KQuant out{};
+    for (int i = 0; i < kQK; ++i) {
+        const int low = (w.qs[32 * (i / 128) + i % 32] >> (2 * (i / 32 % 4))) & 3;
+        const int high = (w.hmask[i % 32] >> (i / 32)) & 1;
+        out.q[i] = static_cast<int8_t>(low + 4 * high - 4);
+    }
+    uint32_t words[4];
+    q3k_unpack_scales(w.scales, words);
+    std::memcpy(out.scale, words, 16);
+    out.d = f16_to_f32(w.d);
+    return out;
+}
+
+KQuant unpack_q5k(const BlockQ5K& w) {
+    KQuant out{};
+    for (int i = 0; i < kQK; ++i) {
+        const int low = (w.qs[32 * (i / 64) + i % 32] >> (4 * (i / 32 % 2))) & 0x0f;
+        out.q[i] = static_cast<int8_t>(low | (((w.qh[i % 32] >> (i / 32)) & 1) << 4));
+    }
+    uint32_t words[4];
+    q4k_unpack_scales(w.scales, words);
+    const auto* bytes = reinterpret_cast<const uint8_t*>(words);
+    for (int g = 0; g < 16; ++g) {
+        out.scale[g] = static_cast<int8_t>(bytes[g / 2]);   // 6-bit scales of sub-blocks of 32
+        out.min[g] = bytes[8 + g / 2];
+    }
+    out.d = f16_to_f32(w.d);
+    out.dmin = f16_to_f32(w.dmin);
+    return out;
+}
+
+KQuant unpack_iq4xs(const BlockIQ4XS& w) {
+    KQuant out{};
+    for (int b = 0; b < 8; ++b) {
+        const int low = (w.scales_l[b / 2] >> (4 * (b % 2))) & 0x0f, high = (w.scales_h >> (2 * b)) & 3;
+        out.scale[2 * b] = out.scale[2 * b + 1] = static_cast<int8_t>((low | (high << 4)) - 32);
+        unpack_nibbles(w.qs + 16 * b, 0, 0, out.q + 32 * b);
+    }
+    for (int8_t& q : out.q) q = kIq4Values[q];
+    out.d = f16_to_f32(w.d);
+    return out;
+}
+
+KQuant unpack_kquant(GgmlType type, const uint8_t* block) {
+    switch (type) {
+        case GgmlType::Q2_K: return unpack_q2k(*reinterpret_cast<const BlockQ2K*>(block));
+        case GgmlType::Q3_K: return unpack_q3k(*reinterpret_cast<const BlockQ3K*>(block));
+        case GgmlType::Q5_K: return unpack_q5k(*reinterpret_cast<const BlockQ5K*>(block));
+        case GgmlType::IQ4_XS: return unpack_iq4xs(*reinterpret_cast<const BlockIQ4XS*>(block));
+        default: throw std::invalid_argument("unpack_kquant: not Q2_K, Q3_K, Q5_K or IQ4_XS");
+    }
+}
+
+float dot_kquant(GgmlType type, const uint8_t* row, const BlockQ8K* x, int blocks) {
+    const size_t bytes = type_info(type).block_bytes;
+    float sum = 0;
+    for (int b = 0; b < blocks; ++b) {
+        const KQuant w = unpack_kquant(type, row + b * bytes);
+        int32_t scaled = 0, mins = 0;
+        for (int g = 0; g < 16; ++g) {
+            int32_t dot = 0;
+            for (int i = 16 * g; i < 16 * g + 16; ++i) dot += w.q[i] * x[b].qs[i];
+            scaled += w.scale[g] * dot;
+            mins += w.min[g] * x[b].bsums[g];
+        }
+        sum += x[b].d * (w.d * scaled - w.dmin * mins);
+    }
+    return sum;
 }
 
 // The 4-bit values of a Q4_K block in weight order, and its sub-block scales and mins.
@@ -235,6 +428,38 @@ void dequantize_row(GgmlType type, const void* row, int n, float* y) {
             }
             return;
         }
+        case GgmlType::Q4_0:
+        case GgmlType::Q4_1:
+        case GgmlType::Q5_0:
+        case GgmlType::Q5_1:
+        case GgmlType::IQ4_NL: {
+            const auto* w = static_cast<const uint8_t*>(row);
+            const size_t bytes = type_info(type).block_bytes;
+            const bool offset = type == GgmlType::Q4_1 || type == GgmlType::Q5_1;
+            for (int b = 0; b < n / kQ8; ++b) {
+                const Legacy block = unpack_legacy(type, w + b * bytes);
+                for (int i = 0; i < kQ8; ++i) {
+                    const float scaled = block.d * block.q[i];
+                    y[kQ8 * b + i] = offset ? scaled + block.m : scaled;   // no + 0: −0 stays −0
+                }
+            }
+            return;
+        }
+        case GgmlType::Q2_K:
+        case GgmlType::Q3_K:
+        case GgmlType::Q5_K:
+        case GgmlType::IQ4_XS: {
+            const auto* w = static_cast<const uint8_t*>(row);
+            const size_t bytes = type_info(type).block_bytes;
+            for (int b = 0; b < n / kQK; ++b) {
+                const KQuant block = unpack_kquant(type, w + b * bytes);
+                for (int i = 0; i < kQK; ++i) {
+                    const float scale = block.d * block.scale[i / 16], offset = block.dmin * block.min[i / 16];
+                    y[kQK * b + i] = scale * block.q[i] - offset;
+                }
+            }
+            return;
+        }
     }
     throw std::invalid_argument("dequantize_row: unsupported type");
 }
@@ -247,6 +472,7 @@ void quantize_activation(GgmlType type, const float* x, int n, void* xq) {
             std::memcpy(xq, x, static_cast<size_t>(n) * sizeof(float));
             return;
         case ActivationFormat::q8_0: return quantize_q8_0(x, n, static_cast<BlockQ8_0*>(xq));
+        case ActivationFormat::q8_1: return quantize_q8_1(x, n, static_cast<BlockQ8_1*>(xq));
         case ActivationFormat::q8_k: return quantize_q8_k(x, n, static_cast<BlockQ8K*>(xq));
     }
 }
@@ -265,6 +491,18 @@ float vec_dot(GgmlType type, const void* row, const void* xq, int n) {
             return dot_q4_k(static_cast<const BlockQ4K*>(row), static_cast<const BlockQ8K*>(xq), n / kQK);
         case GgmlType::Q6_K:
             return dot_q6_k(static_cast<const BlockQ6K*>(row), static_cast<const BlockQ8K*>(xq), n / kQK);
+        case GgmlType::Q4_0:
+        case GgmlType::Q5_0:
+        case GgmlType::IQ4_NL:
+            return dot_legacy(type, static_cast<const uint8_t*>(row), static_cast<const BlockQ8_0*>(xq), n / kQ8);
+        case GgmlType::Q4_1:
+        case GgmlType::Q5_1:
+            return dot_legacy(type, static_cast<const uint8_t*>(row), static_cast<const BlockQ8_1*>(xq), n / kQ8);
+        case GgmlType::Q2_K:
+        case GgmlType::Q3_K:
+        case GgmlType::Q5_K:
+        case GgmlType::IQ4_XS:
+            return dot_kquant(type, static_cast<const uint8_t*>(row), static_cast<const BlockQ8K*>(xq), n / kQK);
     }
     return 0;
 }

@@ -16,7 +16,7 @@ import numpy as np
 from .errors import ModelError
 
 # GGML type numbers of the types the engine computes with.
-SUPPORTED_TYPES = {"F32": 0, "F16": 1, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14, "BF16": 30}
+SUPPORTED_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "IQ4_NL": 20, "IQ4_XS": 23, "BF16": 30}
 TYPE_NAMES = {number: name for name, number in SUPPORTED_TYPES.items()}
 
 # How each architecture turns router logits into expert weights, as llama.cpp's graph builds it:
@@ -175,9 +175,8 @@ def _tensor(path: Path, tensors: dict, name: str):
 def _type_name(path: Path, tensor) -> str:
     number = int(tensor.tensor_type)
     if number not in TYPE_NAMES:
-        kind = getattr(tensor.tensor_type, "name", str(number))
-        raise ModelError(f"{path}: tensor {tensor.name} has type {kind}, which the engine does not "
-                         f"compute with (supported: {', '.join(SUPPORTED_TYPES)})")
+        from .quants import unsupported_type_message
+        raise ModelError(f"{path}: {unsupported_type_message(tensor.name, getattr(tensor.tensor_type, 'name', str(number)))}")
     return TYPE_NAMES[number]
 
 

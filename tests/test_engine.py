@@ -26,7 +26,8 @@ from treegen import GIB, FakeMachine, write_tree
 
 CPUS = sorted(os.sched_getaffinity(0))[:2]
 SMALL = replace(PRESETS["default"], hidden=512, intermediate=512, experts=6, top_k=2, layers=2)
-TOLERANCE = {"F32": 1e-5, "F16": 1e-3, "BF16": 1e-2, "Q8_0": 0.02, "Q4_K_M": 0.03, "Q4_K": 0.03, "Q6_K": 0.03}
+TOLERANCE = {"F32": 1e-5, "F16": 1e-3, "BF16": 1e-2, "Q8_0": 0.02, "Q4_K_M": 0.03, "Q4_K": 0.03, "Q6_K": 0.03,
+             **{t: 0.03 for t in ("Q2_K", "Q3_K", "Q5_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS")}}
 
 
 @pytest.fixture(scope="module")
@@ -222,20 +223,20 @@ def test_bad_requests_are_one_line_errors(models, host):
 
 def test_unsupported_tensor_type_names_tensor_and_type(tmp_path):
     import gguf
-    path = tmp_path / "q5.gguf"
+    path = tmp_path / "iq2.gguf"
     writer = gguf.GGUFWriter(str(path), "qwen3moe")
     writer.add_uint32("qwen3moe.expert_count", 2)
     writer.add_uint32("qwen3moe.expert_used_count", 1)
     writer.add_tensor("blk.0.ffn_gate_inp.weight", np.zeros((2, 256), np.float32))
-    q5 = np.zeros((2, 256, 256 // 256 * 176), np.uint8)      # Q5_K: 176 bytes per 256 weights
-    for name in ("gate", "up"):
-        writer.add_tensor(f"blk.0.ffn_{name}_exps.weight", q5, raw_dtype=gguf.GGMLQuantizationType.Q5_K)
-    writer.add_tensor("blk.0.ffn_down_exps.weight", q5, raw_dtype=gguf.GGMLQuantizationType.Q5_K)
+    iq2 = np.zeros((2, 256, 256 // 256 * 66), np.uint8)      # IQ2_XXS: 66 bytes per 256 weights
+    for name in ("gate", "up", "down"):
+        writer.add_tensor(f"blk.0.ffn_{name}_exps.weight", iq2, raw_dtype=gguf.GGMLQuantizationType.IQ2_XXS)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(ModelError, match=r"blk\.0\.ffn_gate_exps\.weight has type Q5_K"):
+    with pytest.raises(ModelError, match=r"iq2\.gguf: blk\.0\.ffn_gate_exps\.weight is IQ2_XXS \(2\.06 bpw\), "
+                                         r"not supported; nearest synthetic: --type Q2_K \(2\.62 bpw\)$"):
         read_moe_model(path)
 
 

@@ -21,10 +21,12 @@ from numatune import _kernels, quants
 
 VARIANTS = _kernels.quant_variants()
 ROWS = 9  # the float kernels take rows four at a time: 9 exercises both paths
+K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")
+LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL")
+QUANTIZED = K_QUANTS + LEGACY
 SHAPES = {
-    "Q4_K": (256, 512, 768),
-    "Q6_K": (256, 512, 768),
-    "Q8_0": (32, 96, 224),          # multiples of 32 that are not multiples of 256
+    **{type_name: (256, 512, 768) for type_name in K_QUANTS},
+    **{type_name: (32, 96, 224) for type_name in LEGACY},   # multiples of 32, not of 256
     "F32": (1, 100, 129),
     "F16": (1, 100, 129),
     "BF16": (1, 100, 129),
@@ -42,13 +44,20 @@ def block(type_name: str) -> tuple[int, int]:
     return GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
 
 
+# Byte offsets of a block's f16 scales (d, and dmin or m), set to sane values in random blocks.
+SCALE_OFFSETS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
+                 "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "IQ4_NL": (0,),
+                 "IQ4_XS": (0,)}
+
+
 def random_blocks(type_name: str, rows: int, n: int, rng: np.random.Generator) -> np.ndarray:
     """Random bytes with sane f16 scales: every nibble, 6-bit value and scale sign occurs."""
     weights, nbytes = block(type_name)
     blocks = rng.integers(0, 256, size=(rows, n // weights, nbytes), dtype=np.uint8)
-    scale_offsets = {"Q4_K": (0, 2), "Q6_K": (208,), "Q8_0": (0,)}[type_name]
-    for offset in scale_offsets:
+    for offset in SCALE_OFFSETS[type_name]:
         scales = rng.uniform(1e-3, 1e-2, size=blocks.shape[:2]).astype(np.float16)
+        if type_name in ("Q4_1", "Q5_1"):   # m is an offset of either sign
+            scales *= rng.choice(np.array([-1, 1], np.float16), size=scales.shape)
         blocks[..., offset:offset + 2] = scales.view(np.uint8).reshape(*blocks.shape[:2], 2)
     return blocks.reshape(rows, -1)
 
@@ -63,10 +72,15 @@ def decode_activation(type_name: str, data: np.ndarray, n: int) -> np.ndarray:
     """The activation the kernels really dot with, decoded from quantize_activation's bytes."""
     if type_name in FLOATS:
         return data.view(np.float32).astype(np.float64)
-    if type_name == "Q8_0":
+    if type_name in ("Q4_0", "Q5_0", "Q8_0", "IQ4_NL"):   # Q8_0: f16 d, 32 int8
         blocks = data.reshape(n // 32, 34)
         return (blocks[:, :2].copy().view(np.float16).astype(np.float64)
                 * blocks[:, 2:].view(np.int8).astype(np.float64)).reshape(-1)
+    if type_name in ("Q4_1", "Q5_1"):           # Q8_1: f16 d, int16 Σ qs, 32 int8
+        blocks = data.reshape(n // 32, 36)
+        qs = blocks[:, 4:].view(np.int8)
+        assert np.array_equal(blocks[:, 2:4].copy().view(np.int16)[:, 0], qs.sum(axis=-1, dtype=np.int64)), "sums"
+        return (blocks[:, :2].copy().view(np.float16).astype(np.float64) * qs.astype(np.float64)).reshape(-1)
     blocks = data.reshape(n // 256, 292)  # Q8_K: f32 d, 256 int8, 16 int16 sums
     d = blocks[:, :4].copy().view(np.float32).astype(np.float64)
     qs = blocks[:, 4:260].view(np.int8)
@@ -79,10 +93,11 @@ def activation_half_step(type_name: str, x: np.ndarray) -> np.ndarray:
     """Half the quantization step of each element of x: the bound of its rounding error."""
     if type_name in FLOATS:
         return np.zeros_like(x, dtype=np.float64)
-    size = 32 if type_name == "Q8_0" else 256
+    legacy = type_name in LEGACY
+    size = 32 if legacy else 256
     amax = np.abs(x.astype(np.float64)).reshape(-1, size).max(axis=-1)
-    # Q8_0 stores its scale in f16: allow for that rounding too.
-    step = amax / 127 * (1 + 2 ** -10 if type_name == "Q8_0" else 1 + 1e-6)
+    # Q8_0 and Q8_1 store their scale in f16: allow for that rounding too.
+    step = amax / 127 * (1 + 2 ** -10 if legacy else 1 + 1e-6)
     return np.repeat(step / 2, size)
 
 
@@ -116,7 +131,7 @@ def test_gemv_matches_numpy(variant, source, type_name, n, rng):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("type_name, n", CASES)
 def test_variant_matches_scalar(variant, type_name, n, rng):
-    weights = (random_blocks(type_name, ROWS, n, rng) if type_name in ("Q4_K", "Q6_K", "Q8_0")
+    weights = (random_blocks(type_name, ROWS, n, rng) if type_name in QUANTIZED
                else weights_for(type_name, n, rng, "quantized normal"))
     x = (rng.standard_normal(n) * 3).astype(np.float32)
     activation = _kernels.quantize_activation(type_name, x, isa=variant)
@@ -130,7 +145,7 @@ def test_variant_matches_scalar(variant, type_name, n, rng):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("type_name", ["Q4_K", "Q6_K", "Q8_0"])
+@pytest.mark.parametrize("type_name", QUANTIZED)
 def test_activation_edge_cases_match_scalar(variant, type_name):
     n = 512
     ties = (np.arange(n) % 255 - 127).astype(np.float32) / 2  # many x·127/amax land on .5
@@ -162,7 +177,7 @@ def test_alternating_activations_each_give_their_own_result(variant, type_name, 
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("type_name", ["Q4_K", "Q6_K", "Q8_0"])
+@pytest.mark.parametrize("type_name", QUANTIZED)
 def test_a_rows_result_does_not_depend_on_the_rows_beside_it(variant, type_name, rng):
     """The kernels read row r together with row r + rows/2 and reduce sums several rows at a time;
     the engine splits rows over workers at arbitrary points, so every row's value must be the
@@ -200,8 +215,13 @@ def test_active_variant_follows_set_active_isa(rng):
 
 # ---- quantizers and the scalar dequantizer against gguf
 
-# Relative RMS error on N(0, 1) weights; measured 0.072, 0.017, 0.0054, 0.0017, 0.00021.
-RMS_BOUNDS = {"Q4_K": 0.08, "Q6_K": 0.02, "Q8_0": 0.006, "BF16": 0.002, "F16": 0.0003}
+# Relative RMS error on N(0, 1) weights; measured Q2_K 0.27, Q3_K 0.15, Q4_K 0.072, Q5_K 0.036,
+# Q6_K 0.017, Q4_0 0.086, Q4_1 0.078, Q5_0 0.043, Q5_1 0.038, Q8_0 0.0054, IQ4_NL 0.080,
+# IQ4_XS 0.080, BF16 0.0017, F16 0.00021.
+RMS_BOUNDS = {"Q2_K": 0.3, "Q3_K": 0.17, "Q4_K": 0.08, "Q5_K": 0.04, "Q6_K": 0.02,
+              "Q4_0": 0.095, "Q4_1": 0.085, "Q5_0": 0.047, "Q5_1": 0.042, "Q8_0": 0.006,
+              "IQ4_NL": 0.09, "IQ4_XS": 0.09,
+              "BF16": 0.002, "F16": 0.0003}
 
 
 @pytest.mark.parametrize("type_name", sorted(RMS_BOUNDS))
@@ -236,7 +256,7 @@ def test_k_quant_error_beats_plain_min_max_rounding(rng):
 @pytest.mark.parametrize("type_name, n", [(t, max(SHAPES[t])) for t in SHAPES])
 def test_scalar_dequantize_equals_gguf_exactly(type_name, n, rng):
     sources = [weights_for(type_name, n, rng, "quantized normal")]
-    if type_name in ("Q4_K", "Q6_K", "Q8_0"):
+    if type_name in QUANTIZED:
         sources.append(random_blocks(type_name, ROWS, n, rng))
     for data in sources:
         ours = np.stack([_kernels.dequantize_row(type_name, row.tobytes()) for row in data])
@@ -256,10 +276,18 @@ def test_quantizer_speed_is_vectorised(rng):
 
 
 def test_unknown_type_names_the_type(rng):
-    with pytest.raises(ValueError, match=r"unknown weight type 'Q5_K'.*Q4_K"):
-        _kernels.gemv("Q5_K", np.zeros((1, 176), np.uint8), np.zeros(256, np.float32))
-    with pytest.raises(ValueError, match="Q5_K"):
-        quants.quantize(np.zeros((1, 256), np.float32), "Q5_K")
+    with pytest.raises(ValueError, match=r"unknown weight type 'IQ2_XXS'.*Q4_K"):
+        _kernels.gemv("IQ2_XXS", np.zeros((1, 66), np.uint8), np.zeros(256, np.float32))
+    with pytest.raises(ValueError, match="IQ2_XXS"):
+        quants.quantize(np.zeros((1, 256), np.float32), "IQ2_XXS")
+
+
+def test_the_type_tables_agree():
+    """The kernels, the quantizer and the GGUF reader accept the same types."""
+    from numatune.gguf_moe import SUPPORTED_TYPES
+    assert set(_kernels.supported_types()) == set(quants.TYPE_NAMES) == set(SUPPORTED_TYPES)
+    for name, number in SUPPORTED_TYPES.items():
+        assert GGMLQuantizationType[name] == number
 
 
 def test_row_length_not_a_whole_number_of_blocks():
@@ -375,9 +403,16 @@ static int check(const QuantKernels& k, GgmlType t, int rows, int n) {
     for (int b = 0; b < n / info.block_weights; ++b) {
       uint8_t* blk = row + b * info.block_bytes;
       const uint16_t d = f32_to_f16(scale(rng)), dmin = f32_to_f16(scale(rng));
-      if (t == GgmlType::Q4_K) { std::memcpy(blk, &d, 2); std::memcpy(blk + 2, &dmin, 2); }
-      if (t == GgmlType::Q6_K) std::memcpy(blk + 208, &d, 2);
-      if (t == GgmlType::Q8_0) std::memcpy(blk, &d, 2);
+      switch (t) {  // the f16 scales (d, and dmin or m) of each type's block
+        case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q4_1: case GgmlType::Q5_1:
+          std::memcpy(blk, &d, 2); std::memcpy(blk + 2, &dmin, 2); break;
+        case GgmlType::Q2_K: std::memcpy(blk + 80, &d, 2); std::memcpy(blk + 82, &dmin, 2); break;
+        case GgmlType::Q3_K: std::memcpy(blk + 108, &d, 2); break;
+        case GgmlType::Q6_K: std::memcpy(blk + 208, &d, 2); break;
+        case GgmlType::Q8_0: case GgmlType::Q4_0: case GgmlType::Q5_0: case GgmlType::IQ4_NL: case GgmlType::IQ4_XS:
+          std::memcpy(blk, &d, 2); break;
+        default: break;
+      }
     }
     for (int i = 0; i < n && t == GgmlType::F32; ++i) reinterpret_cast<float*>(row)[i] = normal(rng);
     for (int i = 0; i < n && t == GgmlType::F16; ++i) reinterpret_cast<uint16_t*>(row)[i] = f32_to_f16(normal(rng));
@@ -406,8 +441,10 @@ static int check(const QuantKernels& k, GgmlType t, int rows, int n) {
 int main() {
   int failures = 0;
   for (const QuantKernels* k : {&avx512_quant_kernels(), &avx512_bf16_quant_kernels()}) {
-    for (int n : {256, 512, 768}) failures += check(*k, GgmlType::Q4_K, 7, n) + check(*k, GgmlType::Q6_K, 7, n);
-    for (int n : {32, 96, 224}) failures += check(*k, GgmlType::Q8_0, 7, n);
+    for (GgmlType t : {GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS})
+      for (int n : {256, 512, 768}) failures += check(*k, t, 7, n);
+    for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::IQ4_NL})
+      for (int n : {32, 96, 224}) failures += check(*k, t, 7, n);
     for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16})
       for (int n : {1, 100, 129, 1000}) failures += check(*k, t, 3, n) + check(*k, t, 9, n);
   }
@@ -436,13 +473,14 @@ def test_avx512_variant_under_emulation(tmp_path, require):
     require("g++")
     assert source.exists(), f"{source}: the kernels' source tree is missing"
     assert simde_include_dir() is not None, "SIMDe's headers are missing (Debian: libsimde-dev; .ci/run installs it)"
-    used = sorted(set(re.findall(r"\b_mm(?:512|256)_\w+", source.read_text())))
+    shared = KERNELS_SOURCE / "dot_x86_blocks.h"   # included by dot_avx512.cpp
+    used = sorted(set(re.findall(r"\b_mm(?:512|256)_\w+", source.read_text() + shared.read_text())))
     aliases, fallbacks = [], []
     for name in used:
         suffix = name.split("_", 2)[2]
         if name.startswith("_mm512_") and suffix in SIMDE_MISSING:
             fallbacks.append(f"#undef {name}\n#define {name} emu_{suffix}")
-        elif name.startswith("_mm512_") or name == "_mm256_dpbusd_epi32":
+        elif name.startswith("_mm512_") or name in ("_mm256_dpbusd_epi32", "_mm256_dpwssd_epi32"):
             aliases.append(f"#undef {name}\n#define {name} simde{name}")
     (tmp_path / "immintrin.h").write_text(
         EMULATION_HEADER.format(aliases="\n".join(aliases), fallbacks="\n".join(fallbacks)))
@@ -454,3 +492,53 @@ def test_avx512_variant_under_emulation(tmp_path, require):
                    check=True, capture_output=True, text=True, timeout=300)
     done = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout
+
+
+# ---- the types through the CLI
+
+NEW_TYPES = ("Q2_K", "Q3_K", "Q5_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS")
+
+
+@pytest.mark.parametrize("type_name", NEW_TYPES)
+def test_model_synth_writes_each_type_and_the_engine_runs_it(type_name, tmp_path, capsys):
+    from numatune.cli import main
+    from numatune.gguf_moe import read_moe_model
+    path = tmp_path / f"{type_name}.gguf"
+    assert main(["model", "synth", "--out", str(path), "--layers", "1", "--experts", "8",
+                 "--type", type_name.lower()]) == 0
+    layer = read_moe_model(path).layers[0]
+    assert {layer.gate.type_name, layer.up.type_name, layer.down.type_name} == {type_name}
+    capsys.readouterr()
+    code = main(["bench", "--model", str(path), "--threads", "1", "--tokens", "2", "--repeats", "1",
+                 "--no-bandwidth", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    import json
+    result = json.loads(out)
+    # 8 of 8 experts per token: every expert byte of the layer is read once per token
+    assert result["bytes_per_token"] >= sum(t.data.nbytes for t in (layer.gate, layer.up, layer.down))
+    assert result["tokens_per_s"]["median"] > 0
+
+
+def test_cli_names_tensor_type_and_nearest_synthetic_type(tmp_path, capsys):
+    import gguf
+    from numatune.cli import main
+    path = tmp_path / "iq3.gguf"
+    writer = gguf.GGUFWriter(str(path), "qwen3moe")
+    writer.add_uint32("qwen3moe.expert_count", 2)
+    writer.add_uint32("qwen3moe.expert_used_count", 1)
+    writer.add_tensor("blk.0.ffn_gate_inp.weight", np.zeros((2, 256), np.float32))
+    q4 = quants.quantize(np.ones((2, 256, 256), np.float32), "Q4_K")
+    writer.add_tensor("blk.0.ffn_gate_exps.weight", q4.reshape(2, 256, -1), raw_dtype=gguf.GGMLQuantizationType.Q4_K)
+    iq3 = np.zeros((2, 256, 98), np.uint8)   # IQ3_XXS: 98 bytes per 256 weights
+    for name in ("up", "down"):
+        writer.add_tensor(f"blk.0.ffn_{name}_exps.weight", iq3, raw_dtype=gguf.GGMLQuantizationType.IQ3_XXS)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    code = main(["bench", "--model", str(path), "--threads", "1", "--tokens", "1", "--repeats", "1", "--no-bandwidth"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert err.strip() == (f"numatune: error: {path}: blk.0.ffn_up_exps.weight is IQ3_XXS (3.06 bpw), not supported; "
+                           "nearest synthetic: --type Q3_K (3.44 bpw)"), err
