@@ -95,6 +95,8 @@ class TuneResult:
     runner_up: Optional[Trial]
     complete: bool                   # False when interrupted: `--resume` continues it
     created: str                     # ISO 8601 time
+    executed_share: Optional[float] = None   # share of a real decode step's weight bytes the engine runs
+    step_bytes_per_token: int = 0            # weight bytes of that real decode step
 
     def to_json(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "host_id": self.fingerprint.host_id,
@@ -102,7 +104,8 @@ class TuneResult:
                 "trials": [t.to_json() for t in self.trials],
                 "winner": self.winner.to_json() if self.winner else None,
                 "runner_up": self.runner_up.to_json() if self.runner_up else None,
-                "complete": self.complete, "created": self.created}
+                "complete": self.complete, "created": self.created,
+                "executed_share": self.executed_share, "step_bytes_per_token": self.step_bytes_per_token}
 
     @classmethod
     def from_json(cls, data: dict) -> "TuneResult":
@@ -111,7 +114,8 @@ class TuneResult:
         opt = lambda key: Trial.from_json(data[key]) if data.get(key) else None  # noqa: E731
         return cls(Fingerprint.from_json(data["fingerprint"]), data["model"],
                    tuple(Trial.from_json(t) for t in data["trials"]), opt("winner"), opt("runner_up"),
-                   bool(data["complete"]), data["created"])
+                   bool(data["complete"]), data["created"], data.get("executed_share"),
+                   int(data.get("step_bytes_per_token") or 0))
 
 
 def data_dir() -> Path:

@@ -9,6 +9,7 @@ layers; 0.03 is asserted. F32 files (the routing cases) are compared within 1e-5
 """
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -283,3 +284,42 @@ def test_malformed_files_are_one_line_errors(tmp_path, case, pattern):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_executed_share_counts_a_real_decode_step(tmp_path):
+    """Attention, embeddings and the output head are in the step's bytes, not in the engine's:
+    the embeddings by one row (the output head has its own tensor here), the routed experts by
+    their top-k share, the multi-token-prediction block not at all."""
+    path = write_model(tmp_path / "full.gguf", np.random.default_rng(6).standard_normal((EXPERTS, HIDDEN)),
+                       extra={"deepseek2.block_count": 2, "deepseek2.nextn_predict_layers": 1})
+    writer_extra = {"token_embd.weight": np.zeros((1000, HIDDEN), np.float32),
+                    "output.weight": np.zeros((1000, HIDDEN), np.float32),
+                    "blk.0.attn_q.weight": np.zeros((HIDDEN, HIDDEN), np.float32),
+                    "blk.1.attn_q.weight": np.zeros((HIDDEN, HIDDEN), np.float32)}   # the MTP block
+    reader = gguf.GGUFReader(str(path))
+    writer = gguf.GGUFWriter(str(tmp_path / "step.gguf"), "deepseek2")
+    for field in reader.fields.values():
+        if field.name.startswith("deepseek2."):
+            value = field.contents()
+            (writer.add_bool if isinstance(value, bool) else writer.add_float32 if isinstance(value, float)
+             else writer.add_uint32)(field.name, value)
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, np.array(tensor.data).reshape([int(n) for n in reversed(tensor.shape)]))
+    for name, values in writer_extra.items():
+        writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    model = read_moe_model(tmp_path / "step.gguf")
+    experts = 3 * EXPERTS * WIDTH * HIDDEN * 4
+    executed = experts * model.top_k // EXPERTS + EXPERTS * HIDDEN * 4
+    step = executed + HIDDEN * 4 + 1000 * HIDDEN * 4 + HIDDEN * HIDDEN * 4
+    assert (model.executed_bytes_per_token, model.step_bytes_per_token) == (executed, step)
+    assert model.executed_share == pytest.approx(executed / step)
+    result = subprocess.run(["numatune", "bench", "--model", str(tmp_path / "step.gguf"), "--cpus", str(CPUS[0]),
+                             "--tokens", "2", "--repeats", "1", "--no-bandwidth", "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["executed_share"] == pytest.approx(executed / step) and data["step_bytes_per_token"] == step
