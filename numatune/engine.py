@@ -148,6 +148,8 @@ class Engine:
     def experts_forward(self, layer: int, x: np.ndarray, expert_ids: Sequence[int],
                         expert_weights: Sequence[float]) -> np.ndarray:
         x = self._activation(layer, x)
+        if self.model.layers[layer].dense:
+            raise NumatuneError(f"layer {layer} is a dense block: it has no routed experts")
         ids = np.ascontiguousarray(expert_ids, dtype=np.int32)
         weights = np.ascontiguousarray(expert_weights, dtype=np.float32)
         if ids.shape != weights.shape or ids.ndim != 1:

@@ -22,7 +22,7 @@ import torch
 
 import moe_reference as ref
 from numatune.engine import POLICIES, Engine
-from numatune.errors import ModelError
+from numatune.errors import ModelError, NumatuneError
 from numatune.gguf_moe import read_moe_model
 from numatune.synth import PRESETS, synthesize
 from numatune.sysfs import Root
@@ -323,3 +323,12 @@ def test_executed_share_counts_a_real_decode_step(tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["executed_share"] == pytest.approx(executed / step) and data["step_bytes_per_token"] == step
+
+
+def test_a_dense_block_has_no_routed_experts(arch_models, host):
+    engine = Engine.load(arch_models["deepseek-v3"], CPUS, "first-touch", topology=host)
+    x = np.ones(engine.model.hidden, np.float32)
+    y, ids, weights = engine.route_and_forward(0, x)
+    assert len(ids) == 0 and len(weights) == 0 and np.isfinite(y).all() and np.abs(y).sum() > 0
+    with pytest.raises(NumatuneError, match="layer 0 is a dense block"):
+        engine.experts_forward(0, x, [0], [1.0])
