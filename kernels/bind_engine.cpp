@@ -31,36 +31,75 @@ void check_bytes(const Bytes& a, size_t expected, const char* what) {
     }
 }
 
-int add_layer(MoeEngine& engine, const Bytes& gate, const Bytes& up, const Bytes& down, int gate_type,
-              int up_type, int down_type, int hidden, int intermediate, int top_k, const Floats& router,
-              const Floats& bias, const std::string& gating, bool normalize, float scale) {
+// One feed-forward set's tensors as passed from Python: (gate, up, down, gate_type, up_type,
+// down_type, intermediate), checked against the byte sizes their types and shapes need.
+struct FfnArgs {
+    GgmlType gate_type{}, up_type{}, down_type{};
+    int intermediate = 0;
+    Bytes gate, up, down;            // held until the layer is copied in
+};
+
+FfnArgs ffn_args(const py::tuple& t, size_t experts, int hidden, const char* what) {
+    if (t.size() != 7) throw std::invalid_argument(std::string(what) + ": expected 7 items");
+    FfnArgs a;
+    a.gate_type = checked_type(t[3].cast<int>(), what);
+    a.up_type = checked_type(t[4].cast<int>(), what);
+    a.down_type = checked_type(t[5].cast<int>(), what);
+    a.intermediate = t[6].cast<int>();
+    if (a.intermediate <= 0) throw std::invalid_argument(std::string(what) + ": width must be positive");
+    a.gate = t[0].cast<Bytes>();
+    a.up = t[1].cast<Bytes>();
+    a.down = t[2].cast<Bytes>();
+    check_bytes(a.gate, experts * a.intermediate * row_bytes(a.gate_type, hidden), what);
+    check_bytes(a.up, experts * a.intermediate * row_bytes(a.up_type, hidden), what);
+    check_bytes(a.down, experts * hidden * row_bytes(a.down_type, a.intermediate), what);
+    return a;
+}
+
+int add_layer(MoeEngine& engine, int hidden, const py::object& experts, const py::object& shared, int top_k,
+              const Floats& router, const Floats& bias, const std::string& gating, bool normalize, float scale,
+              int groups, int groups_used, bool weight_before, const Floats& shared_gate) {
     LayerSource s;
     s.hidden = hidden;
-    s.intermediate = intermediate;
     s.top_k = top_k;
-    s.gate_type = checked_type(gate_type, "gate");
-    s.up_type = checked_type(up_type, "up");
-    s.down_type = checked_type(down_type, "down");
-    if (router.ndim() != 2 || router.shape(1) != hidden) throw std::invalid_argument("router must be experts × hidden");
-    s.experts = static_cast<int>(router.shape(0));
-    const size_t e = static_cast<size_t>(s.experts);
-    check_bytes(gate, e * intermediate * row_bytes(s.gate_type, hidden), "gate experts");
-    check_bytes(up, e * intermediate * row_bytes(s.up_type, hidden), "up experts");
-    check_bytes(down, e * hidden * row_bytes(s.down_type, intermediate), "down experts");
-    s.gate = gate.data();
-    s.up = up.data();
-    s.down = down.data();
-    s.router.assign(router.data(), router.data() + router.size());
-    if (bias.size() != 0) {
-        if (bias.size() != s.experts) throw std::invalid_argument("router bias must have one value per expert");
-        s.router_bias.assign(bias.data(), bias.data() + bias.size());
+    FfnArgs routed, always;
+    if (!experts.is_none()) {
+        if (router.ndim() != 2 || router.shape(1) != hidden) throw std::invalid_argument("router must be experts × hidden");
+        s.experts = static_cast<int>(router.shape(0));
+        routed = ffn_args(experts.cast<py::tuple>(), static_cast<size_t>(s.experts), hidden, "experts");
+        s.intermediate = routed.intermediate;
+        s.gate_type = routed.gate_type;
+        s.up_type = routed.up_type;
+        s.down_type = routed.down_type;
+        s.gate = routed.gate.data();
+        s.up = routed.up.data();
+        s.down = routed.down.data();
+        s.router.assign(router.data(), router.data() + router.size());
+        if (bias.size() != 0) {
+            if (bias.size() != s.experts) throw std::invalid_argument("router bias must have one value per expert");
+            s.router_bias.assign(bias.data(), bias.data() + bias.size());
+        }
+    }
+    if (!shared.is_none()) {
+        always = ffn_args(shared.cast<py::tuple>(), 1, hidden, "shared FFN");
+        s.always.intermediate = always.intermediate;
+        s.always.gate_type = always.gate_type;
+        s.always.up_type = always.up_type;
+        s.always.down_type = always.down_type;
+        s.always.gate = always.gate.data();
+        s.always.up = always.up.data();
+        s.always.down = always.down.data();
+        s.always.gate_inp.assign(shared_gate.data(), shared_gate.data() + shared_gate.size());
     }
     if (gating != "softmax" && gating != "sigmoid") throw std::invalid_argument("gating must be softmax or sigmoid");
     s.spec.gating = gating == "sigmoid" ? Gating::sigmoid : Gating::softmax;
     s.spec.normalize = normalize;
     s.spec.scale = scale;
+    s.spec.groups = groups;
+    s.spec.groups_used = groups_used;
+    s.spec.weight_before = weight_before;
     py::gil_scoped_release release;
-    return engine.add_layer(s);
+    return engine.add_layer(s);      // the arrays are released after the GIL is taken back
 }
 
 }  // namespace
@@ -76,7 +115,9 @@ void register_engine(py::module_& m) {
         .def(py::init([](const std::vector<int>& cpus, const std::vector<int>& cpu_nodes, Placement placement,
                          const std::vector<int>& nodes) { return new MoeEngine(cpus, cpu_nodes, placement, nodes); }),
              py::arg("cpus"), py::arg("cpu_nodes"), py::arg("placement"), py::arg("nodes"))
-        .def("add_layer", &add_layer)
+        .def("add_layer", &add_layer, py::arg("hidden"), py::arg("experts"), py::arg("shared"), py::arg("top_k"),
+             py::arg("router"), py::arg("bias"), py::arg("gating"), py::arg("normalize"), py::arg("scale"),
+             py::arg("groups"), py::arg("groups_used"), py::arg("weight_before"), py::arg("shared_gate"))
         .def("experts_forward",
              [](MoeEngine& e, int layer, const Floats& x, const Ints& ids, const Floats& weights) {
                  if (layer < 0 || layer >= e.layers()) throw std::invalid_argument("layer out of range");
@@ -94,7 +135,7 @@ void register_engine(py::module_& m) {
              [](MoeEngine& e, int layer, const Floats& x) {
                  if (layer < 0 || layer >= e.layers()) throw std::invalid_argument("layer out of range");
                  if (x.size() != e.hidden(layer)) throw std::invalid_argument("x has the wrong width");
-                 const int k = e.top_k(layer);
+                 const int k = e.top_k(layer);            // 0 for a dense layer
                  Floats y(e.hidden(layer));
                  Ints ids(k);
                  Floats w(k);

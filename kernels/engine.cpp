@@ -77,7 +77,7 @@ size_t activation_offset(GgmlType type, int first) { return first == 0 ? 0 : act
 
 }  // namespace
 
-// One copy (replicate), one node's share (partition) or the only copy of a layer's experts.
+// One copy (replicate), one node's share (partition) or the only copy of a set of experts.
 struct MoeEngine::Slice {
     int group = 0;                    // index into nodes_ (which workers read it)
     int row_begin = 0, row_end = 0;   // rows of gate/up (= columns of down) held here
@@ -86,18 +86,28 @@ struct MoeEngine::Slice {
     size_t down_row_bytes = 0;        // bytes of one down row restricted to [row_begin, row_end)
 };
 
-struct MoeEngine::Layer {
-    LayerSource source;               // shapes, types, router (the weight pointers are not kept)
+// Experts of one shape and type, placed: a layer's routed experts, or its one always-computed
+// FFN (shared expert or dense FFN), which is placed and split over the workers the same way.
+struct MoeEngine::Experts {
+    int count = 0, hidden = 0, intermediate = 0;
+    GgmlType gate_type{}, up_type{}, down_type{};
     size_t gate_row_bytes = 0, up_row_bytes = 0, down_row_bytes = 0;
     int block_rows = 32;              // rows of h per activation block of down (slices align to it)
     int blocks = 0;                   // activation blocks per expert: ceil(intermediate / block_rows)
     std::vector<Slice> slices;
     size_t expert_bytes = 0;          // gate + up + down of one expert
+};
+
+struct MoeEngine::Layer {
+    LayerSource source;               // shapes, types, router (the weight pointers are not kept)
+    Experts routed;                   // count == 0: a dense layer
+    Experts always;                   // count == 0: no shared expert
     size_t router_bytes = 0;
+    size_t always_gate_bytes = 0;     // qwen2moe's shared-expert gate
 };
 
 struct MoeEngine::Scratch {
-    std::vector<float> logits, x, xnext;
+    std::vector<float> logits, x, xnext, xs;
     std::vector<uint8_t> x_gate_q, x_up_q;
     std::vector<float> h;             // top_k × intermediate
     std::vector<uint8_t> h_q;         // top_k × activation bytes of intermediate
@@ -106,6 +116,8 @@ struct MoeEngine::Scratch {
     size_t down_out_stride = 0;
     std::vector<int> ids;
     std::vector<float> weights;
+    std::vector<float> group_scores;
+    std::vector<char> eligible;
     size_t h_q_stride = 0;
     // Per (expert j, block of h): units of gate/up still to finish that block.
     std::unique_ptr<std::atomic<int>[]> pending;
@@ -157,28 +169,65 @@ int MoeEngine::hidden(int layer) const { return layers_.at(layer)->source.hidden
 int MoeEngine::top_k(int layer) const { return layers_.at(layer)->source.top_k; }
 
 int MoeEngine::add_layer(const LayerSource& src) {
-    if (src.experts <= 0 || src.hidden <= 0 || src.intermediate <= 0 || src.top_k <= 0 || src.top_k > src.experts) {
+    const bool dense = src.experts == 0;
+    if (src.experts < 0 || src.hidden <= 0 || (!dense && (src.intermediate <= 0 || src.top_k <= 0 || src.top_k > src.experts))) {
         throw std::invalid_argument("layer shape is invalid (experts, widths or top-k)");
     }
-    if (src.router.size() != static_cast<size_t>(src.experts) * src.hidden) {
+    if (dense && (src.always.intermediate <= 0 || src.top_k != 0)) {
+        throw std::invalid_argument("a dense layer needs its FFN and no top-k");
+    }
+    if (!dense && src.router.size() != static_cast<size_t>(src.experts) * src.hidden) {
         throw std::invalid_argument("router must be experts × hidden float32 values");
+    }
+    const RouterSpec& spec = src.spec;
+    if (!dense && (spec.groups < 1 || src.experts % spec.groups != 0 || spec.groups_used < 1 ||
+                   spec.groups_used > spec.groups || spec.groups_used * (src.experts / spec.groups) < src.top_k)) {
+        throw std::invalid_argument("expert groups must divide the experts and leave at least top-k eligible");
+    }
+    if (spec.weight_before && src.top_k != 1) throw std::invalid_argument("weighting the input needs top-1 routing");
+    if (!src.always.gate_inp.empty() && src.always.gate_inp.size() != static_cast<size_t>(src.hidden)) {
+        throw std::invalid_argument("the shared expert's gate must have hidden values");
     }
     auto layer = std::make_unique<Layer>();
     Layer& L = *layer;
     L.source = src;
     L.source.gate = L.source.up = L.source.down = nullptr;
-    L.gate_row_bytes = row_bytes(src.gate_type, src.hidden);
-    L.up_row_bytes = row_bytes(src.up_type, src.hidden);
-    L.down_row_bytes = row_bytes(src.down_type, src.intermediate);
-    L.block_rows = block_rows(src.down_type);
-    L.expert_bytes = (L.gate_row_bytes + L.up_row_bytes) * src.intermediate + L.down_row_bytes * src.hidden;
-    L.router_bytes = src.router.size() * sizeof(float);
-    L.blocks = (src.intermediate + L.block_rows - 1) / L.block_rows;
+    L.source.always.gate = L.source.always.up = L.source.always.down = nullptr;
+    L.router_bytes = (src.router.size() + src.router_bias.size()) * sizeof(float);
+    L.always_gate_bytes = src.always.gate_inp.size() * sizeof(float);
+    if (!dense) {
+        L.routed = Experts{src.experts, src.hidden, src.intermediate, src.gate_type, src.up_type, src.down_type};
+        place(L.routed, src.gate, src.up, src.down);
+        size_scratch(L.routed, src.experts);       // experts_forward may ask for up to all
+    }
+    if (src.always.intermediate > 0) {
+        const FfnSource& a = src.always;
+        L.always = Experts{1, src.hidden, a.intermediate, a.gate_type, a.up_type, a.down_type};
+        place(L.always, a.gate, a.up, a.down);
+        size_scratch(L.always, 1);
+    }
+    Scratch& S = *scratch_;
+    S.logits.resize(std::max<size_t>(S.logits.size(), src.experts));
+    S.group_scores.resize(std::max<size_t>(S.group_scores.size(), spec.groups));
+    S.eligible.resize(std::max<size_t>(S.eligible.size(), src.experts));
+    S.ids.resize(std::max<size_t>(S.ids.size(), std::max(1, src.top_k)));
+    S.weights.resize(std::max<size_t>(S.weights.size(), std::max(1, src.top_k)));
+    layers_.push_back(std::move(layer));
+    return static_cast<int>(layers_.size()) - 1;
+}
+
+void MoeEngine::place(Experts& E, const uint8_t* gate, const uint8_t* up, const uint8_t* down) {
+    E.gate_row_bytes = row_bytes(E.gate_type, E.hidden);
+    E.up_row_bytes = row_bytes(E.up_type, E.hidden);
+    E.down_row_bytes = row_bytes(E.down_type, E.intermediate);
+    E.block_rows = block_rows(E.down_type);
+    E.expert_bytes = (E.gate_row_bytes + E.up_row_bytes) * E.intermediate + E.down_row_bytes * E.hidden;
+    E.blocks = (E.intermediate + E.block_rows - 1) / E.block_rows;
 
     const size_t groups = group_workers_.size();
     const bool partition = placement_ == Placement::partition;
-    if (partition && L.blocks < static_cast<int>(groups)) {
-        throw std::invalid_argument("expert width " + std::to_string(src.intermediate) +
+    if (partition && E.blocks < static_cast<int>(groups)) {
+        throw std::invalid_argument("expert width " + std::to_string(E.intermediate) +
                                     " is too narrow to partition over " + std::to_string(groups) + " nodes");
     }
     const size_t copies = placement_ == Placement::replicate || partition ? groups : 1;
@@ -186,18 +235,18 @@ int MoeEngine::add_layer(const LayerSource& src) {
         Slice s;
         s.group = static_cast<int>(g);
         if (partition) {
-            auto [u0, u1] = share(L.blocks, static_cast<int>(groups), static_cast<int>(g));
-            s.row_begin = u0 * L.block_rows;
-            s.row_end = std::min(u1 * L.block_rows, src.intermediate);
+            auto [u0, u1] = share(E.blocks, static_cast<int>(groups), static_cast<int>(g));
+            s.row_begin = u0 * E.block_rows;
+            s.row_end = std::min(u1 * E.block_rows, E.intermediate);
         } else {
             s.row_begin = 0;
-            s.row_end = src.intermediate;
+            s.row_end = E.intermediate;
         }
         const int rows = s.row_end - s.row_begin;
-        s.gate_expert_bytes = L.gate_row_bytes * rows;
-        s.up_expert_bytes = L.up_row_bytes * rows;
-        s.down_row_bytes = row_bytes(src.down_type, rows);
-        s.down_expert_bytes = s.down_row_bytes * src.hidden;
+        s.gate_expert_bytes = E.gate_row_bytes * rows;
+        s.up_expert_bytes = E.up_row_bytes * rows;
+        s.down_row_bytes = row_bytes(E.down_type, rows);
+        s.down_expert_bytes = s.down_row_bytes * E.hidden;
         MemPolicy policy = MemPolicy::inherit;
         std::vector<int> where;
         if (placement_ == Placement::bind || placement_ == Placement::replicate || partition) {
@@ -207,96 +256,118 @@ int MoeEngine::add_layer(const LayerSource& src) {
             policy = MemPolicy::interleave;
             where = nodes_;
         }
-        s.gate.reset(new Region(s.gate_expert_bytes * src.experts, policy, where));
-        s.up.reset(new Region(s.up_expert_bytes * src.experts, policy, where));
-        s.down.reset(new Region(s.down_expert_bytes * src.experts, policy, where));
-        L.slices.push_back(std::move(s));
+        s.gate.reset(new Region(s.gate_expert_bytes * E.count, policy, where));
+        s.up.reset(new Region(s.up_expert_bytes * E.count, policy, where));
+        s.down.reset(new Region(s.down_expert_bytes * E.count, policy, where));
+        E.slices.push_back(std::move(s));
     }
 
     // Copy in parallel: each slice by the workers that will read it, so that under first-touch
     // the pages land on the readers' nodes and a bound placement is filled at full bandwidth.
     auto copy_job = [&](int worker) {
-        for (Slice& s : L.slices) {
+        for (Slice& s : E.slices) {
             const bool mine = copies == 1 || s.group == group_of_worker_[worker];
             if (!mine) continue;
             const auto& members = copies == 1 ? std::vector<int>() : group_workers_[s.group];
             const int parts = copies == 1 ? pool_->size() : static_cast<int>(members.size());
             const int index = copies == 1 ? worker
                 : static_cast<int>(std::find(members.begin(), members.end(), worker) - members.begin());
-            auto [e0, e1] = share(src.experts * 2, parts, index);  // gate+up rows, by expert half
+            auto [e0, e1] = share(E.count * 2, parts, index);  // gate+up rows, by expert half
             for (int item = e0; item < e1; ++item) {
                 const int e = item / 2;
                 const bool is_gate = item % 2 == 0;
-                const uint8_t* from = (is_gate ? src.gate : src.up) +
-                    (static_cast<size_t>(e) * src.intermediate + s.row_begin) *
-                    (is_gate ? L.gate_row_bytes : L.up_row_bytes);
+                const uint8_t* from = (is_gate ? gate : up) +
+                    (static_cast<size_t>(e) * E.intermediate + s.row_begin) *
+                    (is_gate ? E.gate_row_bytes : E.up_row_bytes);
                 uint8_t* to = (is_gate ? s.gate : s.up)->data() +
                     e * (is_gate ? s.gate_expert_bytes : s.up_expert_bytes);
                 std::memcpy(to, from, is_gate ? s.gate_expert_bytes : s.up_expert_bytes);
             }
             // down: every row's columns [row_begin, row_end), i.e. whole blocks of that row.
-            const size_t col_offset = row_offset(src.down_type, s.row_begin);
-            auto [r0, r1] = share(src.experts * src.hidden, parts, index);
+            const size_t col_offset = row_offset(E.down_type, s.row_begin);
+            auto [r0, r1] = share(E.count * E.hidden, parts, index);
             for (int item = r0; item < r1; ++item) {
-                const uint8_t* from = src.down + static_cast<size_t>(item) * L.down_row_bytes + col_offset;
+                const uint8_t* from = down + static_cast<size_t>(item) * E.down_row_bytes + col_offset;
                 std::memcpy(s.down->data() + static_cast<size_t>(item) * s.down_row_bytes, from, s.down_row_bytes);
             }
         }
     };
-    {
-        ThreadPool::CallerScope scope(*pool_);
-        pool_->run(copy_job);
-    }
+    ThreadPool::CallerScope scope(*pool_);
+    pool_->run(copy_job);
+}
 
+void MoeEngine::size_scratch(const Experts& E, int max_k) {
     Scratch& S = *scratch_;
-    const int k = src.top_k;
-    S.logits.resize(std::max<size_t>(S.logits.size(), src.experts));
-    S.x.resize(std::max<size_t>(S.x.size(), src.hidden));
-    S.xnext.resize(std::max<size_t>(S.xnext.size(), src.hidden));
-    S.x_gate_q.resize(std::max(S.x_gate_q.size(), activation_bytes(src.gate_type, src.hidden)));
-    S.x_up_q.resize(std::max(S.x_up_q.size(), activation_bytes(src.up_type, src.hidden)));
-    const size_t max_k = static_cast<size_t>(src.experts);  // experts_forward may ask for up to all
-    S.h.resize(std::max(S.h.size(), max_k * src.intermediate));
-    S.h_q_stride = std::max(S.h_q_stride, activation_bytes(src.down_type, src.intermediate));
-    S.h_q.resize(std::max(S.h_q.size(), max_k * S.h_q_stride));
-    S.partial.resize(std::max(S.partial.size(), groups * src.hidden));
-    S.down_out_stride = std::max<size_t>(S.down_out_stride, src.hidden);
+    const size_t groups = group_workers_.size();
+    S.x.resize(std::max<size_t>(S.x.size(), E.hidden));
+    S.xs.resize(std::max<size_t>(S.xs.size(), E.hidden));
+    S.xnext.resize(std::max<size_t>(S.xnext.size(), E.hidden));
+    S.x_gate_q.resize(std::max(S.x_gate_q.size(), activation_bytes(E.gate_type, E.hidden)));
+    S.x_up_q.resize(std::max(S.x_up_q.size(), activation_bytes(E.up_type, E.hidden)));
+    const size_t k = static_cast<size_t>(max_k);
+    S.h.resize(std::max(S.h.size(), k * E.intermediate));
+    S.h_q_stride = std::max(S.h_q_stride, activation_bytes(E.down_type, E.intermediate));
+    S.h_q.resize(std::max(S.h_q.size(), k * S.h_q_stride));
+    S.partial.resize(std::max(S.partial.size(), groups * E.hidden));
+    S.down_out_stride = std::max<size_t>(S.down_out_stride, E.hidden);
     S.down_out.resize(S.down_out_stride * pool_->size());
-    const size_t pending = max_k * L.blocks;
+    const size_t pending = k * E.blocks;
     if (pending > S.pending_size) {
         S.pending.reset(new std::atomic<int>[pending]);
         S.pending_size = pending;
     }
-    S.ids.resize(std::max<size_t>(S.ids.size(), k));
-    S.weights.resize(std::max<size_t>(S.weights.size(), k));
-    layers_.push_back(std::move(layer));
-    return static_cast<int>(layers_.size()) - 1;
 }
 
 void MoeEngine::experts_forward(int layer, const float* x, const int* ids, const float* weights, int k, float* y) {
     Layer& L = *layers_.at(layer);
-    if (k <= 0 || k > L.source.experts) throw std::invalid_argument("number of experts out of range");
+    if (k <= 0 || k > L.routed.count) throw std::invalid_argument("number of experts out of range");
     for (int j = 0; j < k; ++j) {
-        if (ids[j] < 0 || ids[j] >= L.source.experts) {
+        if (ids[j] < 0 || ids[j] >= L.routed.count) {
             throw std::invalid_argument("expert id " + std::to_string(ids[j]) + " out of range");
         }
     }
     ThreadPool::CallerScope scope(*pool_);
-    std::copy(x, x + L.source.hidden, scratch_->x.begin());
-    run_experts(L, ids, weights, k, y);
+    run_experts(L.routed, x, ids, weights, k, y, false);
 }
 
 void MoeEngine::moe_forward(int layer, const float* x, float* y, int* chosen_ids, float* chosen_weights) {
     Layer& L = *layers_.at(layer);
     ThreadPool::CallerScope scope(*pool_);
-    std::copy(x, x + L.source.hidden, scratch_->x.begin());
-    route(L, scratch_->x.data(), chosen_ids, chosen_weights);
-    run_experts(L, chosen_ids, chosen_weights, L.source.top_k, y);
+    forward(L, x, y, chosen_ids, chosen_weights);
+}
+
+void MoeEngine::forward(Layer& L, const float* x, float* y, int* ids, float* weights) {
+    const LayerSource& s = L.source;
+    bool written = false;
+    if (L.routed.count > 0) {
+        route(L, x, ids, weights);
+        if (s.spec.weight_before) {
+            // Llama 4 scales the expert's input, not its output (top-1: one scaled copy of x).
+            float* xs = scratch_->xs.data();
+            for (int i = 0; i < s.hidden; ++i) xs[i] = x[i] * weights[0];
+            const float one = 1.0f;
+            run_experts(L.routed, xs, ids, &one, 1, y, false);
+        } else {
+            run_experts(L.routed, x, ids, weights, s.top_k, y, false);
+        }
+        written = true;
+    }
+    if (L.always.count > 0) {
+        float gate = 1.0f;
+        if (!s.always.gate_inp.empty()) {
+            double dot = 0;
+            for (int i = 0; i < s.hidden; ++i) dot += double(s.always.gate_inp[i]) * x[i];
+            gate = static_cast<float>(1.0 / (1.0 + std::exp(-dot)));
+        }
+        const int zero = 0;
+        run_experts(L.always, x, &zero, &gate, 1, y, written);
+    }
 }
 
 void MoeEngine::route(const Layer& L, const float* x, int* ids, float* weights) {
     const LayerSource& s = L.source;
-    float* logits = scratch_->logits.data();
+    Scratch& S = *scratch_;
+    float* logits = S.logits.data();
     const QuantKernels& q = quant_kernels();
     auto router_job = [&](int worker) {
         auto [e0, e1] = share(s.experts, pool_->size(), worker);
@@ -315,11 +386,39 @@ void MoeEngine::route(const Layer& L, const float* x, int* ids, float* weights) 
         for (int e = 0; e < s.experts; ++e) sum += (logits[e] = std::exp(logits[e] - top));
         for (int e = 0; e < s.experts; ++e) logits[e] /= sum;
     }
-    // Top-k by (probability + selection bias), highest first; ties to the lower id.
     const bool biased = !s.router_bias.empty();
     auto key = [&](int e) { return logits[e] + (biased ? s.router_bias[e] : 0.0f); };
+    // Group-limited selection (DeepSeek's Gate): a group's score is the sum of its two highest
+    // selection scores when there is a selection bias (V3/R1), its highest otherwise (V2); the
+    // best groups_used groups stay eligible. Ties go to the lower group, as below to the lower id.
+    char* eligible = S.eligible.data();
+    std::fill(eligible, eligible + s.experts, 1);
+    if (s.spec.groups > 1) {
+        const int per_group = s.experts / s.spec.groups;
+        float* score = S.group_scores.data();
+        for (int g = 0; g < s.spec.groups; ++g) {
+            float first = -INFINITY, second = -INFINITY;
+            for (int e = g * per_group; e < (g + 1) * per_group; ++e) {
+                const float v = key(e);
+                if (v > first) {
+                    second = first;
+                    first = v;
+                } else if (v > second) {
+                    second = v;
+                }
+            }
+            score[g] = biased && per_group > 1 ? first + second : first;
+        }
+        for (int g = 0; g < s.spec.groups; ++g) {
+            int better = 0;             // groups ranked before g
+            for (int o = 0; o < s.spec.groups; ++o) better += score[o] > score[g] || (score[o] == score[g] && o < g);
+            if (better >= s.spec.groups_used) std::fill(eligible + g * per_group, eligible + (g + 1) * per_group, 0);
+        }
+    }
+    // Top-k by (probability + selection bias) among the eligible, highest first; ties to the lower id.
     for (int j = 0; j < s.top_k; ++j) ids[j] = -1;
     for (int e = 0; e < s.experts; ++e) {
+        if (!eligible[e]) continue;
         int pos = s.top_k;
         while (pos > 0 && (ids[pos - 1] < 0 || key(e) > key(ids[pos - 1]))) --pos;
         if (pos >= s.top_k) continue;
@@ -332,14 +431,14 @@ void MoeEngine::route(const Layer& L, const float* x, int* ids, float* weights) 
     for (int j = 0; j < s.top_k; ++j) weights[j] *= norm * s.spec.scale;
 }
 
-void MoeEngine::run_experts(Layer& L, const int* ids, const float* weights, int k, float* y) {
-    const LayerSource& s = L.source;
+void MoeEngine::run_experts(Experts& E, const float* x, const int* ids, const float* weights, int k, float* y,
+                            bool accumulate) {
     Scratch& S = *scratch_;
     const QuantKernels& q = quant_kernels();
     // The activation, quantized once for all experts (once more only if gate and up differ).
-    q.quantize_activation(s.gate_type, S.x.data(), s.hidden, S.x_gate_q.data());
-    const bool same = type_info(s.gate_type).activation == type_info(s.up_type).activation;
-    if (!same) q.quantize_activation(s.up_type, S.x.data(), s.hidden, S.x_up_q.data());
+    q.quantize_activation(E.gate_type, x, E.hidden, S.x_gate_q.data());
+    const bool same = type_info(E.gate_type).activation == type_info(E.up_type).activation;
+    if (!same) q.quantize_activation(E.up_type, x, E.hidden, S.x_up_q.data());
     const void* x_up = same ? S.x_gate_q.data() : S.x_up_q.data();
     const bool partition = placement_ == Placement::partition;
     const size_t groups = group_workers_.size();
@@ -357,22 +456,22 @@ void MoeEngine::run_experts(Layer& L, const int* ids, const float* weights, int 
         const auto& members = group_workers_[group];
         const int index = partition ? static_cast<int>(std::find(members.begin(), members.end(), worker) - members.begin())
                                     : worker;
-        return Part{L.slices[L.slices.size() == 1 ? 0 : group], group,
+        return Part{E.slices[E.slices.size() == 1 ? 0 : group], group,
                     partition ? static_cast<int>(members.size()) : pool_->size(), index};
     };
 
     // Units are (expert j, unit_rows rows) of a slice; slices start on block boundaries, and a
     // block is a whole number of units, so no unit straddles two blocks. All slices use one unit
     // size (the smallest any of them needs), which sets every block's countdown the same way.
-    int unit_rows = L.block_rows;
-    for (const Slice& slice : L.slices) {
+    int unit_rows = E.block_rows;
+    for (const Slice& slice : E.slices) {
         const int parts = partition ? static_cast<int>(group_workers_[slice.group].size()) : pool_->size();
-        unit_rows = std::min(unit_rows, work_rows(L.block_rows, k, slice.row_end - slice.row_begin, parts));
+        unit_rows = std::min(unit_rows, work_rows(E.block_rows, k, slice.row_end - slice.row_begin, parts));
     }
     for (int j = 0; j < k; ++j) {
-        for (int b = 0; b < L.blocks; ++b) {
-            const int rows = std::min(L.block_rows, s.intermediate - b * L.block_rows);
-            S.pending[static_cast<size_t>(j) * L.blocks + b].store((rows + unit_rows - 1) / unit_rows,
+        for (int b = 0; b < E.blocks; ++b) {
+            const int rows = std::min(E.block_rows, E.intermediate - b * E.block_rows);
+            S.pending[static_cast<size_t>(j) * E.blocks + b].store((rows + unit_rows - 1) / unit_rows,
                                                                      std::memory_order_relaxed);
         }
     }
@@ -384,22 +483,22 @@ void MoeEngine::run_experts(Layer& L, const int* ids, const float* weights, int 
         for (int u = u0; u < u1; ++u) {
             const int j = u / slice_units;
             const int r0 = (first_unit + u % slice_units) * unit_rows;
-            const int rows = std::min(unit_rows, s.intermediate - r0);
+            const int rows = std::min(unit_rows, E.intermediate - r0);
             const size_t local_row = static_cast<size_t>(r0 - slice.row_begin);
             float gate_out[256], up_out[256];   // unit_rows ≤ block_rows ≤ 256
-            const uint8_t* g = slice.gate->data() + ids[j] * slice.gate_expert_bytes + local_row * L.gate_row_bytes;
-            const uint8_t* v = slice.up->data() + ids[j] * slice.up_expert_bytes + local_row * L.up_row_bytes;
-            q.gemv(s.gate_type, g, L.gate_row_bytes, rows, S.x_gate_q.data(), s.hidden, gate_out);
-            q.gemv(s.up_type, v, L.up_row_bytes, rows, x_up, s.hidden, up_out);
-            float* h = S.h.data() + static_cast<size_t>(j) * s.intermediate;
+            const uint8_t* g = slice.gate->data() + ids[j] * slice.gate_expert_bytes + local_row * E.gate_row_bytes;
+            const uint8_t* v = slice.up->data() + ids[j] * slice.up_expert_bytes + local_row * E.up_row_bytes;
+            q.gemv(E.gate_type, g, E.gate_row_bytes, rows, S.x_gate_q.data(), E.hidden, gate_out);
+            q.gemv(E.up_type, v, E.up_row_bytes, rows, x_up, E.hidden, up_out);
+            float* h = S.h.data() + static_cast<size_t>(j) * E.intermediate;
             for (int r = 0; r < rows; ++r) h[r0 + r] = silu(gate_out[r]) * up_out[r];
             // The unit that finishes a block quantizes it; acq_rel makes the other units' rows
             // of h visible to it.
-            const int b = r0 / L.block_rows;
-            if (S.pending[static_cast<size_t>(j) * L.blocks + b].fetch_sub(1, std::memory_order_acq_rel) == 1) {
-                const int b0 = b * L.block_rows;
-                q.quantize_activation(s.down_type, h + b0, std::min(L.block_rows, s.intermediate - b0),
-                                      S.h_q.data() + j * S.h_q_stride + activation_offset(s.down_type, b0));
+            const int b = r0 / E.block_rows;
+            if (S.pending[static_cast<size_t>(j) * E.blocks + b].fetch_sub(1, std::memory_order_acq_rel) == 1) {
+                const int b0 = b * E.block_rows;
+                q.quantize_activation(E.down_type, h + b0, std::min(E.block_rows, E.intermediate - b0),
+                                      S.h_q.data() + j * S.h_q_stride + activation_offset(E.down_type, b0));
             }
         }
     };
@@ -409,28 +508,28 @@ void MoeEngine::run_experts(Layer& L, const int* ids, const float* weights, int 
     // multiplies its own columns (its slice of h) and the nodes' partial sums are added after.
     auto down_job = [&](int worker) {
         const auto [slice, group, parts, index] = part_of(worker);
-        auto [r0, r1] = share(s.hidden, parts, index);
+        auto [r0, r1] = share(E.hidden, parts, index);
         if (r1 <= r0) return;
-        float* out = partition ? S.partial.data() + static_cast<size_t>(group) * s.hidden : y;
-        std::fill(out + r0, out + r1, 0.0f);
+        float* out = partition ? S.partial.data() + static_cast<size_t>(group) * E.hidden : y;
+        if (partition || !accumulate) std::fill(out + r0, out + r1, 0.0f);
         // One long gemv per expert over this worker's rows keeps the prefetcher streaming.
         float* tmp = S.down_out.data() + static_cast<size_t>(worker) * S.down_out_stride;
-        const size_t h_offset = activation_offset(s.down_type, slice.row_begin);
+        const size_t h_offset = activation_offset(E.down_type, slice.row_begin);
         const int cols = slice.row_end - slice.row_begin;
         for (int j = 0; j < k; ++j) {
             const uint8_t* base = slice.down->data() + ids[j] * slice.down_expert_bytes;
             const void* hq = S.h_q.data() + j * S.h_q_stride + h_offset;
-            q.gemv(s.down_type, base + static_cast<size_t>(r0) * slice.down_row_bytes, slice.down_row_bytes,
+            q.gemv(E.down_type, base + static_cast<size_t>(r0) * slice.down_row_bytes, slice.down_row_bytes,
                    r1 - r0, hq, cols, tmp);
             for (int r = r0; r < r1; ++r) out[r] += weights[j] * tmp[r - r0];
         }
     };
     pool_->run(down_job);
     if (partition) {
-        std::copy(S.partial.begin(), S.partial.begin() + s.hidden, y);
-        for (size_t g = 1; g < groups; ++g) {
-            const float* p = S.partial.data() + g * s.hidden;
-            for (int r = 0; r < s.hidden; ++r) y[r] += p[r];
+        if (!accumulate) std::fill(y, y + E.hidden, 0.0f);
+        for (size_t g = 0; g < groups; ++g) {
+            const float* p = S.partial.data() + g * E.hidden;
+            for (int r = 0; r < E.hidden; ++r) y[r] += p[r];
         }
     }
 }
@@ -456,14 +555,16 @@ DecodeStats MoeEngine::decode_bench(int tokens, int warmup, uint64_t seed) {
         for (auto& layer_ptr : layers_) {
             Layer& L = *layer_ptr;
             const int h = L.source.hidden;
-            route(L, S.x.data(), S.ids.data(), S.weights.data());
-            run_experts(L, S.ids.data(), S.weights.data(), L.source.top_k, S.xnext.data());
+            forward(L, S.x.data(), S.xnext.data(), S.ids.data(), S.weights.data());
             // Next layer's input: residual plus output, RMS-normalised (all layers share a width).
             double ss = 0;
             for (int i = 0; i < h; ++i) ss += double(S.x[i] + S.xnext[i]) * (S.x[i] + S.xnext[i]);
             const float inv = static_cast<float>(1.0 / std::sqrt(ss / h + 1e-6));
             for (int i = 0; i < h; ++i) S.x[i] = (S.x[i] + S.xnext[i]) * inv;
-            if (count) bytes += L.router_bytes + static_cast<double>(L.source.top_k) * L.expert_bytes;
+            if (count) {
+                bytes += L.router_bytes + static_cast<double>(L.source.top_k) * L.routed.expert_bytes +
+                         L.always.expert_bytes + L.always_gate_bytes;
+            }
         }
     };
     for (int t = 0; t < warmup; ++t) step(false);
@@ -478,15 +579,19 @@ DecodeStats MoeEngine::decode_bench(int tokens, int warmup, uint64_t seed) {
 std::map<std::string, std::map<int, size_t>> MoeEngine::placement(size_t samples_per_group) const {
     std::map<std::string, std::map<int, size_t>> out;
     const char* kind = placement_ == Placement::replicate ? "copy" : "slice";
+    // Routed experts as gate/up/down; shared experts and dense FFNs as ffn-gate/ffn-up/ffn-down.
     for (const auto& layer : layers_) {
-        for (const Slice& s : layer->slices) {
-            const std::string suffix = layer->slices.size() > 1
-                ? "/" + std::string(kind) + "@node" + std::to_string(nodes_[s.group]) : "";
-            const size_t per_tensor = std::max<size_t>(1, samples_per_group / layers_.size());
-            for (auto [name, region] : {std::pair<const char*, const Region*>{"gate", s.gate.get()},
-                                        {"up", s.up.get()}, {"down", s.down.get()}}) {
-                for (auto [node, pages] : page_nodes(region->data(), region->size(), per_tensor)) {
-                    out[name + suffix][node] += pages;
+        for (const auto& [prefix, set] : {std::pair<std::string, const Experts*>{"", &layer->routed},
+                                          {"ffn-", &layer->always}}) {
+            for (const Slice& s : set->slices) {
+                const std::string suffix = set->slices.size() > 1
+                    ? "/" + std::string(kind) + "@node" + std::to_string(nodes_[s.group]) : "";
+                const size_t per_tensor = std::max<size_t>(1, samples_per_group / layers_.size());
+                for (auto [name, region] : {std::pair<const char*, const Region*>{"gate", s.gate.get()},
+                                            {"up", s.up.get()}, {"down", s.down.get()}}) {
+                    for (auto [node, pages] : page_nodes(region->data(), region->size(), per_tensor)) {
+                        out[prefix + name + suffix][node] += pages;
+                    }
                 }
             }
         }
@@ -499,7 +604,9 @@ std::vector<int> MoeEngine::worker_cpus() { return pool_->observed_cpus(); }
 size_t MoeEngine::resident_bytes() const {
     size_t total = 0;
     for (const auto& layer : layers_) {
-        for (const Slice& s : layer->slices) total += s.gate->size() + s.up->size() + s.down->size();
+        for (const Experts* set : {&layer->routed, &layer->always}) {
+            for (const Slice& s : set->slices) total += s.gate->size() + s.up->size() + s.down->size();
+        }
     }
     return total;
 }

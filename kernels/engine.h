@@ -2,8 +2,9 @@
 //
 // Weights are copied from the memory-mapped GGUF into anonymous memory placed by policy;
 // a pool of pinned workers, grouped by node, computes
-//     y = Σ_k w_k · down_k( silu(gate_k · x) ⊙ (up_k · x) )
-// with the activation quantized once per token and integer dot products (quant.h).
+//     y = Σ_k w_k · down_k( silu(gate_k · x) ⊙ (up_k · x) )  +  g · shared(x)
+// with the activation quantized once per token and integer dot products (quant.h). A layer may
+// also be dense (no router, no routed experts: only the always-computed FFN).
 #pragma once
 #include <cstdint>
 #include <map>
@@ -27,9 +28,23 @@ struct RouterSpec {
     Gating gating = Gating::softmax;
     bool normalize = true;           // renormalise the top-k weights to sum to one
     float scale = 1.0f;              // routed scaling factor applied after (DeepSeek: 2.5)
+    int groups = 1;                  // expert groups (DeepSeek's n_group); experts split evenly
+    int groups_used = 1;             // groups whose experts stay eligible (topk_group)
+    bool weight_before = false;      // Llama 4: the input is scaled by the weight (top-1 only)
+};
+
+// A feed-forward network computed for every token: a shared expert or a dense layer's FFN.
+struct FfnSource {
+    int intermediate = 0;            // 0: none
+    GgmlType gate_type{}, up_type{}, down_type{};
+    const uint8_t* gate = nullptr;   // intermediate rows × hidden columns
+    const uint8_t* up = nullptr;
+    const uint8_t* down = nullptr;   // hidden rows × intermediate columns
+    std::vector<float> gate_inp;     // hidden values, or empty: qwen2moe's sigmoid gate of its output
 };
 
 // One MoE layer as it sits in the GGUF file (pointers into the mapping, not owned).
+// experts == 0 is a dense layer: only `always` is computed.
 struct LayerSource {
     int experts = 0;
     int hidden = 0;                  // model width: columns of gate/up, rows of down
@@ -42,12 +57,13 @@ struct LayerSource {
     std::vector<float> router;       // experts × hidden, row-major, float32
     std::vector<float> router_bias;  // experts, or empty (DeepSeek's exp_probs_b: selection only)
     RouterSpec spec;
+    FfnSource always;                // shared expert (or the dense FFN), or intermediate == 0
 };
 
 struct DecodeStats {
     int tokens = 0;
     double seconds = 0;
-    double bytes_per_token = 0;      // weight bytes read per token (router + selected experts)
+    double bytes_per_token = 0;      // weight bytes read per token (routers, selected and shared experts, dense FFNs)
 };
 
 class MoeEngine {
@@ -66,9 +82,10 @@ public:
     int hidden(int layer) const;
     int top_k(int layer) const;
 
-    // y = Σ_k weights[k] · expert_{ids[k]}(x) for the given experts (no router).
+    // y = Σ_k weights[k] · expert_{ids[k]}(x) for the given routed experts (no router, no shared expert).
     void experts_forward(int layer, const float* x, const int* ids, const float* weights, int k, float* y);
-    // Router (logits, gating, top-k, normalisation) then the experts; returns the chosen ids.
+    // Router (logits, gating, groups, top-k, normalisation), the experts and the shared expert or
+    // dense FFN; returns the chosen ids (none for a dense layer).
     void moe_forward(int layer, const float* x, float* y, int* chosen_ids, float* chosen_weights);
     // Runs `tokens` decode steps over all layers (after `warmup` untimed ones).
     DecodeStats decode_bench(int tokens, int warmup, uint64_t seed);
@@ -81,10 +98,16 @@ public:
 
 private:
     struct Slice;                    // one copy (replicate) or one node's share (partition)
+    struct Experts;                  // a placed set of experts of one shape (routed, or the one shared FFN)
     struct Layer;
     struct Scratch;
+    void place(Experts& set, const uint8_t* gate, const uint8_t* up, const uint8_t* down);
+    void size_scratch(const Experts& set, int max_k);
     void route(const Layer& layer, const float* x, int* ids, float* weights);
-    void run_experts(Layer& layer, const int* ids, const float* weights, int k, float* y);
+    void forward(Layer& layer, const float* x, float* y, int* ids, float* weights);
+    // y (+)= Σ_j weights[j] · expert_{ids[j]}(x); accumulate adds to y instead of overwriting it.
+    void run_experts(Experts& set, const float* x, const int* ids, const float* weights, int k, float* y,
+                     bool accumulate);
 
     std::unique_ptr<ThreadPool> pool_;
     std::vector<int> cpus_, cpu_nodes_, nodes_;

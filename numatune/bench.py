@@ -30,6 +30,8 @@ class BenchResult:
     rss_bytes: int
     read_gb_per_s: Measurement | None          # the probe's read bandwidth, same CPUs and memory
     placement: dict
+    step_bytes_per_token: int = 0              # what a real decode step of the file reads
+    executed_share: float = 1.0                # share of those bytes the engine executes
 
     @property
     def fraction_of_read(self) -> float | None:
@@ -44,7 +46,8 @@ class BenchResult:
                 "bytes_per_token": self.bytes_per_token, "resident_bytes": self.resident_bytes,
                 "rss_bytes": self.rss_bytes,
                 "read_gb_per_s": self.read_gb_per_s.to_json() if self.read_gb_per_s else None,
-                "fraction_of_read": self.fraction_of_read, "placement": self.placement}
+                "fraction_of_read": self.fraction_of_read, "placement": self.placement,
+                "step_bytes_per_token": self.step_bytes_per_token, "executed_share": self.executed_share}
 
 
 def pick_cpus(topology: Topology, threads: int) -> tuple[int, ...]:
@@ -70,7 +73,8 @@ def run_bench(model_path: str, cpus: Sequence[int], policy: Policy | str, nodes:
         tokens=tokens, tokens_per_s=Measurement.of((r["tokens_per_s"] for r in runs), "tok/s"),
         weight_gb_per_s=Measurement.of((r["gb_per_s"] for r in runs), "GB/s"),
         bytes_per_token=runs[0]["bytes_per_token"], resident_bytes=placed["resident_bytes"],
-        rss_bytes=psutil.Process(os.getpid()).memory_info().rss, read_gb_per_s=read, placement=placed)
+        rss_bytes=psutil.Process(os.getpid()).memory_info().rss, read_gb_per_s=read, placement=placed,
+        step_bytes_per_token=engine.model.step_bytes_per_token, executed_share=engine.model.executed_share)
 
 
 def _read_bandwidth(engine: Engine, topology: Topology, repeats: int) -> Measurement:

@@ -204,8 +204,9 @@ def _model_path(model: Optional[str], synthetic: Optional[str], type_name: str, 
 def bench_command(
     model: Optional[str] = typer.Option(None, "--model", help="GGUF file with MoE layers."),
     synthetic: Optional[str] = typer.Option(None, "--synthetic", help="Generated model preset "
-                                            "(default, qwen3-30b-a3b, deepseek-v3), with enough layers to read ≥ 4× "
-                                            "the last-level caches per pass, cached after first use."),
+                                            "(default, qwen3-30b-a3b, deepseek-v3, qwen1.5-moe-a2.7b, mixtral-8x7b, "
+                                            "llama4-scout), with enough layers to read ≥ 4× the last-level caches per "
+                                            "pass, cached after first use."),
     type_name: str = typer.Option("Q4_K_M", "--type", help="Weight type of a --synthetic model."),
     cpus: Optional[str] = typer.Option(None, "--cpus", help="CPUs to run on, e.g. 0-31,64-95."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Thread count (CPUs chosen one per core)."),
@@ -244,7 +245,8 @@ app.add_typer(model_app, name="model")
 @model_app.command("synth")
 def model_synth_command(
     out: Path = typer.Option(..., "--out", help="GGUF file to write (atomically)."),
-    preset_name: str = typer.Option("default", "--preset", help="default, qwen3-30b-a3b or deepseek-v3."),
+    preset_name: str = typer.Option("default", "--preset", help="default, qwen3-30b-a3b, deepseek-v3, "
+                                    "qwen1.5-moe-a2.7b, mixtral-8x7b or llama4-scout."),
     type_name: str = typer.Option("Q4_K_M", "--type", help="Q4_K_M, or one type: Q2_K..Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS, BF16, F16, F32."),
     layers: Optional[int] = typer.Option(None, "--layers", min=1, help="MoE layers (default: the preset's)."),
     experts: Optional[int] = typer.Option(None, "--experts", min=1, help="Experts per layer."),

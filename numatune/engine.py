@@ -14,7 +14,7 @@ import numpy as np
 from . import _kernels
 from .capacity import HEADROOM_PERCENT, bytes_per_node, shortfalls
 from .errors import NumatuneError, PlacementError
-from .gguf_moe import SUPPORTED_TYPES, MoeModel, read_moe_model
+from .gguf_moe import SUPPORTED_TYPES, MoeLayer, MoeModel, read_moe_model
 from .policy import Policy
 from .topology import Topology
 
@@ -95,6 +95,26 @@ def _node_set(topology: Topology, policy: Policy, nodes: Sequence[int] | None, c
     return chosen
 
 
+def _ffn_args(gate, up, down, width: int) -> tuple:
+    return (gate.data, up.data, down.data, SUPPORTED_TYPES[gate.type_name], SUPPORTED_TYPES[up.type_name],
+            SUPPORTED_TYPES[down.type_name], width)
+
+
+def _add_layer(core, model: MoeModel, layer: MoeLayer) -> None:
+    none = np.zeros(0, np.float32)
+    shared = layer.shared
+    core.add_layer(
+        hidden=model.hidden,
+        experts=None if layer.dense else _ffn_args(layer.gate, layer.up, layer.down, model.intermediate),
+        shared=None if shared is None else _ffn_args(shared.gate, shared.up, shared.down, shared.width),
+        top_k=0 if layer.dense else model.top_k,
+        router=none.reshape(0, model.hidden) if layer.dense else layer.router,
+        bias=layer.router_bias if layer.router_bias is not None else none,
+        gating=model.gating, normalize=model.normalize, scale=model.scale, groups=model.groups,
+        groups_used=model.groups_used, weight_before=model.weight_before,
+        shared_gate=shared.gate_inp if shared is not None and shared.gate_inp is not None else none)
+
+
 class Engine:
     """A loaded model, placed, with its pinned workers."""
 
@@ -112,18 +132,12 @@ class Engine:
             from .sysfs import Root
             from .topology import probe
             topology = probe(Root.open("/"))
-        plan = plan_placement(topology, cpus, policy, nodes, model.expert_bytes)
+        plan = plan_placement(topology, cpus, policy, nodes, model.placed_bytes)
         try:
             core = _kernels.MoeEngine(list(cpus), list(plan.worker_nodes), _kernels.Placement(plan.policy.code),
                                       list(plan.nodes))
             for layer in model.layers:
-                core.add_layer(
-                    layer.gate.data, layer.up.data, layer.down.data,
-                    SUPPORTED_TYPES[layer.gate.type_name], SUPPORTED_TYPES[layer.up.type_name],
-                    SUPPORTED_TYPES[layer.down.type_name], model.hidden, model.intermediate,
-                    model.top_k, layer.router,
-                    layer.router_bias if layer.router_bias is not None else np.zeros(0, np.float32),
-                    model.gating, model.normalize, model.scale)
+                _add_layer(core, model, layer)
         except ValueError as exc:
             raise PlacementError(str(exc)) from None
         return cls(model, plan, cpus, core)
@@ -135,6 +149,8 @@ class Engine:
     def experts_forward(self, layer: int, x: np.ndarray, expert_ids: Sequence[int],
                         expert_weights: Sequence[float]) -> np.ndarray:
         x = self._activation(layer, x)
+        if self.model.layers[layer].dense:
+            raise NumatuneError(f"layer {layer} is a dense block: it has no routed experts")
         ids = np.ascontiguousarray(expert_ids, dtype=np.int32)
         weights = np.ascontiguousarray(expert_weights, dtype=np.float32)
         if ids.shape != weights.shape or ids.ndim != 1:
@@ -167,12 +183,14 @@ class Engine:
         return {"tokens": tokens, "warmup": warmup, "seconds": seconds,
                 "tokens_per_s": tokens / seconds if seconds > 0 else float("inf"),
                 "bytes_per_token": per_token,
+                "step_bytes_per_token": self.model.step_bytes_per_token,
+                "executed_share": self.model.executed_share,
                 "gb_per_s": per_token * tokens / seconds / 1e9 if seconds > 0 else float("inf"),
                 "isa": _kernels.active_isa(), "threads": len(self.cpus), "policy": self.plan.policy.value}
 
     def _activation(self, layer: int, x: np.ndarray) -> np.ndarray:
         if not 0 <= layer < self.layers:
-            raise NumatuneError(f"layer {layer} out of range (the model has {self.layers} MoE layers)")
+            raise NumatuneError(f"layer {layer} out of range (the model has {self.layers} FFN layers)")
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.shape != (self.model.hidden,):
             raise NumatuneError(f"x must have shape ({self.model.hidden},), got {x.shape}")

@@ -655,8 +655,9 @@ def observation_config(machine: Machine, obs: Observation, engine: Optional[Engi
 
 def model_sizes(model_spec: str, traits: EngineTraits) -> tuple[str, int, int, int]:
     """(name, bytes read per token, bytes of one copy, layers) of a model profile with its
-    quantization, or of a GGUF file's MoE layers (routed experts and routers: what the bundled
-    engine reads; for an engine that reads every active weight this undercounts, and says so)."""
+    quantization, or of a GGUF file's FFN layers (routers, routed and shared experts, dense FFNs:
+    what the bundled engine reads; for an engine that reads every active weight this
+    undercounts, and says so)."""
     from .models import resolve_model
     footprint = resolve_model(model_spec)
     if footprint.profile is not None:
@@ -666,8 +667,7 @@ def model_sizes(model_spec: str, traits: EngineTraits) -> tuple[str, int, int, i
                 layers)
     from .gguf_moe import read_moe_model
     moe = read_moe_model(footprint.source)
-    per_token = moe.expert_bytes * moe.top_k // moe.experts + moe.router_bytes
-    return footprint.name, per_token, moe.expert_bytes + moe.router_bytes, len(moe.layers)
+    return footprint.name, moe.executed_bytes_per_token, moe.placed_bytes + moe.router_bytes, len(moe.layers)
 
 
 def tune_observations(result, source: str, model_name: str) -> tuple[Observation, ...]:

@@ -202,6 +202,13 @@ def bench(result) -> None:
         console.print(f"weight traffic = {result.fraction_of_read:.2f} of the read bandwidth")
     console.print(f"weights read per token: {result.bytes_per_token / 1e6:.1f} MB; placed weights "
                   f"{gib(result.resident_bytes)}, process RSS {gib(result.rss_bytes)}")
+    console.print(executed_share_line(result.executed_share, result.step_bytes_per_token))
+
+
+def executed_share_line(share: float, step_bytes: int) -> str:
+    return (f"the engine executes {share:.1%} of the {step_bytes / 1e6:.1f} MB of weights a decode step of this "
+            f"file reads (attention, embeddings and the output head are not run): compare tok/s with a "
+            f"runtime's at this share")
 
 
 def recommendation(r) -> None:
@@ -264,6 +271,8 @@ def tune_result(run) -> None:
                           "threads / less memory wins")
     else:
         console.print("[red]no configuration completed a trial[/]")
+    if result.executed_share is not None:
+        console.print(executed_share_line(result.executed_share, result.step_bytes_per_token))
     console.print(f"saved to {run.path}")
 
 

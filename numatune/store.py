@@ -117,6 +117,8 @@ class TuneResult:
     complete: bool                   # False when interrupted: `--resume` continues it
     created: str                     # ISO 8601 time
     engine: Optional[str] = None     # the target engine the search was limited to, if any
+    executed_share: Optional[float] = None   # share of a real decode step's weight bytes the engine runs
+    step_bytes_per_token: int = 0            # weight bytes of that real decode step
 
     def to_json(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "host_id": self.fingerprint.host_id,
@@ -124,7 +126,8 @@ class TuneResult:
                 "trials": [t.to_json() for t in self.trials],
                 "winner": self.winner.to_json() if self.winner else None,
                 "runner_up": self.runner_up.to_json() if self.runner_up else None,
-                "complete": self.complete, "created": self.created, "engine": self.engine}
+                "complete": self.complete, "created": self.created, "engine": self.engine,
+                "executed_share": self.executed_share, "step_bytes_per_token": self.step_bytes_per_token}
 
     @classmethod
     def from_json(cls, data: dict) -> "TuneResult":
@@ -139,7 +142,8 @@ class TuneResult:
             except CorruptResult as exc:
                 raise CorruptResult(f"trial {i}: {exc}") from None
         return cls(Fingerprint.from_json(data["fingerprint"]), data["model"], tuple(trials), opt("winner"),
-                   opt("runner_up"), bool(data["complete"]), data["created"], data.get("engine"))
+                   opt("runner_up"), bool(data["complete"]), data["created"], data.get("engine"),
+                   data.get("executed_share"), int(data.get("step_bytes_per_token") or 0))
 
 
 class OtherVersion(ValueError):

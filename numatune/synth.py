@@ -1,8 +1,10 @@
 """`numatune model synth`: writes a real GGUF of MoE layers with real shapes and random weights.
 
 Only what the engine reads is written: per MoE block the router (`ffn_gate_inp`, F32), DeepSeek's
-selection bias (`exp_probs_b`), and the stacked experts `ffn_{gate,up,down}_exps` in the asked
-type, with the metadata llama.cpp uses for these architectures. Weights are drawn from a normal
+selection bias (`exp_probs_b`), the stacked experts `ffn_{gate,up,down}_exps` and the shared expert
+`ffn_{gate,up,down}_shexp` (qwen2moe: and its gate `ffn_gate_inp_shexp`) in the asked type, and the
+dense FFN `ffn_{gate,up,down}` of the leading dense blocks (DeepSeek), with the routing metadata of
+the real model (expert groups, gating function, normalisation, scale) as llama.cpp reads it. Weights are drawn from a normal
 distribution and quantized by `numatune.quants` (ours for K-quants, gguf's for the others).
 """
 from __future__ import annotations
@@ -33,18 +35,44 @@ class Preset:
     intermediate: int
     experts: int
     top_k: int
-    layers: int
+    layers: int                      # MoE blocks (after the dense ones)
     description: str
+    groups: int = 1                  # expert groups and groups used (DeepSeek-V3: 8 and 4)
+    groups_used: int = 1
+    gating_func: int | None = None   # written as {arch}.expert_gating_func (1 softmax, 2 sigmoid)
+    normalize: bool | None = None    # {arch}.expert_weights_norm
+    scale: float | None = None       # {arch}.expert_weights_scale
+    selection_bias: bool = False     # exp_probs_b
+    shared_width: int = 0            # shared expert width (0: none)
+    shared_gate: bool = False        # qwen2moe's sigmoid gate of the shared expert
+    dense_layers: int = 0            # leading dense blocks
+    dense_width: int = 0
 
 
+# Shapes and routing from the models' published configs (config.json on Hugging Face).
 PRESETS = {
     "default": Preset("default", "qwen3moe", 2048, 768, 128, 8, 2,
                       "Qwen3-30B-A3B expert shapes (hidden 2048, width 768, top-8), for quick trials"),
     "qwen3-30b-a3b": Preset("qwen3-30b-a3b", "qwen3moe", 2048, 768, 128, 8, 4,
-                            "Qwen3-30B-A3B (hidden 2048, width 768, top-8), a few of its 48 layers"),
-    "deepseek-v3": Preset("deepseek-v3", "deepseek2", 7168, 2048, 16, 8, 2,
-                          "DeepSeek-V3/R1 expert shapes (hidden 7168, width 2048, top-8, sigmoid "
-                          "router), fewer of its 256 experts and 58 MoE layers"),
+                            "Qwen3-30B-A3B (hidden 2048, width 768, 128 experts, top-8, softmax, "
+                            "renormalised), a few of its 48 layers"),
+    "deepseek-v3": Preset("deepseek-v3", "deepseek2", 7168, 2048, 32, 8, 2,
+                          "DeepSeek-V3/R1 (hidden 7168, width 2048, top-8 in 4 of 8 expert groups, sigmoid "
+                          "router with selection bias, renormalised, × 2.5, one shared expert, 3 dense "
+                          "blocks of width 18432), 32 of its 256 experts and 2 of its 58 MoE layers",
+                          groups=8, groups_used=4, gating_func=2, normalize=True, scale=2.5, selection_bias=True,
+                          shared_width=2048, dense_layers=3, dense_width=18432),
+    "qwen1.5-moe-a2.7b": Preset("qwen1.5-moe-a2.7b", "qwen2moe", 2048, 1408, 60, 4, 2,
+                                "Qwen1.5-MoE-A2.7B (hidden 2048, width 1408, 60 experts, top-4, softmax "
+                                "not renormalised, a shared expert of width 5632 with a sigmoid gate), "
+                                "2 of its 24 layers", shared_width=5632, shared_gate=True),
+    "mixtral-8x7b": Preset("mixtral-8x7b", "llama", 4096, 14336, 8, 2, 2,
+                           "Mixtral-8x7B (hidden 4096, width 14336, 8 experts, top-2, softmax, renormalised), "
+                           "2 of its 32 layers"),
+    "llama4-scout": Preset("llama4-scout", "llama4", 5120, 8192, 16, 1, 2,
+                           "Llama-4-Scout-17B-16E (hidden 5120, width 8192, 16 experts, top-1, sigmoid weight "
+                           "on the expert's input, a shared expert of width 8192), 2 of its 48 layers",
+                           shared_width=8192),
 }
 
 
@@ -72,6 +100,9 @@ def preset(name: str, layers: int | None = None, experts: int | None = None) -> 
     chosen = PRESETS[name]
     if experts is not None and experts < chosen.top_k:
         raise ModelError(f"--experts: {experts} is fewer than the {chosen.top_k} experts each token uses")
+    if experts is not None and (experts % chosen.groups or experts // chosen.groups * chosen.groups_used < chosen.top_k):
+        raise ModelError(f"--experts: {experts} does not split into the preset's {chosen.groups} expert groups "
+                         f"with {chosen.top_k} experts in its {chosen.groups_used} groups used")
     return replace(chosen, layers=layers or chosen.layers, experts=experts or chosen.experts)
 
 
@@ -89,7 +120,9 @@ def synthesize(path: str | Path, chosen: Preset, type_name: str = "Q4_K_M", seed
         writer = gguf.GGUFWriter(tmp, chosen.architecture)
         _metadata(writer, chosen)
         expert_bytes = 0
-        for block in range(chosen.layers):
+        for block in range(chosen.dense_layers):
+            _add_ffn(writer, rng, chosen, f"blk.{block}.ffn_{{}}.weight", chosen.dense_width, gate_t, up_t, down_t)
+        for block in range(chosen.dense_layers, chosen.dense_layers + chosen.layers):
             expert_bytes += _add_block(writer, rng, chosen, block, gate_t, up_t, down_t)
             if on_step:
                 on_step(f"layer {block + 1} of {chosen.layers} made")
@@ -108,12 +141,18 @@ def synthesize(path: str | Path, chosen: Preset, type_name: str = "Q4_K_M", seed
 
 # Experts quantized one by one from random floats; the rest are made of rows drawn at random
 # from those (each row a valid block sequence of the type), so that gigabytes are written in
-# seconds: quantizing every expert of a large preset would take minutes in numpy.
+# seconds: quantizing every expert of a large preset would take minutes in numpy. A single
+# matrix (a shared expert, a dense FFN) has at most QUANTIZED_ROWS rows quantized, likewise.
 QUANTIZED_EXPERTS = 8
+QUANTIZED_ROWS = 2048
 
 
 def _random_experts(rng, experts: int, rows: int, cols: int, type_name: str) -> np.ndarray:
     """uint8 experts × rows × row_bytes of random weights in the type."""
+    if experts == 1 and rows > QUANTIZED_ROWS:
+        pool_rows = _random_experts(rng, 1, QUANTIZED_ROWS, cols, type_name)[0]
+        drawn = rng.integers(0, QUANTIZED_ROWS, size=rows - QUANTIZED_ROWS)
+        return np.concatenate([pool_rows, pool_rows[drawn]])[None]
     pool = []
     for _ in range(min(experts, QUANTIZED_EXPERTS)):
         values = rng.standard_normal((rows, cols), dtype=np.float32) / np.float32(np.sqrt(cols))
@@ -129,15 +168,30 @@ def _random_experts(rng, experts: int, rows: int, cols: int, type_name: str) -> 
 def _metadata(writer, p: Preset) -> None:
     arch = p.architecture
     writer.add_name(f"numatune synthetic {p.name}")
-    writer.add_uint32(f"{arch}.block_count", p.layers)
+    writer.add_uint32(f"{arch}.block_count", p.dense_layers + p.layers)
     writer.add_uint32(f"{arch}.embedding_length", p.hidden)
     writer.add_uint32(f"{arch}.expert_count", p.experts)
     writer.add_uint32(f"{arch}.expert_used_count", p.top_k)
     writer.add_uint32(f"{arch}.expert_feed_forward_length", p.intermediate)
-    if arch == "deepseek2":
-        writer.add_uint32(f"{arch}.expert_gating_func", 2)      # sigmoid
-        writer.add_bool(f"{arch}.expert_weights_norm", True)
-        writer.add_float32(f"{arch}.expert_weights_scale", 2.5)
+    if p.groups > 1:
+        writer.add_uint32(f"{arch}.expert_group_count", p.groups)
+        writer.add_uint32(f"{arch}.expert_group_used_count", p.groups_used)
+    if p.gating_func is not None:
+        writer.add_uint32(f"{arch}.expert_gating_func", p.gating_func)
+    if p.normalize is not None:
+        writer.add_bool(f"{arch}.expert_weights_norm", p.normalize)
+    if p.scale is not None:
+        writer.add_float32(f"{arch}.expert_weights_scale", p.scale)
+    if p.shared_width:
+        if arch == "deepseek2":     # llama.cpp: shared width = expert width × shared count
+            writer.add_uint32(f"{arch}.expert_shared_count", p.shared_width // p.intermediate)
+        else:
+            writer.add_uint32(f"{arch}.expert_shared_feed_forward_length", p.shared_width)
+    if p.dense_layers:
+        writer.add_uint32(f"{arch}.leading_dense_block_count", p.dense_layers)
+        writer.add_uint32(f"{arch}.feed_forward_length", p.dense_width)
+    if arch == "llama4":
+        writer.add_uint32(f"{arch}.interleave_moe_layer_step", 1)
 
 
 def _add_block(writer, rng, p: Preset, block: int, gate_t: str, up_t: str, down_t: str) -> int:
@@ -145,8 +199,13 @@ def _add_block(writer, rng, p: Preset, block: int, gate_t: str, up_t: str, down_
     prefix = f"blk.{block}."
     router = rng.standard_normal((p.experts, p.hidden), dtype=np.float32) / np.float32(np.sqrt(p.hidden))
     writer.add_tensor(prefix + "ffn_gate_inp.weight", router)
-    if p.architecture == "deepseek2":
+    if p.selection_bias:
         writer.add_tensor(prefix + "exp_probs_b.bias", rng.standard_normal(p.experts, dtype=np.float32) * np.float32(0.01))
+    if p.shared_width:
+        _add_ffn(writer, rng, p, prefix + "ffn_{}_shexp.weight", p.shared_width, gate_t, up_t, down_t)
+    if p.shared_gate:
+        gate_inp = rng.standard_normal(p.hidden, dtype=np.float32) / np.float32(np.sqrt(p.hidden))
+        writer.add_tensor(prefix + "ffn_gate_inp_shexp.weight", gate_inp)
     total = 0
     for name, type_name, rows, cols in (("ffn_gate_exps", gate_t, p.intermediate, p.hidden),
                                         ("ffn_up_exps", up_t, p.intermediate, p.hidden),
@@ -156,6 +215,14 @@ def _add_block(writer, rng, p: Preset, block: int, gate_t: str, up_t: str, down_
         writer.add_tensor(prefix + name + ".weight", data, raw_dtype=kind)
         total += data.nbytes
     return total
+
+
+def _add_ffn(writer, rng, p: Preset, name: str, width: int, gate_t: str, up_t: str, down_t: str) -> None:
+    """One FFN (a shared expert or a dense block's): 2-D gate, up and down tensors."""
+    for part, type_name, rows, cols in (("gate", gate_t, width, p.hidden), ("up", up_t, width, p.hidden),
+                                        ("down", down_t, p.hidden, width)):
+        data = _random_experts(rng, 1, rows, cols, type_name)[0]
+        writer.add_tensor(name.format(part), data, raw_dtype=gguf.GGMLQuantizationType[type_name])
 
 
 def cache_dir() -> Path:
@@ -171,7 +238,9 @@ def cached_model(name: str, type_name: str = "Q4_K_M", layers: int | None = None
     """A preset's GGUF, generated on first use and kept in the cache directory."""
     chosen = preset(name, layers, experts)
     expert_types(type_name)
-    path = cache_dir() / "models" / f"{chosen.name}-{type_name.upper()}-{chosen.layers}x{chosen.experts}.gguf"
+    # "r2": files of this layout (routing metadata, shared experts, dense blocks); older cached
+    # files of the same preset lack them and are not reused.
+    path = cache_dir() / "models" / f"{chosen.name}-{type_name.upper()}-r2-{chosen.layers}x{chosen.experts}.gguf"
     if not path.is_file():
         synthesize(path, chosen, type_name)
     return path

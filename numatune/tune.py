@@ -25,10 +25,12 @@ def _now() -> str:
 
 def _result(topology: Topology, model: ModelChoice, state: SearchState, complete: bool,
             engine: Optional[str] = None) -> TuneResult:
+    from .gguf_moe import read_moe_model
     ranked = state.final()
+    moe = read_moe_model(model.path)
     return TuneResult(store.fingerprint(topology), model.label, tuple(state.trials),
                       ranked[0] if ranked else None, ranked[1] if len(ranked) > 1 else None,
-                      complete, _now(), engine)
+                      complete, _now(), engine, moe.executed_share, moe.step_bytes_per_token)
 
 
 @dataclass

@@ -43,8 +43,11 @@ def models(tmp_path_factory):
                                                                top_k=5), "Q8_0").path
     made["odd-F32"] = synthesize(out / "odd-f32.gguf", replace(SMALL, hidden=100, intermediate=70, top_k=1),
                                  "F32").path
+    # Routed experts only, ungrouped: groups, shared experts and dense blocks are tested against
+    # the torch reference in test_moe_reference.py.
     made["deepseek"] = synthesize(out / "ds.gguf", replace(PRESETS["deepseek-v3"], hidden=512, intermediate=512,
-                                                           experts=8, layers=1), "Q4_K_M").path
+                                                           experts=8, layers=1, groups=1, groups_used=1,
+                                                           shared_width=0, dense_layers=0), "Q4_K_M").path
     return made
 
 

@@ -334,6 +334,9 @@ def test_tune_and_check_from_the_command_line(tmp_path, small_model, capsys):
     data = json.loads(printed)
     assert data["winner"] and data["complete"] and out.is_file()
     assert load_result(out).winner.config.to_json() == data["winner"]["config"]
+    # A synthetic file holds only what the engine runs: it executes all of a decode step's bytes.
+    assert data["executed_share"] == 1.0 and data["step_bytes_per_token"] > 0
+    assert load_result(out).executed_share == 1.0
 
     # A baseline far faster than anything this host can do is a regression (exit 1) ...
     fast = json.loads(out.read_text())
