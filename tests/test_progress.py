@@ -76,3 +76,13 @@ def test_bandwidth_counts_its_steps_for_the_bar():
                                 on_start=totals.append, on_step=steps.append)
     assert totals == [len(measured.matrix.cells)] == [len(steps)]
     assert all(step.startswith("read: CPUs of node ") for step in steps)
+
+
+def test_tune_draws_its_bar_on_a_terminal(tmp_path):
+    code, _, _ = run(SYNTH + ["--out", str(tmp_path / "m.gguf")], False, tmp_path)
+    assert code == 0
+    code, out, err = run(["tune", "--model", str(tmp_path / "m.gguf"), "--budget", "2",
+                          "--out", str(tmp_path / "r.json")], True, tmp_path)
+    assert code == 0, err
+    assert "tune" in err and BAR in err and "trials, stage" in err and "s left" in err
+    assert out.startswith("search space:") and "trials, stage" not in out and "winner:" in out
