@@ -481,23 +481,23 @@ def auto_command(
     run = _run_tune(topology, _model_choice(topology, model, None, "Q4_K_M"), budget, None, None, out,
                     False, quiet=as_json, objective=objective)
     recommendations = recommend_all(topology, None, run.result, objective.value)
-    if report or plot:
-        _write_outputs(report, plot, ReportInput(run.result, topology, matrix, tuple(findings),
-                                                 tuple(recommendations.values()), str(run.path)), as_json)
     if as_json:
         _emit_json({"schema_version": 1, "findings": [f.to_json() for f in findings],
                     "result": run.result.to_json(), "saved_to": str(run.path),
                     "recommendations": {name: r.to_json() for name, r in recommendations.items()}})
-        return 0 if run.result.winner else 1
-    render.tune_result(run)
-    if output_format is not None:
-        from .deploy import render as render_deployment
-        for r in recommendations.values():
-            render.console.print(f"[bold]{r.engine}[/] as {output_format.value}:")
-            sys.stdout.flush()
-            sys.stdout.write(render_deployment(r, topology, output_format.value) + "\n")
     else:
-        render.commands_table(recommendations)
+        render.tune_result(run)
+        if output_format is not None:
+            from .deploy import render as render_deployment
+            for r in recommendations.values():
+                render.console.print(f"[bold]{r.engine}[/] as {output_format.value}:")
+                sys.stdout.flush()
+                sys.stdout.write(render_deployment(r, topology, output_format.value) + "\n")
+        else:
+            render.commands_table(recommendations)
+    if report or plot:
+        _write_outputs(report, plot, ReportInput(run.result, topology, matrix, tuple(findings),
+                                                 tuple(recommendations.values()), str(run.path)), as_json)
     return 0 if run.result.winner else 1
 
 

@@ -249,6 +249,9 @@ def write_atomically(path: Path, data: bytes) -> None:
     """A temporary file in the same directory, renamed into place: never a half-written file."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)           # as open() would make it, not mkstemp's 0600
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         os.replace(tmp, path)

@@ -132,6 +132,9 @@ def test_report_command_renders_a_saved_result_with_its_machine(seed, tmp_path, 
     svg = (tmp_path / "r.svg").read_text()
     assert svg.startswith("<svg xmlns=") and svg.count('<g class="series"') == 5
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "r.html").stat().st_mode & 0o777 == 0o666 & ~umask    # readable by others, like any file
 
 
 def test_report_of_another_machine_shows_the_recorded_one(seed, tmp_path, capsys):
