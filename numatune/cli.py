@@ -223,9 +223,13 @@ def model_synth_command(
     layers: Optional[int] = typer.Option(None, "--layers", min=1, help="MoE layers (default: the preset's)."),
     experts: Optional[int] = typer.Option(None, "--experts", min=1, help="Experts per layer."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    complete: bool = typer.Option(False, "--complete", help="A whole model llama.cpp decodes: embeddings, "
+                                  "attention, norms, a small vocabulary and the output head around the MoE layers."),
 ) -> int:
     """Write a GGUF with real MoE layer shapes and random weights."""
     from .synth import preset, synthesize
+    if complete:
+        from .fullmodel import synthesize_complete as synthesize
     result = synthesize(out, preset(preset_name, layers, experts), type_name, seed)
     render.console.print(f"wrote {result.path}: {result.preset.description}; {result.type_name}, "
                          f"{result.preset.layers} layers × {result.preset.experts} experts, "
