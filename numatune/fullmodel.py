@@ -23,7 +23,7 @@ import numpy as np
 
 from . import quants
 from .errors import ModelError
-from .synth import Preset, SynthResult, _add_block, _metadata, expert_types
+from .synth import Preset, SynthResult, _add_block, _metadata, cache_dir, expert_types, preset
 
 VOCAB_SIZE = 1024
 SPECIAL = ("<unk>", "<s>", "</s>")
@@ -223,3 +223,14 @@ def synthesize_complete(path: str | Path, chosen: Preset, type_name: str = "Q4_K
         Path(tmp).unlink(missing_ok=True)
         raise
     return SynthResult(str(path), chosen, type_name.upper(), expert_bytes, path.stat().st_size)
+
+
+def cached_complete_model(name: str, type_name: str = "Q4_K_M", layers: int | None = None,
+                          experts: int | None = None) -> Path:
+    """A preset's complete model, generated on first use and kept in the cache directory."""
+    chosen = preset(name, layers, experts)
+    expert_types(type_name)
+    path = cache_dir() / "models" / f"{chosen.name}-complete-{type_name.upper()}-{chosen.layers}x{chosen.experts}.gguf"
+    if not path.is_file():
+        synthesize_complete(path, chosen, type_name)
+    return path

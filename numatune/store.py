@@ -85,6 +85,51 @@ class Trial:
 
 
 @dataclass(frozen=True)
+class EngineBinary:
+    """The program an external engine's trials ran: where, which bytes, which version and build."""
+
+    path: str
+    sha256: str
+    version: str                     # what `--version` printed (first lines), or "unknown"
+    build: tuple[tuple[str, str], ...]   # e.g. GGML_NATIVE=ON from its CMake cache, linked libraries
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256, "version": self.version, "build": dict(self.build)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "EngineBinary":
+        return cls(data["path"], data["sha256"], data["version"],
+                   tuple((str(k), str(v)) for k, v in data["build"].items()))
+
+
+@dataclass(frozen=True)
+class TargetEngine:
+    """The engine a result was tuned for. `command` empty: trials ran the bundled engine placed as
+    this engine is placed; otherwise they ran this command (templated) and read it with `parser`
+    or the `metric` regular expression."""
+
+    name: str
+    command: tuple[str, ...] = ()
+    parser: Optional[str] = None
+    metric: Optional[str] = None
+    binary: Optional[EngineBinary] = None
+
+    @property
+    def external(self) -> bool:
+        return bool(self.command)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "command": list(self.command), "parser": self.parser, "metric": self.metric,
+                "binary": self.binary.to_json() if self.binary else None}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TargetEngine":
+        binary = data.get("binary")
+        return cls(data["name"], tuple(data.get("command") or ()), data.get("parser"), data.get("metric"),
+                   EngineBinary.from_json(binary) if binary else None)
+
+
+@dataclass(frozen=True)
 class TuneResult:
     """What `numatune tune` saves: the host, the model measured, every trial, and the winner."""
 
@@ -95,6 +140,7 @@ class TuneResult:
     runner_up: Optional[Trial]
     complete: bool                   # False when interrupted: `--resume` continues it
     created: str                     # ISO 8601 time
+    engine: Optional[TargetEngine] = None    # None: the bundled engine, placed for no particular target
 
     def to_json(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "host_id": self.fingerprint.host_id,
@@ -102,7 +148,8 @@ class TuneResult:
                 "trials": [t.to_json() for t in self.trials],
                 "winner": self.winner.to_json() if self.winner else None,
                 "runner_up": self.runner_up.to_json() if self.runner_up else None,
-                "complete": self.complete, "created": self.created}
+                "complete": self.complete, "created": self.created,
+                "engine": self.engine.to_json() if self.engine else None}
 
     @classmethod
     def from_json(cls, data: dict) -> "TuneResult":
@@ -111,7 +158,8 @@ class TuneResult:
         opt = lambda key: Trial.from_json(data[key]) if data.get(key) else None  # noqa: E731
         return cls(Fingerprint.from_json(data["fingerprint"]), data["model"],
                    tuple(Trial.from_json(t) for t in data["trials"]), opt("winner"), opt("runner_up"),
-                   bool(data["complete"]), data["created"])
+                   bool(data["complete"]), data["created"],
+                   TargetEngine.from_json(data["engine"]) if data.get("engine") else None)
 
 
 def data_dir() -> Path:
