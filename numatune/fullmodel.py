@@ -13,8 +13,6 @@ smaller vocabulary and fewer layers and experts.
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import numpy as np
 
 from . import quants
 from .errors import ModelError
-from .synth import Preset, SynthResult, _add_block, _metadata, cache_dir, expert_types, preset
+from .synth import Preset, SynthResult, _add_block, cache_dir, expert_types, preset, write_gguf
 
 VOCAB_SIZE = 1024
 SPECIAL = ("<unk>", "<s>", "</s>")
@@ -191,14 +189,8 @@ def synthesize_complete(path: str | Path, chosen: Preset, type_name: str = "Q4_K
     gate_t, up_t, down_t = expert_types(type_name)
     types = dense_types(type_name)
     attention = ATTENTION[chosen.architecture]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, chosen.architecture)
-        _metadata(writer, chosen)
+
+    def fill(writer, rng) -> int:
         _complete_metadata(writer, chosen, attention, vocab_size)
         _add(writer, "token_embd.weight", _matrix(rng, vocab_size, chosen.hidden, types["embd"]), types["embd"])
         expert_bytes = 0
@@ -214,15 +206,8 @@ def synthesize_complete(path: str | Path, chosen: Preset, type_name: str = "Q4_K
             expert_bytes += _add_block(writer, rng, chosen, block, gate_t, up_t, down_t)
         _add(writer, "output_norm.weight", _norm(chosen.hidden), "F32")
         _add(writer, "output.weight", _matrix(rng, vocab_size, chosen.hidden, types["output"]), types["output"])
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return SynthResult(str(path), chosen, type_name.upper(), expert_bytes, path.stat().st_size)
+        return expert_bytes
+    return write_gguf(path, chosen, type_name, seed, fill)
 
 
 def cached_complete_model(name: str, type_name: str = "Q4_K_M", layers: int | None = None,

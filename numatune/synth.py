@@ -77,6 +77,15 @@ def preset(name: str, layers: int | None = None, experts: int | None = None) -> 
 def synthesize(path: str | Path, chosen: Preset, type_name: str = "Q4_K_M", seed: int = 0) -> SynthResult:
     """Writes the GGUF atomically (a temporary file renamed into place)."""
     gate_t, up_t, down_t = expert_types(type_name)
+
+    def fill(writer, rng) -> int:
+        return sum(_add_block(writer, rng, chosen, block, gate_t, up_t, down_t) for block in range(chosen.layers))
+    return write_gguf(path, chosen, type_name, seed, fill)
+
+
+def write_gguf(path: str | Path, chosen: Preset, type_name: str, seed: int, fill) -> SynthResult:
+    """A GGUF of `chosen`'s architecture with its MoE metadata, the tensors `fill(writer, rng)`
+    adds (it returns the bytes of routed experts), written to a temporary file renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -85,9 +94,7 @@ def synthesize(path: str | Path, chosen: Preset, type_name: str = "Q4_K_M", seed
     try:
         writer = gguf.GGUFWriter(tmp, chosen.architecture)
         _metadata(writer, chosen)
-        expert_bytes = 0
-        for block in range(chosen.layers):
-            expert_bytes += _add_block(writer, rng, chosen, block, gate_t, up_t, down_t)
+        expert_bytes = fill(writer, rng)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
