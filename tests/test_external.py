@@ -208,8 +208,17 @@ def llama_bench() -> Path:
     return Path(done.stdout.strip())
 
 
-def test_llama_bench_decodes_a_complete_synthetic_model(small_model):
-    done = subprocess.run([str(llama_bench()), "-m", str(small_model), "-p", "0", "-n", "4", "-r", "1",
+def test_llama_bench_decodes_complete_synthetic_models(small_model, tmp_path):
+    from numatune.fullmodel import synthesize_complete
+    deepseek = tmp_path / "deepseek2.gguf"       # MLA attention and a shared expert, smaller hidden size
+    synthesize_complete(deepseek, replace(PRESETS["deepseek-v3"], hidden=1024, intermediate=256, experts=8,
+                                          layers=1), "Q8_0")
+    for model in (small_model, deepseek):
+        assert_llama_bench_decodes(model)
+
+
+def assert_llama_bench_decodes(model: Path) -> None:
+    done = subprocess.run([str(llama_bench()), "-m", str(model), "-p", "0", "-n", "4", "-r", "1",
                            "-t", "1", "-o", "json"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     samples = PARSERS["llama-bench-json"](done.stdout, 1)
@@ -220,7 +229,7 @@ def test_tune_runs_llama_bench_as_the_trial_and_check_remeasures_it(tmp_path, sm
     binary = llama_bench()
     out = tmp_path / "r.json"
     code, data, err = tune_json(capsys, "--engine", "llama.cpp", "--engine-bin", str(binary), "--model",
-                                str(small_model), "--budget", "30", "--out", str(out), "--json")
+                                str(small_model), "--budget", "90", "--out", str(out), "--json")
     assert code == 0, err
     assert f"trials: llama.cpp itself, {binary}" in err
     ok = [t for t in data["trials"] if t["error"] is None]
