@@ -34,6 +34,8 @@ from .trial import ModelChoice, _failed, _kill
 STDERR_TAIL_LINES = 3
 MIN_TRIAL_SECONDS = 5.0     # a share shorter than this could not even load a model
 UNBUDGETED_SHARE_S = 600.0  # `check` re-measures without a budget: a hung engine still ends
+BUILD_SWITCH = re.compile(r"(GGML_(?:NATIVE|OPENMP|BLAS|LLAMAFILE|CPU\w*|AVX\w*|AMX\w*|FMA|F16C|BMI2|SSE42|"
+                          r"BACKEND_DL|CUDA|HIP|VULKAN|METAL|SYCL)):\w+=(.*)")
 
 
 class NoMetric(ValueError):
@@ -145,15 +147,15 @@ def _version(path: Path) -> str:
 
 
 def _build(path: Path) -> tuple[tuple[str, str], ...]:
-    """What is known of how the program was built: GGML_*/LLAMA_* options of the CMake cache a
-    build of tools/build-llama-bench.sh keeps beside bin/, and the shared libraries it links
-    (libnuma, libgomp: NUMA and OpenMP support)."""
+    """What is known of how the program was built: the ggml switches that change CPU decode
+    (ISA, OpenMP, BLAS, back ends) in the CMake cache a build of tools/build-llama-bench.sh keeps
+    beside bin/, and the shared libraries it links (libnuma, libgomp: NUMA and OpenMP support)."""
     from .elf import needed_libraries
     build: dict[str, str] = {}
     cache = path.parent.parent / "CMakeCache.txt"
     if cache.is_file():
         for line in cache.read_text(errors="replace").splitlines():
-            m = re.match(r"((?:GGML|LLAMA)_[A-Z0-9_]+):\w+=(.*)", line)
+            m = BUILD_SWITCH.match(line)
             if m and m.group(2) in ("ON", "OFF"):
                 build[m.group(1)] = m.group(2)
     try:
