@@ -18,7 +18,8 @@ hour (docs/benchmarks.md, "Warm and cold"). `--warmup 1` gives the cold figure.
     python benchmarks/engine.py [--types Q4_K_M,Q8_0] [--rounds 7] [--tokens 64] [--json out.json]
 
 If `llama-bench` is on the PATH it is reported but not run: the generated GGUF holds only the MoE
-layers (no attention, embeddings or vocabulary), which llama.cpp cannot load as a model.
+layers, which llama.cpp cannot load; benchmarks/vs_llamacpp.py compares the two engines on a
+complete model (`model synth --complete`).
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     print_table(rows)
     if shutil.which("llama-bench"):
         print("llama-bench found, not run: the generated GGUF has only MoE layers, which llama.cpp "
-              "cannot load as a model.")
+              "cannot load as a model (benchmarks/vs_llamacpp.py compares them on a complete one).")
     if args.json_out:
         with open(args.json_out, "w") as out:
             json.dump(rows, out, indent=2)

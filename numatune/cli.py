@@ -251,14 +251,20 @@ def model_synth_command(
     layers: Optional[int] = typer.Option(None, "--layers", min=1, help="MoE layers (default: the preset's)."),
     experts: Optional[int] = typer.Option(None, "--experts", min=1, help="Experts per layer."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    complete: bool = typer.Option(False, "--complete", help="A whole model llama.cpp decodes: embeddings, "
+                                  "attention, norms, a small vocabulary and the output head around the MoE layers."),
 ) -> int:
     """Write a GGUF with real MoE layer shapes and random weights."""
     from .progress import Steps, wanted
     from .synth import preset, synthesize
     chosen = preset(preset_name, layers, experts)
-    with Steps("synth", wanted()) as steps:
-        steps.start(chosen.layers + 1)
-        result = synthesize(out, chosen, type_name, seed, on_step=steps.advance)
+    if complete:
+        from .fullmodel import synthesize_complete
+        result = synthesize_complete(out, chosen, type_name, seed)
+    else:
+        with Steps("synth", wanted()) as steps:
+            steps.start(chosen.layers + 1)
+            result = synthesize(out, chosen, type_name, seed, on_step=steps.advance)
     render.console.print(f"wrote {result.path}: {result.preset.description}; {result.type_name}, "
                          f"{result.preset.layers} layers × {result.preset.experts} experts, "
                          f"{result.expert_bytes / 1e9:.2f} GB of experts")
@@ -339,35 +345,74 @@ def launch_command(
     return run(plan)
 
 
-def _model_choice(topology, model: Optional[str], synthetic: Optional[str], type_name: str):
+def _model_choice(topology, model: Optional[str], synthetic: Optional[str], type_name: str, complete: bool = False):
+    """The user's file; else a synthetic preset: only the MoE layers for the bundled engine, a
+    complete model (fullmodel.py) when the trials run the target engine itself."""
     from .trial import ModelChoice
     if model is not None and synthetic is not None:
         raise NumatuneError("give at most one of --model FILE.gguf and --synthetic PRESET")
     if model is not None:
         return ModelChoice.from_file(model)
+    if complete:
+        return ModelChoice.complete(synthetic or "default", type_name)
     return ModelChoice.synthetic(topology, synthetic or "default", type_name)
+
+
+def _runs_engine(engine: Optional[str], engine_bin: Optional[Path], bundled: bool = False) -> bool:
+    """Whether trials will run the engine's own benchmark program (so the model must be complete)."""
+    from .external import resolve_program
+    from .profiles import find_engine_profile
+    spec = find_engine_profile(engine).benchmark if engine and not bundled else None
+    return bool(spec and spec.command and (engine_bin is not None or resolve_program(spec.command[0])))
+
+
+def _trials_for(topology, engine: Optional[str], engine_bin: Optional[Path], command: tuple,
+                metric: Optional[str], bundled: bool, cold_cache: bool):
+    """(measure, what the result records, one line saying what the trials run): the engine
+    itself when it can be run (its benchmark found, or the user's command), else the bundled
+    engine placed as the target is placed."""
+    from functools import partial
+
+    from .profiles import find_engine_profile
+    from .store import TargetEngine
+    from .trial import run_trial
+    bundled_measure = partial(run_trial, cold_cache=cold_cache, topology=topology)
+    if engine is None and not command:
+        return bundled_measure, None, "trials: the bundled engine"
+    target = find_engine_profile(engine or "openmp")
+    if bundled and (command or metric):
+        raise NumatuneError("--bundled: the bundled engine runs no command and reads no --metric")
+    if not bundled:
+        from .external import ExternalTrials, external_engine
+        found = external_engine(target, command, engine_bin, metric)
+        if found is not None:
+            return (ExternalTrials(found, topology), found.record(),
+                    f"trials: {target.name} itself, {found.binary.path} ({found.binary.version})")
+    spec = target.benchmark
+    why = ("--bundled" if bundled else f"{spec.command[0]} not found on PATH; --engine-bin FILE to tune it directly"
+           if spec and spec.command else f"give {target.name}'s benchmark command after -- to tune it directly")
+    return bundled_measure, TargetEngine(target.name), \
+        f"trials: the bundled engine, placed as {target.name} is placed ({why})"
 
 
 def _run_tune(topology, model, budget: float, engine: Optional[str], engine_bin: Optional[Path],
               out: Optional[Path], resume: bool, quiet: bool, objective: "Objective" = Objective.latency,
-              cold_cache: bool = False):
+              cold_cache: bool = False, command: tuple = (), metric: Optional[str] = None, bundled: bool = False):
     from .engines import ENGINES, inspect_engine
     from .profiles import find_engine_profile
     from .tune import TuneInterrupted, tune
-    target = find_engine_profile(engine) if engine else None
+    target = find_engine_profile(engine or "openmp") if engine or command else None
     numa_build = inspect_engine(engine, engine_bin).numa_aware if engine in ENGINES else None
-    from functools import partial
-
-    from .trial import run_trial
-    measure = partial(run_trial, cold_cache=cold_cache, topology=topology)
+    measure, record, what = _trials_for(topology, engine, engine_bin, tuple(command), metric, bundled, cold_cache)
+    print(f"numatune: {what}", file=sys.stderr)
     try:
         if quiet:
             return tune(topology, model, budget, target, numa_build, out, resume, objective=objective.value,
-                        measure=measure)
+                        measure=measure, engine=record)
         with render.TuneProgress(budget) as progress:
             return tune(topology, model, budget, target, numa_build, out, resume,
                         on_start=progress.start, on_trial=progress.trial, objective=objective.value,
-                        measure=measure)
+                        measure=measure, engine=record)
     except TuneInterrupted as stop:
         from .errors import Interrupted
         if not stop.result.trials:
@@ -414,8 +459,10 @@ SyntheticOption = typer.Option(None, "--synthetic", help="Generated model preset
                                "to this machine's caches).")
 
 
-@app.command("tune")
+@app.command("tune", context_settings={"allow_interspersed_args": False})
 def tune_command(
+    command: Optional[List[str]] = typer.Argument(None, help="The engine's own benchmark command, after --: "
+                                                  "each trial runs it placed, with the profile's thread flag."),
     model: Optional[str] = typer.Option(None, "--model", help="GGUF file to measure (default: a synthetic model)."),
     synthetic: Optional[str] = SyntheticOption,
     type_name: str = typer.Option("Q4_K_M", "--type", help="Weight type of the synthetic model."),
@@ -427,17 +474,26 @@ def tune_command(
     objective: Objective = ObjectiveOption,
     cold_cache: bool = typer.Option(False, "--cold-cache", help="Drop the model file's cached pages before "
                                     "each trial (posix_fadvise), so every trial loads from the same state."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Regular expression whose first group is the "
+                                         "tokens/s in the command's output (instead of the profile's parser)."),
+    bundled: bool = typer.Option(False, "--bundled", help="Run the bundled engine even when the target engine "
+                                 "is installed."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output (the saved result)."),
     report: Optional[Path] = ReportOption,
     plot: Optional[Path] = PlotOption,
     bandwidth: bool = ReportBandwidthOption,
 ) -> int:
-    """Search thread counts and memory placements against the bundled engine; save the winner."""
+    """Search thread counts and memory placements, running the target engine itself when it is
+    installed (llama-bench for llama.cpp, or the command after --), else the bundled engine."""
     _check_outputs(report, plot, bandwidth)
     topology = _probe("/")
+    if command and model is None:
+        raise NumatuneError("--model: give the model file the command runs (for the memory fit and the result)")
     matrix = _measure_bandwidth(topology, 3, as_json, curves=False).matrix if bandwidth else None
-    run = _run_tune(topology, _model_choice(topology, model, synthetic, type_name), budget, engine,
-                    engine_bin, out, resume, quiet=as_json, objective=objective, cold_cache=cold_cache)
+    complete = not command and _runs_engine(engine, engine_bin, bundled)
+    run = _run_tune(topology, _model_choice(topology, model, synthetic, type_name, complete), budget, engine,
+                    engine_bin, out, resume, quiet=as_json, objective=objective, cold_cache=cold_cache,
+                    command=tuple(command or ()), metric=metric, bundled=bundled)
     if as_json:
         _emit_json(run.result.to_json())
     else:
@@ -460,6 +516,10 @@ def auto_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Result file (default: the data dir, keyed by host)."),
     objective: Objective = ObjectiveOption,
     output_format: Optional[OutputFormat] = FormatOption,
+    engine: Optional[str] = typer.Option(None, "--engine", help="An installed engine to tune directly when it "
+                                         "can be run (llama.cpp: llama-bench on PATH or --engine-bin); otherwise "
+                                         "the bundled engine, placed as this engine is placed."),
+    engine_bin: Optional[Path] = typer.Option(None, "--engine-bin", help="The engine's binary (e.g. llama-bench)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     report: Optional[Path] = ReportOption,
     plot: Optional[Path] = PlotOption,
@@ -478,8 +538,8 @@ def auto_command(
     if not as_json:
         render.topology_summary(topology)
         render.findings(findings)
-    run = _run_tune(topology, _model_choice(topology, model, None, "Q4_K_M"), budget, None, None, out,
-                    False, quiet=as_json, objective=objective)
+    run = _run_tune(topology, _model_choice(topology, model, None, "Q4_K_M", complete=_runs_engine(engine, engine_bin)),
+                    budget, engine, engine_bin, out, False, quiet=as_json, objective=objective)
     recommendations = recommend_all(topology, None, run.result, objective.value)
     if as_json:
         _emit_json({"schema_version": 1, "findings": [f.to_json() for f in findings],

@@ -198,6 +198,29 @@ class TemplatedFlag:
     when: str
 
 
+BENCHMARK_VARIABLES = TEMPLATE_VARIABLES + ("model", "tokens", "repeats")
+BENCHMARK_REPEATS = ("engine", "rerun")
+# Throughput parsers (numatune.external.PARSERS implements them).
+BENCHMARK_PARSERS = ("llama-bench-json", "llama-timings", "ktransformers", "vllm-bench", "sglang-bench")
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """How `tune --engine E` runs the engine itself as a trial: its benchmark command (templated;
+    the profile's thread flag and flags are then set on it as `launch` sets them), the parser
+    that reads its throughput, and who repeats the measurement (the engine, or numatune by
+    running the command again)."""
+
+    command: tuple[str, ...]                   # empty: the user gives it after `--`
+    parser: str
+    repeats: str                               # engine | rerun
+    parsers: tuple[tuple[str, str], ...]       # program name → parser, for the user's own commands
+    drop_flags: tuple[str, ...]                # profile flags the benchmark program does not take
+
+    def parser_for(self, program: str) -> str:
+        return dict(self.parsers).get(Path(program).name, self.parser)
+
+
 @dataclass(frozen=True)
 class EngineProfile:
     name: str
@@ -223,6 +246,7 @@ class EngineProfile:
     numactl: bool
     notes: tuple[str, ...]
     source: str
+    benchmark: BenchmarkSpec | None = None
 
     def placement_condition(self, policy: str) -> str:
         return dict(self.placements).get(policy, "never")
@@ -252,6 +276,29 @@ def _templated_list(data: dict, key: str, name_key: str, where: str) -> tuple[Te
             raise ProfileError(f"{where}: field '{field}.when' must be one of {', '.join(WHEN)}, got {when!r}")
         out.append(TemplatedFlag(item[name_key], _template(item.get("value", ""), where, f"{field}.value"), when))
     return tuple(out)
+
+
+def _benchmark(data: dict, where: str) -> BenchmarkSpec | None:
+    spec = data.get("benchmark")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ProfileError(f"{where}: field 'benchmark' must be a mapping")
+    f = lambda name, check, expected, default=...: _field(spec, name, f"{where}: benchmark", check, expected, default)  # noqa: E731
+    command = f("command", lambda v: isinstance(v, list) and all(isinstance(x, (str, int)) for x in v),
+                "a list of words", [])
+    for i, word in enumerate(command):
+        for name in _TEMPLATE_FIELD.findall(str(word)):
+            if name not in BENCHMARK_VARIABLES:
+                raise ProfileError(f"{where}: field 'benchmark.command[{i}]' uses unknown template variable "
+                                   f"'{{{name}}}' (known: {', '.join(BENCHMARK_VARIABLES)})")
+    parser_names = lambda v: isinstance(v, dict) and all(_text(k) and x in BENCHMARK_PARSERS for k, x in v.items())  # noqa: E731
+    return BenchmarkSpec(
+        command=tuple(str(w) for w in command),
+        parser=f("parser", lambda v: v in BENCHMARK_PARSERS, "one of " + ", ".join(BENCHMARK_PARSERS)),
+        repeats=f("repeats", lambda v: v in BENCHMARK_REPEATS, " or ".join(BENCHMARK_REPEATS), "rerun"),
+        parsers=tuple(f("parsers", parser_names, "a mapping of program to parser", {}).items()),
+        drop_flags=tuple(f("drop_flags", _str_list, "a list of flags", [])))
 
 
 def parse_engine_profile(data: dict, where: str) -> EngineProfile:
@@ -310,7 +357,8 @@ def parse_engine_profile(data: dict, where: str) -> EngineProfile:
         numa_flag=numa_flag.get("flag"), numa_flag_bare=numa_flag.get("bare"),
         numa_flag_spreads=tuple(dict(spreads).items()), build_flag_spread=build_spread,
         flags=_templated_list(data, "flags", "flag", where), env=_templated_list(data, "env", "name", where),
-        numactl=numactl, notes=tuple(str(n) for n in data.get("notes") or ()), source=where)
+        numactl=numactl, notes=tuple(str(n) for n in data.get("notes") or ()), source=where,
+        benchmark=_benchmark(data, where))
 
 
 def engine_profiles(directory: Path | None = None) -> dict[str, EngineProfile]:

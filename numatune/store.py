@@ -106,6 +106,51 @@ def _measurement(data: dict, field: str) -> Measurement:
 
 
 @dataclass(frozen=True)
+class EngineBinary:
+    """The program an external engine's trials ran: where, which bytes, which version and build."""
+
+    path: str
+    sha256: str
+    version: str                     # what `--version` printed (first lines), or "unknown"
+    build: tuple[tuple[str, str], ...]   # e.g. GGML_NATIVE=ON from its CMake cache, linked libraries
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256, "version": self.version, "build": dict(self.build)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "EngineBinary":
+        return cls(data["path"], data["sha256"], data["version"],
+                   tuple((str(k), str(v)) for k, v in data["build"].items()))
+
+
+@dataclass(frozen=True)
+class TargetEngine:
+    """The engine a result was tuned for. `command` empty: trials ran the bundled engine placed as
+    this engine is placed; otherwise they ran this command (templated) and read it with `parser`
+    or the `metric` regular expression."""
+
+    name: str
+    command: tuple[str, ...] = ()
+    parser: Optional[str] = None
+    metric: Optional[str] = None
+    binary: Optional[EngineBinary] = None
+
+    @property
+    def external(self) -> bool:
+        return bool(self.command)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "command": list(self.command), "parser": self.parser, "metric": self.metric,
+                "binary": self.binary.to_json() if self.binary else None}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TargetEngine":
+        binary = data.get("binary")
+        return cls(data["name"], tuple(data.get("command") or ()), data.get("parser"), data.get("metric"),
+                   EngineBinary.from_json(binary) if binary else None)
+
+
+@dataclass(frozen=True)
 class TuneResult:
     """What `numatune tune` saves: the host, the model measured, every trial, and the winner."""
 
@@ -116,7 +161,7 @@ class TuneResult:
     runner_up: Optional[Trial]
     complete: bool                   # False when interrupted: `--resume` continues it
     created: str                     # ISO 8601 time
-    engine: Optional[str] = None     # the target engine the search was limited to, if any
+    engine: Optional[TargetEngine] = None    # None: the bundled engine, placed for no particular target
     executed_share: Optional[float] = None   # share of a real decode step's weight bytes the engine runs
     step_bytes_per_token: int = 0            # weight bytes of that real decode step
 
@@ -126,7 +171,8 @@ class TuneResult:
                 "trials": [t.to_json() for t in self.trials],
                 "winner": self.winner.to_json() if self.winner else None,
                 "runner_up": self.runner_up.to_json() if self.runner_up else None,
-                "complete": self.complete, "created": self.created, "engine": self.engine,
+                "complete": self.complete, "created": self.created,
+                "engine": self.engine.to_json() if self.engine else None,
                 "executed_share": self.executed_share, "step_bytes_per_token": self.step_bytes_per_token}
 
     @classmethod
@@ -142,7 +188,8 @@ class TuneResult:
             except CorruptResult as exc:
                 raise CorruptResult(f"trial {i}: {exc}") from None
         return cls(Fingerprint.from_json(data["fingerprint"]), data["model"], tuple(trials), opt("winner"),
-                   opt("runner_up"), bool(data["complete"]), data["created"], data.get("engine"),
+                   opt("runner_up"), bool(data["complete"]), data["created"],
+                   TargetEngine.from_json(data["engine"]) if data.get("engine") else None,
                    data.get("executed_share"), int(data.get("step_bytes_per_token") or 0))
 
 

@@ -111,6 +111,24 @@ def synthesize(path: str | Path, chosen: Preset, type_name: str = "Q4_K_M", seed
     """Writes the GGUF atomically (a temporary file renamed into place). `on_step` is called after
     each of the `chosen.layers + 1` steps (each layer made, then the file written)."""
     gate_t, up_t, down_t = expert_types(type_name)
+
+    def fill(writer, rng) -> int:
+        expert_bytes = 0
+        for block in range(chosen.dense_layers):
+            _add_ffn(writer, rng, chosen, f"blk.{block}.ffn_{{}}.weight", chosen.dense_width, gate_t, up_t, down_t)
+        for block in range(chosen.dense_layers, chosen.dense_layers + chosen.layers):
+            expert_bytes += _add_block(writer, rng, chosen, block, gate_t, up_t, down_t)
+            if on_step:
+                on_step(f"layer {block + 1} of {chosen.layers} made")
+        return expert_bytes
+    return write_gguf(path, chosen, type_name, seed, fill, on_step)
+
+
+def write_gguf(path: str | Path, chosen: Preset, type_name: str, seed: int, fill,
+               on_step: Optional[Callable[[str], None]] = None) -> SynthResult:
+    """A GGUF of `chosen`'s architecture with its MoE metadata, the tensors `fill(writer, rng)`
+    adds (it returns the bytes of routed experts), written to a temporary file renamed into place;
+    `on_step("written")` at the end."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -119,13 +137,7 @@ def synthesize(path: str | Path, chosen: Preset, type_name: str = "Q4_K_M", seed
     try:
         writer = gguf.GGUFWriter(tmp, chosen.architecture)
         _metadata(writer, chosen)
-        expert_bytes = 0
-        for block in range(chosen.dense_layers):
-            _add_ffn(writer, rng, chosen, f"blk.{block}.ffn_{{}}.weight", chosen.dense_width, gate_t, up_t, down_t)
-        for block in range(chosen.dense_layers, chosen.dense_layers + chosen.layers):
-            expert_bytes += _add_block(writer, rng, chosen, block, gate_t, up_t, down_t)
-            if on_step:
-                on_step(f"layer {block + 1} of {chosen.layers} made")
+        expert_bytes = fill(writer, rng)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

@@ -54,14 +54,25 @@ class ModelChoice:
         return cls(path, f"synthetic:{preset}:{type_name.upper()}:{layers_experts}")
 
     @classmethod
+    def complete(cls, preset: str = "default", type_name: str = "Q4_K_M") -> "ModelChoice":
+        """A synthetic complete model (fullmodel.py), for engines that need one to decode."""
+        from .fullmodel import cached_complete_model
+        path = cached_complete_model(preset, type_name)
+        layers_experts = path.stem.rsplit("-", 1)[-1]
+        return cls(path, f"synthetic-complete:{preset}:{type_name.upper()}:{layers_experts}")
+
+    @classmethod
     def from_label(cls, label: str) -> "ModelChoice":
-        if not label.startswith("synthetic:"):
+        if not label.startswith(("synthetic:", "synthetic-complete:")):
             return cls.from_file(label)
         try:
-            _, preset, type_name, shape = label.split(":")
+            kind, preset, type_name, shape = label.split(":")
             layers, experts = (int(x) for x in shape.split("x"))
         except ValueError:
             raise NumatuneError(f"model '{label}': not a file path or synthetic:PRESET:TYPE:LAYERSxEXPERTS") from None
+        if kind == "synthetic-complete":
+            from .fullmodel import cached_complete_model
+            return cls(cached_complete_model(preset, type_name, layers=layers, experts=experts), label)
         from .synth import cached_model
         return cls(cached_model(preset, type_name, layers=layers, experts=experts), label)
 

@@ -12,7 +12,7 @@ from . import store
 from .errors import NumatuneError
 from .profiles import EngineProfile
 from .search import SearchState, Space, build_space, search, stage_plan
-from .store import Trial, TuneResult
+from .store import TargetEngine, Trial, TuneResult
 from .topology import Topology
 from .trial import ModelChoice, run_trial
 
@@ -24,7 +24,7 @@ def _now() -> str:
 
 
 def _result(topology: Topology, model: ModelChoice, state: SearchState, complete: bool,
-            engine: Optional[str] = None) -> TuneResult:
+            engine: Optional[TargetEngine] = None) -> TuneResult:
     from .gguf_moe import read_moe_model
     ranked = state.final()
     moe = read_moe_model(model.path)
@@ -44,10 +44,11 @@ class TuneRun:
 def tune(topology: Topology, model: ModelChoice, budget_s: float, target: Optional[EngineProfile] = None,
          numa_build: Optional[bool] = None, out: Optional[Path] = None, resume: bool = False,
          on_start: Optional[Callable[[Space], None]] = None, on_trial: Optional[ProgressHook] = None,
-         measure=None, objective: str = "latency") -> TuneRun:
+         measure=None, objective: str = "latency", engine: Optional[TargetEngine] = None) -> TuneRun:
     """Builds the space, searches it within the budget, and saves the result atomically (also
     when interrupted by Ctrl-C: what was measured is kept, marked incomplete). `measure` defaults
-    to real trials, handed this topology."""
+    to real trials of the bundled engine, handed this topology. `engine` is what the result
+    records as measured (an external engine's command and binary, or the target)."""
     measure = measure or partial(run_trial, topology=topology)
     weight_bytes = model.path.stat().st_size
     space = build_space(topology, weight_bytes, target, numa_build, objective)
@@ -55,12 +56,15 @@ def tune(topology: Topology, model: ModelChoice, budget_s: float, target: Option
         reasons = "; ".join(f"{label}: {why}" for label, why in space.pruned[:3])
         raise NumatuneError(f"tune: nothing to measure, every configuration was pruned ({reasons})")
     path = Path(out) if out else store.default_path(store.fingerprint(topology))
-    engine = target.name if target else None
+    if engine is None and target is not None:
+        engine = TargetEngine(target.name)
     state = SearchState()
     if resume:
         state.trials = list(_resumable(topology, model, path, engine).trials)
     if on_start:
         on_start(space)
+    if hasattr(measure, "plan_budget"):     # external trials: each gets its share of the budget
+        measure.plan_budget(budget_s, len(space.candidates))
     measure_one = lambda config, stage, plan: measure(config, model, stage, plan, target)  # noqa: E731
     interrupted = False
     try:
@@ -81,9 +85,26 @@ class TuneInterrupted(Exception):
         self.result, self.path = result, path
 
 
-def _resumable(topology: Topology, model: ModelChoice, path: Path, engine: Optional[str] = None) -> TuneResult:
-    """The saved, interrupted search to continue: only one of this host, model and target engine
-    (its trials were limited to what that engine can do)."""
+def _measured_by(engine: Optional[TargetEngine]) -> str:
+    if engine is None:
+        return "the bundled engine"
+    if not engine.external:
+        return f"the bundled engine placed for {engine.name}"
+    return f"{engine.name} ({engine.binary.path if engine.binary else engine.command[0]})"
+
+
+def _same_engine(saved: Optional[TargetEngine], now: Optional[TargetEngine]) -> bool:
+    if (saved is not None and saved.external) != (now is not None and now.external):
+        return False
+    if (saved.name if saved else None) != (now.name if now else None):
+        return False      # trials were limited to what the target engine can do
+    if saved is None or not saved.external:
+        return True
+    return (saved.command, saved.parser, saved.metric) == (now.command, now.parser, now.metric) and \
+        (saved.binary and saved.binary.sha256) == (now.binary and now.binary.sha256)
+
+
+def _resumable(topology: Topology, model: ModelChoice, path: Path, engine: Optional[TargetEngine] = None) -> TuneResult:
     if not path.is_file():
         raise NumatuneError(f"--resume: no saved result at {path}")
     try:
@@ -95,9 +116,9 @@ def _resumable(topology: Topology, model: ModelChoice, path: Path, engine: Optio
         raise NumatuneError(f"--resume: {path} was measured on another host ({'; '.join(differences)})")
     if saved.model != model.label:
         raise NumatuneError(f"--resume: {path} measured model '{saved.model}', not '{model.label}'")
-    if saved.engine != engine:
-        raise NumatuneError(f"--resume: {path} searched for engine {saved.engine or '(any)'}, "
-                            f"not {engine or '(any)'}")
+    if not _same_engine(saved.engine, engine):
+        raise NumatuneError(f"--resume: {path} was measured with {_measured_by(saved.engine)}, "
+                            f"not {_measured_by(engine)} (or with another command or binary)")
     return saved
 
 
@@ -164,7 +185,9 @@ def default_tolerance(winner: Trial) -> float:
 
 def check(topology: Topology, baseline_path: Path, tolerance: Optional[float] = None,
           allow_other_host: bool = False, measure=None) -> CheckOutcome:
-    measure = measure or partial(run_trial, topology=topology)
+    """Re-measures the saved winner (and runner-up) as they were measured: the same stage, the
+    same engine (an external engine's binary must be the one measured, else NumatuneError),
+    placed as the saved result's target engine is placed."""
     baseline = store.load_result(baseline_path)
     if baseline.winner is None:
         raise NumatuneError(f"{baseline_path}: the saved result has no winner to check")
@@ -173,8 +196,17 @@ def check(topology: Topology, baseline_path: Path, tolerance: Optional[float] = 
         raise OtherHost(f"{baseline_path}: measured on another host ({'; '.join(differences)}); "
                         "--allow-other-host to compare anyway")
     model = ModelChoice.from_label(baseline.model)
+    engine = baseline.engine
+    target = None
+    if measure is None and engine is not None and engine.external:
+        from .external import trials_for_record
+        measure = trials_for_record(engine, topology)
+    elif engine is not None:
+        from .profiles import find_engine_profile
+        target = find_engine_profile(engine.name)
+    measure = measure or partial(run_trial, topology=topology)
     # Measure as each was measured: same stage, hence same tokens and repeats.
-    remeasure = lambda t: measure(t.config, model, t.stage, stage_plan(t.stage), None)  # noqa: E731
+    remeasure = lambda t: measure(t.config, model, t.stage, stage_plan(t.stage), target)  # noqa: E731
     winner, runner_up = baseline.winner, baseline.runner_up
     current = remeasure(winner)
     return CheckOutcome(winner, current, default_tolerance(winner) if tolerance is None else tolerance,

@@ -1,0 +1,344 @@
+"""Trials of the engine the user really runs: its benchmark command (llama-bench for llama.cpp,
+or any command given after `--`), placed and given its thread count exactly as `launch` would
+(`launch.build_plan`: the numactl prefix or numatune's own affinity and memory policy, the
+profile's thread flag, flags and environment), its throughput read from its output by the
+parser the engine's profile names or by a `--metric` regular expression.
+
+A trial whose program exits non-zero, prints no throughput, or runs past its share of the
+budget becomes a failed Trial carrying the tail of its stderr; the search goes on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .config import Configuration
+from .errors import NumatuneError
+from .launch import apply_placement, build_plan
+from .profiles import BENCHMARK_PARSERS, EngineProfile
+from .search import Stage
+from .stats import Measurement
+from .store import EngineBinary, TargetEngine, Trial
+from .topology import Topology
+from .trial import ModelChoice, _failed, _kill
+
+STDERR_TAIL_LINES = 3
+MIN_TRIAL_SECONDS = 5.0     # a share shorter than this could not even load a model
+UNBUDGETED_SHARE_S = 600.0  # `check` re-measures without a budget: a hung engine still ends
+BUILD_SWITCH = re.compile(r"(GGML_(?:NATIVE|OPENMP|BLAS|LLAMAFILE|CPU\w*|AVX\w*|AMX\w*|FMA|F16C|BMI2|SSE42|"
+                          r"BACKEND_DL|CUDA|HIP|VULKAN|METAL|SYCL)):\w+=(.*)")
+
+
+class NoMetric(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsers: text printed by an engine → tokens/s samples
+
+def parse_llama_bench_json(out: str, threads: Optional[int] = None) -> list[float]:
+    """The generation test of `llama-bench -o json`: its per-repetition `samples_ts` (else
+    `avg_ts`). With `threads`, a test run with another thread count is an error: the flag did
+    not reach the engine."""
+    start = out.find("[")
+    try:
+        tests = json.loads(out[start:]) if start >= 0 else None
+    except ValueError as exc:
+        raise NoMetric(f"llama-bench output is not JSON ({exc})") from None
+    if not isinstance(tests, list):
+        raise NoMetric("llama-bench printed no JSON list of tests")
+    generation = [t for t in tests if isinstance(t, dict) and t.get("n_gen", 0) > 0 and t.get("n_prompt", 0) == 0]
+    if not generation:
+        raise NoMetric("llama-bench printed no generation test (n_gen > 0, n_prompt = 0)")
+    test = generation[0]
+    if threads is not None and test.get("n_threads") not in (None, threads):
+        raise NoMetric(f"llama-bench ran {test.get('n_threads')} threads, {threads} were asked")
+    samples = test.get("samples_ts") or ([test["avg_ts"]] if "avg_ts" in test else [])
+    if not samples:
+        raise NoMetric("llama-bench's generation test has neither samples_ts nor avg_ts")
+    return [float(s) for s in samples]
+
+
+def regex_parser(pattern: str) -> Callable[[str, Optional[int]], list[float]]:
+    """Every match of `pattern` is one sample: its first group (or the whole match) as a number."""
+    try:
+        compiled = re.compile(pattern, re.MULTILINE)
+    except re.error as exc:
+        raise NumatuneError(f"--metric: not a regular expression ({exc})") from None
+
+    def parse(out: str, threads: Optional[int] = None) -> list[float]:
+        samples = []
+        for match in compiled.finditer(out):
+            text = match.group(1) if compiled.groups else match.group(0)
+            try:
+                samples.append(float(text))
+            except (TypeError, ValueError):
+                raise NoMetric(f"the metric matched '{text}', not a number") from None
+        if not samples:
+            raise NoMetric(f"no line matched /{pattern}/")
+        return samples
+    return parse
+
+
+_NUMBER = r"([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)"
+PATTERNS = {
+    # llama.cpp's perf summary: "eval time = 1234.5 ms / 127 runs (9.72 ms per token, 102.88 tokens per second)";
+    # the "prompt eval time" line (prefill) is not decode.
+    "llama-timings": rf"(?<!prompt )\beval time\s*=.*?{_NUMBER} tokens per second",
+    # ktransformers' local_chat after each answer: "eval rate:   12.3 tokens/s" (not "prompt eval rate").
+    "ktransformers": rf"(?<!prompt )\beval rate:\s*{_NUMBER} tokens/s",
+    # vLLM: benchmark_serving / `vllm bench serve` "Output token throughput (tok/s): N";
+    # `vllm bench throughput` "Throughput: … requests/s, … total tokens/s, N output tokens/s".
+    "vllm-bench": rf"(?:Output token throughput \(tok/s\):\s*{_NUMBER}|{_NUMBER} output tokens/s)",
+    # SGLang bench_one_batch: "Decode.  median latency: 0.05 s, median throughput:  20.1 token/s".
+    "sglang-bench": rf"Decode\.\s+median latency:.*?median throughput:\s*{_NUMBER} token/s",
+}
+
+
+def _first_group_parser(pattern: str):
+    compiled = re.compile(pattern, re.MULTILINE)
+
+    def parse(out: str, threads: Optional[int] = None) -> list[float]:
+        samples = [float(next(g for g in m.groups() if g is not None)) for m in compiled.finditer(out)]
+        if not samples:
+            raise NoMetric("no throughput line in the output")
+        return samples
+    return parse
+
+
+PARSERS = {"llama-bench-json": parse_llama_bench_json,
+           **{name: _first_group_parser(pattern) for name, pattern in PATTERNS.items()}}
+assert set(PARSERS) == set(BENCHMARK_PARSERS)
+
+
+# ---------------------------------------------------------------------------------------------
+# The binary
+
+def resolve_program(word: str) -> Optional[Path]:
+    found = shutil.which(word)
+    return Path(found).resolve() if found else None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _version(path: Path) -> str:
+    try:
+        done = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=20,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    lines = [line.strip() for line in (done.stdout + "\n" + done.stderr).splitlines() if line.strip()]
+    return " / ".join(lines[:2]) if done.returncode == 0 and lines else "unknown"
+
+
+def _build(path: Path) -> tuple[tuple[str, str], ...]:
+    """What is known of how the program was built: the ggml switches that change CPU decode
+    (ISA, OpenMP, BLAS, back ends) in the CMake cache a build of tools/build-llama-bench.sh keeps
+    beside bin/, and the shared libraries it links (libnuma, libgomp: NUMA and OpenMP support)."""
+    from .elf import needed_libraries
+    build: dict[str, str] = {}
+    cache = path.parent.parent / "CMakeCache.txt"
+    if cache.is_file():
+        for line in cache.read_text(errors="replace").splitlines():
+            m = BUILD_SWITCH.match(line)
+            if m and m.group(2) in ("ON", "OFF"):
+                build[m.group(1)] = m.group(2)
+    try:
+        libraries = needed_libraries(path)
+    except (OSError, ValueError, NumatuneError):
+        libraries = []
+    build["linked"] = " ".join(libraries) or "-"
+    return tuple(sorted(build.items()))
+
+
+def inspect_binary(path: Path) -> EngineBinary:
+    return EngineBinary(str(path), _sha256(path), _version(path), _build(path))
+
+
+def binary_mismatch(saved: EngineBinary) -> Optional[str]:
+    """Why the binary at the saved path is not the one that was measured, or None."""
+    path = Path(saved.path)
+    if not path.is_file():
+        return f"{saved.path} is gone"
+    now = _sha256(path)
+    if now != saved.sha256:
+        return (f"{saved.path} changed (sha256 {saved.sha256[:12]} measured, {now[:12]} now; "
+                f"version then: {saved.version})")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The trial
+
+@dataclass(frozen=True)
+class ExternalEngine:
+    """What runs as the trial: the engine's profile, the command template, how to read it."""
+
+    profile: EngineProfile
+    command: tuple[str, ...]
+    parser: str                       # a name of PARSERS, or "metric"
+    metric: Optional[str]
+    repeats: str                      # engine | rerun
+    binary: EngineBinary
+
+    def record(self) -> TargetEngine:
+        return TargetEngine(self.profile.name, self.command, None if self.metric else self.parser, self.metric,
+                            self.binary)
+
+    def parse(self, out: str, threads: int) -> list[float]:
+        parse = regex_parser(self.metric) if self.metric else PARSERS[self.parser]
+        return parse(out, threads)
+
+
+def external_engine(profile: EngineProfile, command: Sequence[str] = (), engine_bin: Optional[Path] = None,
+                    metric: Optional[str] = None) -> Optional[ExternalEngine]:
+    """The external trial for `profile`: the user's command, else the profile's benchmark
+    command with its program from `engine_bin` or PATH. None when the profile has no benchmark
+    command and none was given, or its program is not installed (trials then run the bundled
+    engine)."""
+    spec = profile.benchmark
+    words = tuple(command) or (spec.command if spec else ())
+    if not words:
+        if metric:
+            raise NumatuneError(f"--metric: give the command to measure after `--` ({profile.name} has no "
+                                "benchmark command of its own)")
+        return None
+    if engine_bin is not None and not command:
+        if not (engine_bin.is_file() and os.access(engine_bin, os.X_OK)):
+            raise NumatuneError(f"--engine-bin: {engine_bin} is not an executable file")
+        words = (str(engine_bin.resolve()),) + words[1:]
+    program = resolve_program(words[0])
+    if program is None:
+        if command:
+            raise NumatuneError(f"command not found: {words[0]}")
+        return None
+    if spec is None and metric is None:
+        raise NumatuneError(f"--metric: the {profile.name} profile names no throughput parser; give a "
+                            "regular expression whose first group is the tokens/s")
+    regex_parser(metric) if metric else None
+    parser = "metric" if metric else spec.parser_for(words[0])
+    # The profile's benchmark program repeats by itself when the profile says so; any other
+    # program is run once per repetition.
+    same_program = bool(spec and spec.command) and Path(words[0]).name == Path(spec.command[0]).name
+    repeats = spec.repeats if spec and (not command or same_program) else "rerun"
+    given = Path(shutil.which(words[0]) or words[0]).absolute()
+    return ExternalEngine(profile, (str(given),) + tuple(words[1:]), parser, metric, repeats,
+                          inspect_binary(program))
+
+
+def _benchmark_profile(profile: EngineProfile, program: str) -> EngineProfile:
+    """The profile as it applies to the profile's benchmark program: without the flags it does
+    not take (llama-bench has no -tb). Other programs get the profile as `launch` applies it."""
+    spec = profile.benchmark
+    if not spec or not spec.drop_flags or not spec.command or Path(program).name != Path(spec.command[0]).name:
+        return profile
+    return replace(profile, flags=tuple(f for f in profile.flags if f.name not in spec.drop_flags))
+
+
+def _fill(words: Sequence[str], model: ModelChoice, stage: Stage) -> list[str]:
+    values = {"model": str(model.path), "tokens": str(stage.tokens), "repeats": str(stage.repeats)}
+    return [re.sub(r"{(model|tokens|repeats)}", lambda m: values[m.group(1)], w) for w in words]
+
+
+def _tail(text: str) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return " | ".join(lines[-STDERR_TAIL_LINES:])[-400:] or "(no stderr)"
+
+
+class ExternalTrials:
+    """The `measure` of `tune`/`check` for an external engine: one placed run of its command
+    (or `repeats` runs, when the engine does not repeat by itself) per trial."""
+
+    def __init__(self, engine: ExternalEngine, topology: Topology, share_s: Optional[float] = None) -> None:
+        self.engine, self.topology = engine, topology
+        self.base_share_s = self.cap_s = share_s if share_s is not None else UNBUDGETED_SHARE_S
+
+    def plan_budget(self, budget_s: float, candidates: int) -> None:
+        """A trial's share of the budget: the budget over the candidates, doubled per stage
+        (later stages decode twice as long), never more than half the budget, so that one hung
+        engine leaves the search time to go on. Past its share a trial is stopped and failed."""
+        self.base_share_s = budget_s / max(1, candidates)
+        self.cap_s = budget_s / 2
+
+    def share(self, stage_index: int) -> float:
+        return max(MIN_TRIAL_SECONDS, min(self.base_share_s * 2 ** stage_index, self.cap_s))
+
+    def __call__(self, config: Configuration, model: ModelChoice, stage_index: int, stage: Stage,
+                 target: Optional[EngineProfile] = None) -> Trial:
+        if config.instances > 1:
+            return _failed(config, stage_index, "one instance per node is only measured with the bundled engine")
+        profile = _benchmark_profile(self.engine.profile, self.engine.command[0])
+        plan = build_plan(config, profile, _fill(self.engine.command, model, stage), self.topology)
+        runs = 1 if self.engine.repeats == "engine" else stage.repeats
+        deadline = self.share(stage_index)
+        samples: list[float] = []
+        for _ in range(runs):
+            outcome = self._run(plan, deadline)
+            if isinstance(outcome, str):
+                return _failed(config, stage_index, outcome)
+            out, err, seconds = outcome
+            deadline -= seconds
+            try:
+                samples += self.engine.parse(out + "\n" + err if self.engine.parser != "llama-bench-json" else out,
+                                             config.threads)
+            except NoMetric as exc:
+                return _failed(config, stage_index, f"{exc}: {_tail(err)}")
+        return Trial(config, Measurement.of(samples, "tok/s"), None, 0, stage_index)
+
+    def _run(self, plan, timeout: float):
+        env = dict(os.environ)
+        env.update(dict(plan.env))
+        preexec = None if plan.uses_numactl else (lambda: apply_placement(plan.placement))
+        began = time.monotonic()
+        try:
+            child = subprocess.Popen(plan.argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, errors="replace", preexec_fn=preexec,
+                                     start_new_session=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"could not start {shlex.join(plan.argv[:1])}: {exc}"
+        try:
+            out, err = child.communicate(timeout=max(timeout, 0.1))
+        except subprocess.TimeoutExpired:
+            _kill(child)
+            out, err = child.communicate()
+            return f"ran past its share of the budget ({timeout:.0f} s): {_tail(err)}"
+        except BaseException:          # Ctrl-C: the child is in its own session; stop it too
+            _kill(child)
+            raise
+        if child.returncode != 0:
+            status = f"killed by signal {-child.returncode}" if child.returncode < 0 else f"exit status {child.returncode}"
+            return f"{status}: {_tail(err)}"
+        return out, err, time.monotonic() - began
+
+
+def trials_for_record(record: TargetEngine, topology: Topology) -> ExternalTrials:
+    """The trials a saved result's engine ran, to re-measure with the same binary: a different
+    binary at the recorded path (rebuilt, upgraded) is refused, its results are not comparable."""
+    from .profiles import find_engine_profile
+    if record.binary is None:
+        raise NumatuneError(f"the saved result ran {record.name}'s command but did not record its binary")
+    why = binary_mismatch(record.binary)
+    if why:
+        raise NumatuneError(f"{record.name}: not the binary that was measured: {why}")
+    profile = find_engine_profile(record.name)
+    spec = profile.benchmark
+    parser = record.parser or "metric"
+    same_program = bool(spec and spec.command) and Path(record.command[0]).name == Path(spec.command[0]).name
+    repeats = spec.repeats if spec and same_program else "rerun"
+    engine = ExternalEngine(profile, record.command, parser, record.metric, repeats, record.binary)
+    return ExternalTrials(engine, topology)

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's `llama-bench` from the llama.cpp source vendored in the llama-cpp-python sdist
+# on PyPI (CPU only, native ISA, that one target) and prints the binary's path on stdout.
+# The build is cached in ${XDG_CACHE_HOME:-~/.cache}/numatune/llama.cpp-<version>/, so a second run
+# neither downloads nor compiles; an interrupted build resumes where it stopped (the source and
+# build tree stay in .work/ until the binary is installed). Environment:
+#   NUMATUNE_LLAMA_CPP_PYTHON   llama-cpp-python version whose vendored llama.cpp is built (pinned
+#                               so that results and CI are reproducible)
+#   NUMATUNE_BUILD_JOBS         parallel compile jobs (default 2)
+# Progress goes to stderr; only the path goes to stdout.
+# --cached-only: print the cached binary's path, or fail (exit 1) without building.
+set -euo pipefail
+
+# Everything runs from main, called on the last line: bash has then read the whole file, so
+# editing this script while a build runs cannot change what the running build does.
+main() {
+  local version="${NUMATUNE_LLAMA_CPP_PYTHON:-0.3.36}"
+  local jobs="${NUMATUNE_BUILD_JOBS:-2}"
+  local cache="${XDG_CACHE_HOME:-$HOME/.cache}/numatune/llama.cpp-$version"
+  local bin="$cache/bin/llama-bench"
+
+  if [ -x "$bin" ]; then
+    echo "$bin"
+    return 0
+  fi
+  if [ "${1:-}" = "--cached-only" ]; then
+    echo "build-llama-bench: no llama-bench built in $cache (run tools/build-llama-bench.sh)" >&2
+    return 1
+  fi
+  for tool in cmake c++ python3; do
+    command -v "$tool" >/dev/null || { echo "build-llama-bench: $tool is not installed" >&2; return 2; }
+  done
+
+  local work="$cache/.work" start
+  start=$(date +%s)
+  mkdir -p "$work"
+  local sdist="$work/llama_cpp_python-$version.tar.gz"
+  local src="$work/llama_cpp_python-$version/vendor/llama.cpp"
+  if [ ! -f "$sdist" ]; then
+    echo "build-llama-bench: downloading the llama-cpp-python $version sdist" >&2
+    python3 -m pip download -q --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$version" >&2
+  fi
+  if [ ! -f "$src/CMakeLists.txt" ]; then
+    tar -xzf "$sdist" -C "$work" "llama_cpp_python-$version/vendor/llama.cpp"
+  fi
+
+  echo "build-llama-bench: configuring (CPU only, native ISA)" >&2
+  cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
+    -DGGML_NATIVE=ON -DGGML_CPU=ON -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF \
+    -DGGML_OPENMP=ON -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >&2
+  echo "build-llama-bench: compiling llama-bench with -j$jobs" >&2
+  cmake --build "$work/build" --target llama-bench -j "$jobs" >&2
+
+  # Install atomically: the binary appears last, so a later run never trusts a half-made install.
+  mkdir -p "$cache/bin.new"
+  cp "$work/build/CMakeCache.txt" "$cache/CMakeCache.txt"
+  cp "$work/build/bin/llama-bench" "$cache/bin.new/llama-bench"
+  rm -rf "$cache/bin"
+  mv "$cache/bin.new" "$cache/bin"
+  rm -rf "$work"
+  echo "build-llama-bench: built in $(( $(date +%s) - start )) s" >&2
+  echo "$bin"
+}
+
+main "$@"
