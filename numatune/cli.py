@@ -404,7 +404,8 @@ def _run_tune(topology, model, budget: float, engine: Optional[str], engine_bin:
     target = find_engine_profile(engine or "openmp") if engine or command else None
     numa_build = inspect_engine(engine, engine_bin).numa_aware if engine in ENGINES else None
     measure, record, what = _trials_for(topology, engine, engine_bin, tuple(command), metric, bundled, cold_cache)
-    print(f"numatune: {what}", file=sys.stderr)
+    if engine or command:       # which engine the trials run is worth a line only when one was named
+        print(f"numatune: {what}", file=sys.stderr)
     try:
         if quiet:
             return tune(topology, model, budget, target, numa_build, out, resume, objective=objective.value,

@@ -1,6 +1,6 @@
 """Trials of the engine the user really runs: its benchmark command (llama-bench for llama.cpp,
 or any command given after `--`), placed and given its thread count exactly as `launch` would
-(`launch.build_plan`: the numactl prefix or numatune's own affinity and memory policy, the
+(`command.build_command`: the numactl prefix or numatune's own affinity and memory policy, the
 profile's thread flag, flags and environment), its throughput read from its output by the
 parser the engine's profile names or by a `--metric` regular expression.
 
@@ -23,7 +23,8 @@ from typing import Callable, Optional, Sequence
 
 from .config import Configuration
 from .errors import NumatuneError
-from .launch import apply_placement, build_plan
+from .command import build_command
+from .launch import apply_placement
 from .profiles import BENCHMARK_PARSERS, EngineProfile
 from .search import Stage
 from .stats import Measurement
@@ -283,7 +284,7 @@ class ExternalTrials:
         if config.instances > 1:
             return _failed(config, stage_index, "one instance per node is only measured with the bundled engine")
         profile = _benchmark_profile(self.engine.profile, self.engine.command[0])
-        plan = build_plan(config, profile, _fill(self.engine.command, model, stage), self.topology)
+        plan = build_command(config, profile, self.topology, _fill(self.engine.command, model, stage))
         runs = 1 if self.engine.repeats == "engine" else stage.repeats
         deadline = self.share(stage_index)
         samples: list[float] = []

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
 
 from .capacity import HEADROOM_PERCENT, bytes_per_node, shortfalls
+from .command import thread_budget
 from .config import Configuration
+from .errors import NumatuneError
 from .policy import Policy
 from .profiles import EngineProfile
 from .store import Trial
@@ -108,6 +110,12 @@ def _prune_reason(t, config: Configuration, weight_bytes: int, profile, numa_bui
         return f"{profile.name} cannot do {config.policy}" + (
             f" ({profile.build_flag} build)" if profile.placement_condition(config.policy) == "without-build-flag"
             else "")
+    if profile is not None:
+        try:
+            thread_budget(config, profile, t.node_of_cpu)
+        except NumatuneError:
+            return (f"{profile.name} keeps {profile.reserved_threads} thread(s) busy besides its compute threads"
+                    f"{' per rank' if profile.reserved_per == 'rank' else ''}: {len(config.cpus)} CPU(s) leave none to compute")
     if config.threads > limit:
         return f"{config.threads} threads exceed the {limit} that the cpuset/CPU quota can run at once"
     worker_nodes = [t.node_of_cpu(c) for c in config.cpus]
