@@ -333,8 +333,9 @@ def _refuse_block_misfit(path: Path) -> None:
             if shape and shape[0] % weights:
                 raise ModelError(f"{path}: tensor {name} has type {GGMLQuantizationType(kind).name} and shape "
                                  f"{shape}: its {shape[0]} columns are not a whole number of {weights}-weight blocks")
-    except (struct.error, KeyError, ValueError, UnicodeDecodeError, OSError):
-        return
+    except (struct.error, KeyError, ValueError, UnicodeDecodeError, OSError, OverflowError, IndexError,
+            MemoryError, RecursionError):
+        return            # the header is broken some other way: the caller's one-line error says so
 
 
 def _meta(reader, path: Path, key: str, kind, default=...):

@@ -204,7 +204,9 @@ def gguf_mutations(base: bytes, rng: random.Random) -> list[tuple[str, bytes, st
         ("row not whole blocks", put(base, quantized.dims_at[0], "<Q", quantized.dims[0] + 16), False),
         ("more experts than stored", put(base, last.dims_at[-1], "<Q", last.dims[-1] * 2), False),
         ("tensor type 99", put(base, quantized.type_at, "<I", 99), False),
-        ("tensor type Q5_0 (not computed)", put(base, quantized.type_at, "<I", 6), MODEL),
+        # Q5_0 is computed now and its blocks are smaller than Q8_0's: a valid (if meaningless) file
+        ("tensor type Q5_0 over Q8_0 bytes", put(base, quantized.type_at, "<I", 6), MAYBE),
+        ("tensor type IQ2_XXS (not computed)", put(base, quantized.type_at, "<I", 16), MODEL),
         ("tensor type F32 over quantized bytes", put(base, quantized.type_at, "<I", 0), False),
         ("offset 2^62", put(base, quantized.offset_at, "<Q", 1 << 62), False),
         ("offset past the end", put(base, last.offset_at, "<Q", size - lay.data_start), False),
@@ -267,7 +269,7 @@ def semantic_models(where: Path) -> list[tuple[str, Path]]:
     write("up missing", tensors={**base, "ffn_up_exps": None})
     write("router missing", tensors={**base, "ffn_gate_inp": None})
     write("two-dimensional experts", tensors={**base, "ffn_gate_exps": (4 * 64, 64)})
-    write("Q4_0 experts (not computed)", expert_type="Q4_0")
+    write("MXFP4 experts (not computed)", expert_type="MXFP4")
     return made
 
 
