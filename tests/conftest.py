@@ -88,3 +88,11 @@ def small_gguf(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("gguf") / "small.gguf"
     synthesize(path, replace(PRESETS["default"], hidden=512, intermediate=256, experts=8, top_k=2, layers=2), "Q8_0")
     return path
+
+
+@pytest.fixture(scope="session")
+def host():
+    """The live machine's topology, for tests that run the engine on it (never for its layout)."""
+    from numatune.sysfs import Root
+    from numatune.topology import probe
+    return probe(Root.open("/"))

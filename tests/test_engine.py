@@ -31,11 +31,6 @@ TOLERANCE = {"F32": 1e-5, "F16": 1e-3, "BF16": 1e-2, "Q8_0": 0.02, "Q4_K_M": 0.0
 
 
 @pytest.fixture(scope="module")
-def host():
-    return probe(Root.open("/"))
-
-
-@pytest.fixture(scope="module")
 def models(tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
     made = {t: synthesize(out / f"{t}.gguf", SMALL, t, seed=3).path for t in TOLERANCE if t != "Q4_K"}

@@ -26,8 +26,6 @@ from numatune.policy import NAMES as POLICIES
 from numatune.errors import ModelError, NumatuneError
 from numatune.gguf_moe import read_moe_model
 from numatune.synth import PRESETS, synthesize
-from numatune.sysfs import Root
-from numatune.topology import probe
 
 CPUS = sorted(os.sched_getaffinity(0))[:2]
 ARCH_PRESETS = ("deepseek-v3", "qwen1.5-moe-a2.7b", "qwen3-30b-a3b", "mixtral-8x7b", "llama4-scout")
@@ -39,11 +37,6 @@ def small(name: str):
     return replace(p, hidden=256, intermediate=256, experts=8 if p.experts == 8 else 16, layers=2,
                    dense_layers=min(p.dense_layers, 1), dense_width=512 if p.dense_layers else 0,
                    shared_width=384 if p.shared_width else 0)
-
-
-@pytest.fixture(scope="module")
-def host():
-    return probe(Root.open("/"))
 
 
 @pytest.fixture(scope="module")
