@@ -627,9 +627,15 @@ def plan_cli_command(
     objective: Objective = ObjectiveOption,
 ) -> int:
     """Predict decode tok/s per configuration (roofline) and rank them; predicted vs measured where known."""
-    from .plan import plan_command
-    return plan_command(machine, model, engine, as_json=as_json, top=top, bandwidth=bandwidth, root=root,
-                        objective=objective.value)
+    from .plan import plan_for
+    from .profiles import find_engine_profile
+    target = find_engine_profile(engine) if engine else None
+    result = plan_for(machine, model, target, bandwidth=bandwidth, root=root, objective=objective.value)
+    if as_json:
+        _emit_json(result.to_json(top))
+    else:
+        render.plan(result, top, target)
+    return 0
 
 
 @app.command("verify", context_settings={"allow_interspersed_args": False})

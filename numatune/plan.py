@@ -759,14 +759,10 @@ class _CpuNumbering:
         return [node for node, start in self.first_cpu if start <= cpu][-1]
 
 
-def plan_command(machine: Optional[str], model: Optional[str], engine: Optional[str], as_json: bool = False,
-                 top: Optional[int] = 10, bandwidth: bool = False, root: str = "/",
-                 objective: str = "latency", repeats: int = 3) -> int:
-    """`numatune plan`: rank configurations for a machine profile, or for this machine as probed."""
-    from .profiles import find_engine_profile
-    if top is not None and top < 1:
-        raise NumatuneError(f"--top: must be at least 1, got {top}")
-    target = find_engine_profile(engine) if engine else None
+def plan_for(machine: Optional[str], model: Optional[str], target: Optional[EngineProfile],
+             bandwidth: bool = False, root: str = "/", objective: str = "latency", repeats: int = 3) -> Plan:
+    """What `numatune plan` shows: configurations ranked for a machine profile, or for this machine
+    as probed and measured (with its saved tuning result's trials beside the predictions)."""
     if machine is not None:
         chosen = load_machine(machine)
     else:
@@ -784,15 +780,7 @@ def plan_command(machine: Optional[str], model: Optional[str], engine: Optional[
     if model is None:
         raise NumatuneError("--model: which model (a profile like deepseek-r1:Q4_K_M, or a GGUF file)? Without "
                             "--machine, the model of this host's saved tuning result is the default")
-    result = make_plan(chosen, model, target, objective)
-    if as_json:
-        import json
-        import sys
-        sys.stdout.write(json.dumps(result.to_json(top), indent=2) + "\n")
-    else:
-        from . import render
-        render.plan(result, top, target)
-    return 0
+    return make_plan(chosen, model, target, objective)
 
 
 def _this_machine_measured(topology, model: Optional[str], root: str):
