@@ -67,7 +67,7 @@ def test_tune_with_a_small_budget_finishes(two_nodes, layout, models, tmp_path, 
     assert seconds <= BUDGET_S + OVERRUN_S, f"{seconds:.0f} s for a {BUDGET_S} s budget"
 
 
-def test_one_instance_per_node_trial_runs_both_children_placed(two_nodes, topology, models):
+def test_one_instance_per_node_trial_runs_both_children_placed(two_nodes, topology, models, tmp_path):
     """`--objective throughput`'s candidate: one child per node at once. The children started the
     way a trial starts them report worker CPUs on their own node only and every weight page on it;
     the trial itself succeeds, sums its children, and holds exactly two copies of the weights."""
@@ -83,7 +83,9 @@ def test_one_instance_per_node_trial_runs_both_children_placed(two_nodes, topolo
     model = ModelChoice.from_label(models["tiny"])
     stage = Stage(tokens=8, repeats=2)
 
-    children = [_start(part, model, stage, find_engine_profile("numatune")) for part in parts]
+    topology_file = tmp_path / "topology.json"       # trials hand the children the probe as JSON
+    topology_file.write_text(json.dumps(topology.to_json()))
+    children = [_start(part, model, stage, find_engine_profile("numatune"), topology_file) for part in parts]
     assert not any(isinstance(child, str) for child in children), children
     reports = [_finish_json(child, 600) for child in children]
     for part, report in zip(parts, reports):
@@ -94,7 +96,7 @@ def test_one_instance_per_node_trial_runs_both_children_placed(two_nodes, topolo
         for group, pages in placed["pages"].items():
             assert set(pages) == {str(node)}, (node, group, pages)
 
-    both = run_trial(pair, model, 0, stage)
+    both = run_trial(pair, model, 0, stage, topology=topology)
     assert both.error is None, both.error
     copies = [report["resident_bytes"] for report in reports]
     assert copies[0] == copies[1] > 0 and both.resident_bytes == sum(copies), (both.resident_bytes, copies)
