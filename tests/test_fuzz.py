@@ -42,10 +42,11 @@ def run_all(cases: list[Case], tmp_path: Path, timeout: float = 240) -> list[dic
     """The results of all cases, run in one child; fails the test on a crash, naming the case."""
     (tmp_path / "cases.json").write_text(json.dumps([list(c.argv) for c in cases]))
     log = tmp_path / "log.jsonl"
-    # NUMATUNE_QUICK_PROBE: the probe of "/" (bench) skips py-cpuinfo's second of ISA details.
+    # NUMATUNE_QUICK_PROBE: the probe of "/" (bench) skips py-cpuinfo's second of ISA details. The
+    # child imports numatune as the tests do (the installed package, or the caller's PYTHONPATH),
+    # never the source tree beside it, which has no compiled extension in a clean clone.
     env = dict(os.environ, NUMATUNE_CACHE=str(tmp_path / "cache"), NUMATUNE_DATA=str(tmp_path / "data"),
-               TMPDIR=str(private_tmp(tmp_path)), NUMATUNE_QUICK_PROBE="1", PYTHONPATH=os.pathsep.join(
-                   p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p))
+               TMPDIR=str(private_tmp(tmp_path)), NUMATUNE_QUICK_PROBE="1")
     try:
         child = subprocess.run([sys.executable, str(HERE / "fuzzcli.py"), str(tmp_path / "cases.json"), str(log)],
                                capture_output=True, text=True, timeout=timeout, env=env, cwd=str(tmp_path))
