@@ -212,9 +212,15 @@ struct KQuant {
     float d, dmin;
 };
 
+// Weight i's two low bits in Q2_K's and Q3_K's `qs` (the same layout in both): 32 bytes per
+// 128 weights, four 32-weight runs per byte column, two bits each.
+static int two_bits(const uint8_t* qs, int i) {
+    return (qs[32 * (i / 128) + i % 32] >> (2 * (i / 32 % 4))) & 3;
+}
+
 KQuant unpack_q2k(const BlockQ2K& w) {
     KQuant out{};
-    for (int i = 0; i < kQK; ++i) out.q[i] = static_cast<int8_t>((w.qs[32 * (i / 128) + i % 32] >> (2 * (i / 32 % 4))) & 3);
+    for (int i = 0; i < kQK; ++i) out.q[i] = static_cast<int8_t>(two_bits(w.qs, i));
     for (int g = 0; g < 16; ++g) {
         out.scale[g] = static_cast<int8_t>(w.scales[g] & 0x0f);
         out.min[g] = w.scales[g] >> 4;
@@ -227,7 +233,7 @@ KQuant unpack_q2k(const BlockQ2K& w) {
 KQuant unpack_q3k(const BlockQ3K& w) {
     KQuant out{};
     for (int i = 0; i < kQK; ++i) {
-        const int low = (w.qs[32 * (i / 128) + i % 32] >> (2 * (i / 32 % 4))) & 3;
+        const int low = two_bits(w.qs, i);
         const int high = (w.hmask[i % 32] >> (i / 32)) & 1;
         out.q[i] = static_cast<int8_t>(low + 4 * high - 4);
     }

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import quants
 from .errors import ModelError
-from .synth import Preset, SynthResult, _add_block, _add_ffn, cache_dir, expert_types, preset, write_gguf
+from .synth import Preset, SynthResult, _add_block, _add_ffn, cached_model, expert_types, write_gguf
 
 VOCAB_SIZE = 1024
 SPECIAL = ("<unk>", "<s>", "</s>")
@@ -219,9 +219,4 @@ def synthesize_complete(path: str | Path, chosen: Preset, type_name: str = "Q4_K
 def cached_complete_model(name: str, type_name: str = "Q4_K_M", layers: int | None = None,
                           experts: int | None = None) -> Path:
     """A preset's complete model, generated on first use and kept in the cache directory."""
-    chosen = preset(name, layers, experts)
-    expert_types(type_name)
-    path = cache_dir() / "models" / f"{chosen.name}-complete-{type_name.upper()}-{chosen.layers}x{chosen.experts}.gguf"
-    if not path.is_file():
-        synthesize_complete(path, chosen, type_name)
-    return path
+    return cached_model(name, type_name, layers, experts, make=synthesize_complete, kind="complete-")

@@ -294,45 +294,50 @@ _SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 1
 def _refuse_block_misfit(path: Path) -> None:
     """When gguf cannot read a file, names a tensor whose type and shape disagree (a row that is
     not a whole number of the type's blocks), which gguf reports without the tensor's name."""
+    import mmap
     import struct
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
     try:
-        data = path.read_bytes()
-        if data[:4] != b"GGUF":
-            return
-        at = 8
-        def take(fmt: str):
-            nonlocal at
-            values = struct.unpack_from("<" + fmt, data, at)
-            at += struct.calcsize("<" + fmt)
-            return values[0]
-        def skip_value(kind: int) -> None:
-            nonlocal at
-            if kind == 8:
+        # mapped, not read: the header is all this looks at, and the file may be hundreds of GB
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if data[:4] != b"GGUF":
+                return
+            at = 8
+            def take(fmt: str):
+                nonlocal at
+                values = struct.unpack_from("<" + fmt, data, at)
+                at += struct.calcsize("<" + fmt)
+                return values[0]
+            def skip_value(kind: int) -> None:
+                nonlocal at
+                if kind == 8:
+                    length = take("Q")
+                    at += length
+                elif kind == 9:
+                    inner, count = take("I"), take("Q")
+                    if inner in _SCALAR_BYTES:      # one step, however large the count
+                        at += count * _SCALAR_BYTES[inner]
+                    else:
+                        for _ in range(count):
+                            skip_value(inner)
+                else:
+                    at += _SCALAR_BYTES[kind]
+            tensors, kvs = take("Q"), take("Q")
+            for _ in range(kvs):
                 length = take("Q")
                 at += length
-            elif kind == 9:
-                inner, count = take("I"), take("Q")
-                for _ in range(count):
-                    skip_value(inner)
-            else:
-                at += _SCALAR_BYTES[kind]
-        tensors, kvs = take("Q"), take("Q")
-        for _ in range(kvs):
-            length = take("Q")
-            at += length
-            skip_value(take("I"))
-        for _ in range(tensors):
-            length = take("Q")
-            name = data[at:at + length].decode()
-            at += length
-            shape = [take("Q") for _ in range(take("I"))]
-            kind = take("I")
-            at += 8
-            weights = GGML_QUANT_SIZES.get(GGMLQuantizationType(kind), (1, 1))[0]
-            if shape and shape[0] % weights:
-                raise ModelError(f"{path}: tensor {name} has type {GGMLQuantizationType(kind).name} and shape "
-                                 f"{shape}: its {shape[0]} columns are not a whole number of {weights}-weight blocks")
+                skip_value(take("I"))
+            for _ in range(tensors):
+                length = take("Q")
+                name = data[at:at + length].decode()
+                at += length
+                shape = [take("Q") for _ in range(take("I"))]
+                kind = take("I")
+                at += 8
+                weights = GGML_QUANT_SIZES.get(GGMLQuantizationType(kind), (1, 1))[0]
+                if shape and shape[0] % weights:
+                    raise ModelError(f"{path}: tensor {name} has type {GGMLQuantizationType(kind).name} and shape "
+                                     f"{shape}: its {shape[0]} columns are not a whole number of {weights}-weight blocks")
     except (struct.error, KeyError, ValueError, UnicodeDecodeError, OSError, OverflowError, IndexError,
             MemoryError, RecursionError):
         return            # the header is broken some other way: the caller's one-line error says so

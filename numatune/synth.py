@@ -246,15 +246,16 @@ def cache_dir() -> Path:
 
 
 def cached_model(name: str, type_name: str = "Q4_K_M", layers: int | None = None,
-                 experts: int | None = None) -> Path:
-    """A preset's GGUF, generated on first use and kept in the cache directory."""
+                 experts: int | None = None, make=None, kind: str = "") -> Path:
+    """A preset's GGUF, made by `make(path, preset, type)` (default: `synthesize`) on first use and
+    kept in the cache directory; `kind` tells other makers' files apart (e.g. "complete-")."""
     chosen = preset(name, layers, experts)
     expert_types(type_name)
     # "r2": files of this layout (routing metadata, shared experts, dense blocks); older cached
     # files of the same preset lack them and are not reused.
-    path = cache_dir() / "models" / f"{chosen.name}-{type_name.upper()}-r2-{chosen.layers}x{chosen.experts}.gguf"
+    path = cache_dir() / "models" / f"{chosen.name}-{kind}{type_name.upper()}-r2-{chosen.layers}x{chosen.experts}.gguf"
     if not path.is_file():
-        synthesize(path, chosen, type_name)
+        (make or synthesize)(path, chosen, type_name)
     return path
 
 
