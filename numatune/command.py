@@ -71,6 +71,18 @@ def thread_budget(config: Configuration, profile: EngineProfile, node_of_cpu) ->
     return ThreadBudget(given, tuple((node, cpus) for node, cpus in compute if cpus))
 
 
+def cpus_for_compute(compute: Sequence[tuple[int, int]], profile: EngineProfile) -> tuple[tuple[int, int], ...]:
+    """(node, CPUs to give) for (node, compute threads) wanted: the inverse of `thread_budget`, for
+    machines described by counts rather than CPU ids (plan). Once per rank, every node's rank
+    gets its reserved threads more; once per process, the last node does (`thread_budget` takes
+    them from the end)."""
+    reserved = profile.reserved_threads
+    if profile.reserved_per == "rank":
+        return tuple((node, count + reserved) for node, count in compute)
+    *head, (last, count) = compute
+    return (*head, (last, count + reserved))
+
+
 def _too_few(profile: EngineProfile, cpus: int, where: str) -> NumatuneError:
     return NumatuneError(f"{profile.name}: {cpus} CPU(s) given{where}, but it keeps {profile.reserved_threads} "
                          f"busy besides its compute threads (threads.reserved_threads in {profile.source}): "

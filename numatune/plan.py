@@ -33,6 +33,7 @@ from .policy import Policy
 from .profiles import (PROFILES_DIR, EngineProfile, _count, _positive_int, _positive_number, _str_list,
                        _text, read_yaml)
 from .capacity import HEADROOM_PERCENT, fits
+from .command import cpus_for_compute
 from .search import engine_can, thread_ladder
 
 SCHEMA_VERSION = 1
@@ -348,6 +349,8 @@ class PlanConfig:
     set (bind: its one node; interleave: the set; replicate: the nodes holding copies).
     copy_groups (replicate): each group holds one copy interleaved over its nodes — one node per
     group is a copy per node, a socket's nodes per group a copy per socket.
+    reserved: (node, threads the engine keeps busy there besides its workers), placed by the
+    command builder's rule (`reserved_by_node`).
     """
 
     policy: Policy
@@ -356,7 +359,7 @@ class PlanConfig:
     numa_build: Optional[bool] = None
     copy_groups: tuple[tuple[int, ...], ...] = ()
     instances: int = 1
-    reserved_threads: int = 0
+    reserved: tuple[tuple[int, int], ...] = ()
 
     @property
     def total_workers(self) -> int:
@@ -365,6 +368,10 @@ class PlanConfig:
     @property
     def worker_nodes(self) -> tuple[int, ...]:
         return tuple(n for n, _ in self.workers)
+
+    def busy_threads(self, node_id: int) -> int:
+        """Workers plus reserved threads on a node: the CPUs the command builder gives it."""
+        return dict(self.workers).get(node_id, 0) + dict(self.reserved).get(node_id, 0)
 
     def label(self) -> str:
         from .sysfs import format_cpulist
@@ -384,7 +391,7 @@ class PlanConfig:
         return {"policy": self.policy, "workers": {str(n): t for n, t in self.workers},
                 "memory_nodes": list(self.memory_nodes), "numa_build": self.numa_build,
                 "copy_groups": [list(g) for g in self.copy_groups], "instances": self.instances,
-                "reserved_threads": self.reserved_threads, "label": self.label()}
+                "reserved_threads": sum(r for _, r in self.reserved), "label": self.label()}
 
 
 @dataclass(frozen=True)
@@ -479,7 +486,7 @@ def predict(machine: Machine, config: PlanConfig, bytes_per_token: int, weights:
     for node_id, workers in config.workers:
         node = machine.node(node_id)
         share = bytes_per_token / 1e9 * workers / total
-        busy = workers + (config.reserved_threads if node_id == config.worker_nodes[0] else 0)
+        busy = config.busy_threads(node_id)
         pull = min(workers, node.cores) * machine.per_core_read_gbps
         if workers > node.cores:
             notes.append(f"node {node_id}: {workers} workers on {node.cores} cores share cores by SMT "
@@ -535,8 +542,9 @@ def _sync_seconds(machine: Machine, config: PlanConfig, layers: int, traits: Eng
 
 def _predict_instances(machine: Machine, config: PlanConfig, bytes_per_token: int, weights: int,
                        layers: int, traits: EngineTraits) -> Prediction:
+    reserved = dict(config.reserved)
     singles = [predict(machine, PlanConfig(Policy.BIND, ((n, t),), (n,), config.numa_build,
-                                           reserved_threads=config.reserved_threads),
+                                           reserved=((n, reserved[n]),) if n in reserved else ()),
                        bytes_per_token, weights, layers, traits) for n, t in config.workers]
     slowest = max(singles, key=lambda p: p.memory_s + p.sync_s)
     return Prediction(config, sum(p.tokens_per_s for p in singles), slowest.memory_s, slowest.sync_s,
@@ -612,7 +620,6 @@ def _policies(machine: Machine, node_set: tuple[int, ...], engine: Optional[Engi
 def candidates(machine: Machine, engine: Optional[EngineProfile], objective: str = "latency") -> list[PlanConfig]:
     """Every configuration to rank: node sets (a node, a socket's nodes, all), workers per node
     (a ladder up to the node's cores, never SMT siblings), and the policies the engine can do."""
-    reserved = engine.reserved_threads if engine else 0
     out = []
     for numa_build in _builds(engine):
         for node_set in _node_sets(machine):
@@ -621,17 +628,29 @@ def candidates(machine: Machine, engine: Optional[EngineProfile], objective: str
                 workers = tuple((n, per_node) for n in node_set)
                 for policy, groups in _policies(machine, node_set, engine, numa_build):
                     out.append(PlanConfig(policy, workers, node_set, numa_build, groups,
-                                          reserved_threads=reserved))
+                                          reserved=reserved_by_node(engine, workers)))
                 if objective == "throughput" and len(node_set) > 1 and engine_can(engine, Policy.BIND, numa_build):
                     out.append(PlanConfig(Policy.BIND, workers, node_set, numa_build, instances=len(node_set),
-                                          reserved_threads=reserved))
+                                          reserved=reserved_by_node(engine, workers, instances=len(node_set))))
     return out
+
+
+def reserved_by_node(engine: Optional[EngineProfile], workers: tuple[tuple[int, int], ...],
+                     instances: int = 1) -> tuple[tuple[int, int], ...]:
+    """(node, reserved threads kept there) for these workers, by the command builder's rule
+    (`command.cpus_for_compute`, the inverse of the `thread_budget` a launch uses); with several
+    instances each is a process of its own."""
+    if engine is None or not engine.reserved_threads:
+        return ()
+    processes = [(w,) for w in workers] if instances > 1 else [workers]
+    return tuple((node, given - count) for compute in processes
+                 for (node, given), (_, count) in zip(cpus_for_compute(compute, engine), compute) if given > count)
 
 
 def prune_reason(machine: Machine, config: PlanConfig, weights: int, traits: EngineTraits) -> Optional[str]:
     for node_id, workers in config.workers:
         node = machine.node(node_id)
-        busy = workers + (config.reserved_threads if node_id == config.worker_nodes[0] or config.instances > 1 else 0)
+        busy = config.busy_threads(node_id)
         if busy > node.hardware_threads:
             return f"node {node_id}: {busy} busy threads exceed its {node.hardware_threads} hardware threads"
     for node_id, needed in sorted(placed_bytes(config, weights, traits).items()):
@@ -649,8 +668,7 @@ def observation_config(machine: Machine, obs: Observation, engine: Optional[Engi
     workers = tuple((n, obs.workers // count + (1 if i < obs.workers % count else 0)) for i, n in enumerate(obs.nodes))
     groups = tuple((n,) for n in obs.nodes) if obs.policy == Policy.REPLICATE else ()
     memory = obs.nodes[:1] if obs.policy == Policy.BIND else obs.nodes
-    return PlanConfig(obs.policy, workers, memory, obs.numa_build, groups,
-                      reserved_threads=engine.reserved_threads if engine else 0)
+    return PlanConfig(obs.policy, workers, memory, obs.numa_build, groups, reserved=reserved_by_node(engine, workers))
 
 
 def model_sizes(model_spec: str, traits: EngineTraits) -> tuple[str, int, int, int]:
@@ -741,7 +759,7 @@ def threads_argument(engine: Optional[EngineProfile], config: PlanConfig) -> Opt
 @dataclass(frozen=True)
 class _CpuNumbering:
     """Stand-in CPU numbers for a machine profile (which counts cores, not CPU ids): each node's
-    workers, plus the engine's reserved threads (on the first node, or on every rank's)."""
+    workers, plus the CPUs the command builder gives the engine's reserved threads."""
 
     first_cpu: tuple[tuple[int, int], ...]      # (node, its first stand-in CPU), in order
     cpus: tuple[int, ...]
@@ -749,8 +767,7 @@ class _CpuNumbering:
     @classmethod
     def of(cls, workers: tuple[tuple[int, int], ...], engine: EngineProfile) -> "_CpuNumbering":
         first, cpus = [], []
-        for i, (node, count) in enumerate(workers):
-            given = count + (engine.reserved_threads if i == 0 or engine.reserved_per == "rank" else 0)
+        for node, given in cpus_for_compute(workers, engine):
             first.append((node, len(cpus)))
             cpus += range(len(cpus), len(cpus) + given)
         return cls(tuple(first), tuple(cpus))

@@ -12,8 +12,9 @@ import yaml
 from numatune.bandwidth import BandwidthCell, BandwidthMatrix, BandwidthResult, ProbeBandwidth
 from numatune.cli import main
 from numatune.errors import ProfileError
-from numatune.plan import (Machine, PlanConfig, candidates, load_machine, machine_from_probe, machine_profiles,
-                           make_plan, parse_machine_profile, predict, traits_of)
+from numatune.plan import (DEFAULT_LINE_TRANSFER_NS, GIB, Machine, MachineNode, PlanConfig, candidates, load_machine,
+                           machine_from_probe, machine_profiles, make_plan, parse_machine_profile, predict,
+                           prune_reason, reserved_by_node, traits_of)
 from numatune.profiles import find_engine_profile
 from numatune.stats import Measurement
 
@@ -142,6 +143,56 @@ def test_oversubscribed_node_collapses():
     over = _predict(seed, PlanConfig("bind", ((0, 70),), (0,)), "ktransformers")
     assert over.tokens_per_s < fits.tokens_per_s / 5
     assert any("preempted" in note for note in over.notes)
+
+
+@pytest.mark.parametrize("machine", [SEED, "epyc-9654-2s-nps4"])
+@pytest.mark.parametrize("objective", ["latency", "throughput"])
+def test_plan_keeps_reserved_threads_where_the_command_builder_does(machine, objective):
+    """Every engine, every candidate: the CPUs plan charges to a node (workers + reserved) are the
+    CPUs that, given to the command builder, leave exactly the plan's workers computing there —
+    vLLM's front-end CPU once per rank, ktransformers' spinning thread once per process."""
+    from numatune.command import thread_budget
+    from numatune.config import Configuration
+    from numatune.profiles import engine_profiles
+    for engine in engine_profiles().values():
+        for config in candidates(load_machine(machine), engine, objective):
+            processes = [((n, t),) for n, t in config.workers] if config.instances > 1 else [config.workers]
+            for workers in processes:
+                counts = [(n, config.busy_threads(n)) for n, _ in workers]
+                starts = [sum(c for _, c in counts[:i]) for i in range(len(counts))]
+                cpus = tuple(range(sum(c for _, c in counts)))
+                node_of = lambda cpu: [n for (n, _), start in zip(counts, starts) if start <= cpu][-1]  # noqa: E731
+                budget = thread_budget(Configuration(cpus, "first-touch", tuple(n for n, _ in counts)), engine,
+                                       node_of)
+                assert tuple((n, len(c)) for n, c in budget.compute) == workers, (engine.name, config.label())
+            if engine.reserved_per == "rank" and engine.reserved_threads:
+                assert all(config.busy_threads(n) == t + engine.reserved_threads for n, t in config.workers)
+
+
+def _lopsided(threads_per_core: int) -> Machine:
+    """Node 0: 8 cores, node 1: 4 (a probed machine whose nodes differ, e.g. under a cpuset)."""
+    nodes = (MachineNode(0, 0, 8, threads_per_core, 512 * GIB), MachineNode(1, 1, 4, threads_per_core, 512 * GIB))
+    return Machine(name="lopsided", description="", nodes=nodes, read_gbps=((200.0, 60.0), (60.0, 200.0)),
+                   per_core_read_gbps=2.0, link_gbps=60.0, line_transfer_ns=DEFAULT_LINE_TRANSFER_NS,
+                   bandwidth_kind="estimated", observations=(), source="test")
+
+
+def test_vllm_front_end_cpu_is_counted_on_every_rank():
+    vllm = find_engine_profile("vllm-cpu")
+    traits = traits_of(vllm)
+    machine = _lopsided(1)
+    kept = {p.config.workers for p in make_plan(machine, MODEL, vllm).ranked}
+    assert ((0, 4), (1, 4)) not in kept                # rank 1: 4 workers + its front-end CPU on 4 cores
+    assert ((0, 3), (1, 3)) in kept                    # 3 + 1 on each rank fit
+    config = next(c for c in candidates(machine, vllm) if c.workers == ((0, 4), (1, 4)))
+    why = prune_reason(machine, config, int(380 * GB), traits)
+    assert why and why.startswith("node 1: 5 busy threads")
+    smt = _lopsided(2)                                 # with SMT it runs, the reserved CPU taking a share
+    config = PlanConfig("partition", ((0, 8), (1, 8)), (0, 1), reserved=reserved_by_node(vllm, ((0, 8), (1, 8))))
+    unreserved = replace(config, reserved=())
+    placed = predict(smt, config, int(12 * GB), int(380 * GB), 58, traits)
+    assert placed.tokens_per_s < predict(smt, unreserved, int(12 * GB), int(380 * GB), 58, traits).tokens_per_s
+    assert any(note.startswith("node 1: 9 busy threads on 8") for note in placed.notes)
 
 
 def test_candidates_never_exceed_cores_or_use_engines_beyond_their_profile():
