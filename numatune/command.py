@@ -44,6 +44,10 @@ class ThreadBudget:
         return sum(len(cpus) for _, cpus in self.compute)
 
     @property
+    def compute_cpus(self) -> tuple[int, ...]:
+        return tuple(cpu for _, cpus in self.compute for cpu in cpus)
+
+    @property
     def reserved_threads(self) -> int:
         return self.cpus_given - self.compute_threads
 
@@ -130,10 +134,9 @@ def numactl_args(placement: ProcessPlacement) -> list[str]:
 
 
 def template_values(config: Configuration, budget: ThreadBudget, program: str = "") -> dict[str, str]:
-    compute_cpus = tuple(c for _, cpus in budget.compute for c in cpus)
     return {"threads": str(budget.compute_threads), "threads_plus_one": str(budget.compute_threads + 1),
             "threads_per_node": str(max(len(c) for _, c in budget.compute)),
-            "nodes": format_cpulist(config.nodes), "cpus": format_cpulist(compute_cpus),
+            "nodes": format_cpulist(config.nodes), "cpus": format_cpulist(budget.compute_cpus),
             "cpus_by_rank": "|".join(format_cpulist(cpus) for _, cpus in budget.compute),
             "ranks": str(len(budget.compute)), "policy": config.policy, "program": program}
 

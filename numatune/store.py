@@ -73,18 +73,24 @@ class Trial:
     resident_bytes: int
     stage: int                       # successive-halving round that measured it (0 = first)
     error: Optional[str] = None      # set when the trial failed; then the measurements are empty
+    # CPUs the bundled engine's threads ran on, as its child reported them: the configuration's
+    # CPUs less the target engine's reserved ones. None: not recorded (external engines, old files).
+    compute_cpus: Optional[tuple[int, ...]] = None
 
     def to_json(self) -> dict:
         return {"config": self.config.to_json(), "tokens_per_s": self.tokens_per_s.to_json(),
                 "weight_gb_per_s": self.weight_gb_per_s.to_json() if self.weight_gb_per_s else None,
-                "resident_bytes": self.resident_bytes, "stage": self.stage, "error": self.error}
+                "resident_bytes": self.resident_bytes, "stage": self.stage, "error": self.error,
+                "compute_cpus": list(self.compute_cpus) if self.compute_cpus is not None else None}
 
     @classmethod
     def from_json(cls, data: dict) -> "Trial":
         gbps = data.get("weight_gb_per_s")
+        compute = data.get("compute_cpus")
         return cls(Configuration.from_json(data["config"]), _measurement(data["tokens_per_s"], "tokens_per_s"),
                    _measurement(gbps, "weight_gb_per_s") if gbps else None, int(data["resident_bytes"]),
-                   int(data["stage"]), data.get("error"))
+                   int(data["stage"]), data.get("error"),
+                   tuple(int(c) for c in compute) if compute is not None else None)
 
 
 class CorruptResult(ValueError):

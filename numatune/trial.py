@@ -21,7 +21,7 @@ from typing import Optional
 
 from .config import Configuration
 from .errors import NumatuneError
-from .command import numactl_args, placement_for
+from .command import numactl_args, placement_for, thread_budget
 from .launch import apply_placement
 from .profiles import EngineProfile, find_engine_profile
 from .search import Stage
@@ -77,9 +77,12 @@ class ModelChoice:
         return cls(cached_model(preset, type_name, layers=layers, experts=experts), label)
 
 
-def trial_argv(model: Path, config: Configuration, stage: Stage, topology_file: Path) -> list[str]:
+def trial_argv(model: Path, config: Configuration, stage: Stage, topology_file: Path,
+               compute_cpus: Optional[tuple[int, ...]] = None) -> list[str]:
+    """The child's command: the bundled engine's threads on `compute_cpus` (default: every CPU of
+    the configuration)."""
     return [sys.executable, "-m", "numatune.cli", "bench", "--model", str(model),
-            "--cpus", format_cpulist(config.cpus), "--policy", config.policy.value,
+            "--cpus", format_cpulist(compute_cpus or config.cpus), "--policy", config.policy.value,
             "--nodes", format_cpulist(config.nodes), "--tokens", str(stage.tokens),
             "--repeats", str(stage.repeats), "--no-bandwidth", "--topology", str(topology_file), "--json"]
 
@@ -125,7 +128,11 @@ def _run_children(config: Configuration, model: ModelChoice, stage_index: int, s
     children = []
     try:
         for part in parts:
-            child = _start(part, model, stage, target, topology_file)
+            try:
+                budget = thread_budget(part, target, topology.node_of_cpu)
+            except NumatuneError as exc:
+                return _failed(config, stage_index, str(exc))
+            child = _start(part, model, stage, target, topology_file, budget.compute_cpus)
             if isinstance(child, str):
                 return _failed(config, stage_index, child)
             children.append(child)
@@ -137,13 +144,14 @@ def _run_children(config: Configuration, model: ModelChoice, stage_index: int, s
     failed = [out for out in outputs if isinstance(out, str)]
     if failed:
         return _failed(config, stage_index, failed[0])
+    compute = tuple(sorted(cpu for o in outputs for cpu in o[3]))
     if len(outputs) == 1:
-        tokens, gbps, resident = outputs[0]
-        return Trial(config, tokens, gbps, resident, stage_index)
+        tokens, gbps, resident, _ = outputs[0]
+        return Trial(config, tokens, gbps, resident, stage_index, compute_cpus=compute)
     speeds = [sum(values) for values in zip(*(o[0].samples for o in outputs))]
     gbps = [sum(values) for values in zip(*(o[1].samples for o in outputs))]
     return Trial(config, Measurement.of(speeds, "tok/s"), Measurement.of(gbps, "GB/s"),
-                 sum(o[2] for o in outputs), stage_index)
+                 sum(o[2] for o in outputs), stage_index, compute_cpus=compute)
 
 
 def _probe_live() -> Topology:
@@ -152,9 +160,13 @@ def _probe_live() -> Topology:
     return probe(Root.open("/"))
 
 
-def _start(config: Configuration, model: ModelChoice, stage: Stage, target: EngineProfile, topology_file: Path):
+def _start(config: Configuration, model: ModelChoice, stage: Stage, target: EngineProfile, topology_file: Path,
+           compute_cpus: Optional[tuple[int, ...]] = None):
+    """The placed child: the process on the CPUs and memory policy the target's launch gets, its
+    engine threads on the CPUs the target's compute threads get (`thread_budget`)."""
     placement, by_numactl = placement_for(config, target)
-    argv = (numactl_args(placement) if by_numactl else []) + trial_argv(model.path, config, stage, topology_file)
+    argv = (numactl_args(placement) if by_numactl else []) + trial_argv(model.path, config, stage, topology_file,
+                                                                         compute_cpus)
     env = dict(os.environ)
     preexec = None if by_numactl else (lambda: apply_placement(placement))
     try:
@@ -182,13 +194,14 @@ def _finish_json(child: subprocess.Popen, timeout: float):
 
 
 def _finish(child: subprocess.Popen, timeout: float):
-    """The child's (tokens/s, weight GB/s, resident bytes), or its error as a string."""
+    """The child's (tokens/s, weight GB/s, resident bytes, CPUs its engine threads ran on), or its
+    error as a string."""
     data = _finish_json(child, timeout)
     if isinstance(data, str):
         return data
     try:
         return (Measurement.from_json(data["tokens_per_s"]), Measurement.from_json(data["weight_gb_per_s"]),
-                int(data["resident_bytes"]))
+                int(data["resident_bytes"]), tuple(int(c) for c in data["cpus"]))
     except (ValueError, KeyError, TypeError) as exc:
         return f"unreadable trial output ({exc})"
 

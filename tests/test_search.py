@@ -411,3 +411,41 @@ def test_cold_cache_trials_evict_the_model_file_first(small_model):
     _, config = host_config()
     trial = run_trial(config, small_model, 0, stage_plan(0), cold_cache=True)
     assert trial.error is None, trial.error
+
+
+# ----- the bundled engine as a proxy for a target engine ----------------------------------------
+
+def test_proxy_trials_compute_on_the_cpus_the_target_engine_computes_on(tmp_path, small_model, capsys, host):
+    """`tune --engine ktransformers --bundled` runs the bundled engine as ktransformers would run:
+    in the same placement, with its compute threads on the CPUs given less the one ktransformers
+    keeps spinning; `check` re-measures the winner the same way. The children are real processes
+    and report the CPUs their engine threads ran on."""
+    from numatune.command import thread_budget
+    profile = find_engine_profile("ktransformers")
+    out = tmp_path / "kt.json"
+    code = main(["tune", "--model", str(small_model.path), "--engine", "ktransformers", "--bundled",
+                 "--budget", "4", "--out", str(out), "--json"])
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    result = load_result(out)
+    measured = [t for t in result.trials if t.error is None]
+    assert measured and result.engine.name == "ktransformers"
+    for trial in measured:
+        expected = thread_budget(trial.config, profile, host.node_of_cpu).compute_cpus
+        assert trial.compute_cpus == expected and len(expected) == trial.config.threads - 1
+    current = check(host, out).current
+    assert current.error is None, current.error
+    assert current.compute_cpus == thread_budget(result.winner.config, profile, host.node_of_cpu).compute_cpus
+    assert len(current.compute_cpus) == result.winner.config.threads - 1
+
+
+def test_proxy_trial_of_a_rank_reserving_engine_leaves_a_cpu_per_rank(small_model, host):
+    """vLLM keeps its front-end CPU out of every rank's list: a trial placed for vllm-cpu computes
+    on each node's CPUs but the last."""
+    from numatune.command import thread_budget
+    profile = find_engine_profile("vllm-cpu")
+    node = next(n for n in host.nodes if len(host.usable_cpus_of_node(n.id)) >= 2 and n.has_memory)
+    config = Configuration(tuple(host.usable_cpus_of_node(node.id)[:2]), "bind", (node.id,))
+    trial = run_trial(config, small_model, 0, stage_plan(0), profile, topology=host)
+    assert trial.error is None, trial.error
+    assert trial.compute_cpus == thread_budget(config, profile, host.node_of_cpu).compute_cpus == config.cpus[:1]
