@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from . import render
+from . import render, workflow
 from .errors import NumatuneError
 from .policy import NAMES as POLICY_NAMES
 from .policy import Policy
@@ -92,20 +92,6 @@ ObjectiveOption = typer.Option(Objective.latency, "--objective", help="latency: 
                                "throughput: also one instance per node, their sum.")
 
 
-def _probe(root: str):
-    from .sysfs import Root
-    from .topology import probe
-    return probe(Root.open(root))
-
-
-def _measure_bandwidth(topology, repeats: int, quiet: bool, **options):
-    """measure_topology with a progress bar on a terminal."""
-    from .bandwidth import measure_topology
-    from .progress import Steps, wanted
-    with Steps("bandwidth", wanted(quiet)) as steps:
-        return measure_topology(topology, repeats=repeats, on_start=steps.start, on_step=steps.advance, **options)
-
-
 @app.command("probe")
 def probe_command(
     root: str = RootOption,
@@ -114,12 +100,7 @@ def probe_command(
     repeats: int = typer.Option(5, "--repeats", min=1, help="Repetitions per bandwidth measurement."),
 ) -> int:
     """Read the topology (nodes, CPUs, caches, memory, limits, kernel knobs); optionally measure bandwidth."""
-    from .sysfs import names_live_machine
-    if bandwidth and not names_live_machine(root):
-        raise NumatuneError(f"--bandwidth with --root {root}: bandwidth is measured on the live machine "
-                            "only; drop --bandwidth to read the captured root")
-    topology = _probe(root)
-    matrix = _measure_bandwidth(topology, repeats, quiet=as_json) if bandwidth else None
+    topology, matrix = workflow.probe_with_bandwidth(root, bandwidth, repeats, quiet=as_json)
     if as_json:
         data = topology.to_json()
         if matrix is not None:
@@ -155,49 +136,13 @@ def audit_command(
                                    "severity or worse is found."),
 ) -> int:
     """Report what is wrong for NUMA inference on this machine, with evidence and fixes."""
-    from .audit import SEVERITIES, AuditContext, run_audit, worst_severity
-    from .command import parse_command
-    from .engines import ENGINES, inspect_engine
-    from .models import resolve_model
-    from .profiles import find_engine_profile
-
-    profile = find_engine_profile(engine) if engine else None
-    topology = _probe(root)
-    context = AuditContext(
-        engine=inspect_engine(engine, engine_bin) if engine in ENGINES else None,
-        model=resolve_model(model) if model else None,
-        threads=threads,
-        command=parse_command(profile, command) if command else None, profile=profile)
-    findings = run_audit(topology, context)
+    topology, findings = workflow.audit(root, engine, engine_bin, model, threads, command)
     if as_json:
         _emit_json({"schema_version": 1, "root": topology.root,
                     "findings": [f.to_json() for f in findings]})
     else:
         render.findings(findings)
-    worst = worst_severity(findings)
-    failing = fail_on is not FailOn.never and worst is not None and \
-        SEVERITIES.index(worst) >= SEVERITIES.index(fail_on.value)
-    return 1 if failing else 0
-
-
-def _cpu_list(text: str, flag: str) -> list[int]:
-    from .sysfs import parse_cpulist
-    try:
-        cpus = parse_cpulist(text)
-    except ValueError:
-        raise NumatuneError(f"{flag}: '{text}' is not a CPU or node list like 0-3,8") from None
-    if not cpus:
-        raise NumatuneError(f"{flag}: empty list")
-    return cpus
-
-
-def _model_path(model: Optional[str], synthetic: Optional[str], type_name: str, topology) -> str:
-    if (model is None) == (synthetic is None):
-        raise NumatuneError("give exactly one of --model FILE.gguf and --synthetic PRESET")
-    if model is not None:
-        return model
-    from .synth import model_for_machine
-    return str(model_for_machine(topology, type_name, synthetic))
+    return 1 if workflow.fails(findings, fail_on.value) else 0
 
 
 @app.command("bench")
@@ -220,17 +165,8 @@ def bench_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> int:
     """Decode with the bundled engine and compare its weight traffic with the memory's read bandwidth."""
-    from .bench import pick_cpus, run_bench
-    from .store import load_json
-    from .topology import Topology
-    topology = load_json(topology_file, Topology.from_json, "a probe JSON document") if topology_file else _probe("/")
-    if (cpus is None) == (threads is None):
-        raise NumatuneError("give exactly one of --cpus LIST and --threads N")
-    chosen = _cpu_list(cpus, "--cpus") if cpus else list(pick_cpus(topology, threads))
-    node_set = _cpu_list(nodes, "--nodes") if nodes else None
-    path = _model_path(model, synthetic, type_name, topology)
-    result = run_bench(path, chosen, policy, node_set, topology, tokens=tokens, repeats=repeats,
-                       measure_read=not no_bandwidth)
+    result = workflow.bench(model, synthetic, type_name, cpus, threads, policy, nodes, tokens, repeats,
+                            measure_read=not no_bandwidth, topology_file=topology_file)
     if as_json:
         _emit_json(result.to_json())
     else:
@@ -271,14 +207,6 @@ def model_synth_command(
     return 0
 
 
-def _saved_for(topology, from_file: Optional[Path], root: str):
-    """A tuning result: the file given, else the one saved for this host (live machine only)."""
-    from . import store
-    if from_file is not None:
-        return store.load_result(from_file)
-    return store.saved_result(store.fingerprint(topology)) if root == "/" else None
-
-
 @app.command("recommend")
 def recommend_command(
     engine: str = typer.Option(..., "--engine", help="ktransformers, llama.cpp, vllm-cpu, sglang-cpu, openmp, numatune."),
@@ -291,16 +219,9 @@ def recommend_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> int:
     """The command to run for an engine, with the reason for each choice and the warnings that apply."""
-    from .engines import ENGINES, inspect_engine
-    from .models import resolve_model
-    from .recommend import recommend
     if output_format is not None and as_json:
         raise NumatuneError("give at most one of --format and --json")
-    topology = _probe(root)
-    install = inspect_engine(engine, engine_bin) if engine in ENGINES and (engine_bin or root == "/") else None
-    footprint = resolve_model(model) if model else None
-    result = recommend(topology, engine, footprint, _saved_for(topology, from_file, root), install,
-                       objective=objective.value)
+    topology, result, footprint = workflow.recommend_for(root, engine, model, engine_bin, from_file, objective.value)
     if output_format is not None:
         from .deploy import render as render_deployment
         sys.stdout.write(render_deployment(result, topology, output_format.value,
@@ -325,101 +246,13 @@ def launch_command(
 ) -> int:
     """Run a command placed as the recommendation (or a saved result) says; exit status passed through."""
     from .launch import print_plan, run
-    from .models import resolve_model
-    from .recommend import recommend
-    topology = _probe(root)
-    chosen = recommend(topology, engine, resolve_model(model) if model else None,
-                       _saved_for(topology, from_file, root), None, tuple(command))
-    plans = chosen.plans
-    if len(plans) > 1 and instance is None:
-        raise NumatuneError(f"--instance: the configuration runs {len(plans)} instances, one per node; "
-                            f"start each with --instance 0 … {len(plans) - 1}")
-    if instance is not None and instance >= len(plans):
-        raise NumatuneError(f"--instance: {instance} asked, the configuration has {len(plans)} instance(s)")
-    plan = plans[instance or 0]
+    plan = workflow.launch_plan(root, engine, model, from_file, command, instance)
     for warning in plan.warnings:
         print(f"numatune: {warning}", file=sys.stderr)
     if dry_run:
         print_plan(plan)
         return 0
     return run(plan)
-
-
-def _model_choice(topology, model: Optional[str], synthetic: Optional[str], type_name: str, complete: bool = False):
-    """The user's file; else a synthetic preset: only the MoE layers for the bundled engine, a
-    complete model (fullmodel.py) when the trials run the target engine itself."""
-    from .trial import ModelChoice
-    if model is not None and synthetic is not None:
-        raise NumatuneError("give at most one of --model FILE.gguf and --synthetic PRESET")
-    if model is not None:
-        return ModelChoice.from_file(model)
-    if complete:
-        return ModelChoice.complete(synthetic or "default", type_name)
-    return ModelChoice.synthetic(topology, synthetic or "default", type_name)
-
-
-def _runs_engine(engine: Optional[str], engine_bin: Optional[Path], bundled: bool = False) -> bool:
-    """Whether trials will run the engine's own benchmark program (so the model must be complete)."""
-    from .external import resolve_program
-    from .profiles import find_engine_profile
-    spec = find_engine_profile(engine).benchmark if engine and not bundled else None
-    return bool(spec and spec.command and (engine_bin is not None or resolve_program(spec.command[0])))
-
-
-def _trials_for(topology, engine: Optional[str], engine_bin: Optional[Path], command: tuple,
-                metric: Optional[str], bundled: bool, cold_cache: bool):
-    """(measure, what the result records, one line saying what the trials run): the engine
-    itself when it can be run (its benchmark found, or the user's command), else the bundled
-    engine placed as the target is placed."""
-    from functools import partial
-
-    from .profiles import find_engine_profile
-    from .store import TargetEngine
-    from .trial import run_trial
-    bundled_measure = partial(run_trial, cold_cache=cold_cache, topology=topology)
-    if engine is None and not command:
-        return bundled_measure, None, "trials: the bundled engine"
-    target = find_engine_profile(engine or "openmp")
-    if bundled and (command or metric):
-        raise NumatuneError("--bundled: the bundled engine runs no command and reads no --metric")
-    if not bundled:
-        from .external import ExternalTrials, external_engine
-        found = external_engine(target, command, engine_bin, metric)
-        if found is not None:
-            return (ExternalTrials(found, topology), found.record(),
-                    f"trials: {target.name} itself, {found.binary.path} ({found.binary.version})")
-    spec = target.benchmark
-    why = ("--bundled" if bundled else f"{spec.command[0]} not found on PATH; --engine-bin FILE to tune it directly"
-           if spec and spec.command else f"give {target.name}'s benchmark command after -- to tune it directly")
-    return bundled_measure, TargetEngine(target.name), \
-        f"trials: the bundled engine, placed as {target.name} is placed ({why})"
-
-
-def _run_tune(topology, model, budget: float, engine: Optional[str], engine_bin: Optional[Path],
-              out: Optional[Path], resume: bool, quiet: bool, objective: "Objective" = Objective.latency,
-              cold_cache: bool = False, command: tuple = (), metric: Optional[str] = None, bundled: bool = False):
-    from .engines import ENGINES, inspect_engine
-    from .profiles import find_engine_profile
-    from .tune import TuneInterrupted, tune
-    target = find_engine_profile(engine or "openmp") if engine or command else None
-    numa_build = inspect_engine(engine, engine_bin).numa_aware if engine in ENGINES else None
-    measure, record, what = _trials_for(topology, engine, engine_bin, tuple(command), metric, bundled, cold_cache)
-    if engine or command:       # which engine the trials run is worth a line only when one was named
-        print(f"numatune: {what}", file=sys.stderr)
-    try:
-        if quiet:
-            return tune(topology, model, budget, target, numa_build, out, resume, objective=objective.value,
-                        measure=measure, engine=record)
-        with render.TuneProgress(budget) as progress:
-            return tune(topology, model, budget, target, numa_build, out, resume,
-                        on_start=progress.start, on_trial=progress.trial, objective=objective.value,
-                        measure=measure, engine=record)
-    except TuneInterrupted as stop:
-        from .errors import Interrupted
-        if not stop.result.trials:
-            raise Interrupted("interrupted before the first trial finished; nothing saved") from None
-        raise Interrupted(f"interrupted: {len(stop.result.trials)} trial(s) kept in {stop.path} "
-                          "(--resume continues)") from None
 
 
 ReportOption = typer.Option(None, "--report", help="Also write one self-contained HTML page: the machine, "
@@ -430,29 +263,21 @@ ReportBandwidthOption = typer.Option(False, "--bandwidth", help="With --report: 
                                      "(node × node) first and show it as heat maps.")
 
 
-def _check_outputs(report: Optional[Path], plot: Optional[Path], bandwidth: bool) -> None:
-    """Bad output paths are refused before any measuring starts."""
-    from .plot import check_plot_path
-    from .report import check_report_path
-    if report is not None:
-        check_report_path(report)
-    if plot is not None:
-        check_plot_path(plot)
-    if bandwidth and report is None:
-        raise NumatuneError("--bandwidth: only with --report (the heat maps are drawn in the report)")
-
-
 def _write_outputs(report: Optional[Path], plot: Optional[Path], contents, quiet: bool) -> None:
-    from .plot import write_plot
-    from .report import sweep_plot, write_report
-    if report is not None:
-        write_report(report, contents)
-    if plot is not None:
-        write_plot(plot, sweep_plot(contents.result))
-    if not quiet:
-        for path in (report, plot):
-            if path is not None:
-                render.console.print(f"wrote {path}")
+    for path in workflow.write_outputs(report, plot, contents):
+        if not quiet:
+            render.console.print(f"wrote {path}")
+
+
+def _say(line: str) -> None:
+    print(f"numatune: {line}", file=sys.stderr)
+
+
+def _run_tune(topology, model, budget: float, engine: Optional[str], engine_bin: Optional[Path],
+              quiet: bool, objective: Objective, **options):
+    """workflow.run_tune with its line and, on a terminal, its progress display."""
+    return workflow.run_tune(topology, model, budget, engine, engine_bin, objective=objective.value, say=_say,
+                             progress=None if quiet else render.TuneProgress(budget), **options)
 
 
 BudgetOption = typer.Option(45.0, "--budget", min=1.0, help="Seconds the search may take (trials stop starting after it).")
@@ -486,26 +311,21 @@ def tune_command(
 ) -> int:
     """Search thread counts and memory placements, running the target engine itself when it is
     installed (llama-bench for llama.cpp, or the command after --), else the bundled engine."""
-    _check_outputs(report, plot, bandwidth)
-    topology = _probe("/")
+    workflow.check_outputs(report, plot, bandwidth)
+    topology = workflow.probe("/")
     if command and model is None:
         raise NumatuneError("--model: give the model file the command runs (for the memory fit and the result)")
-    matrix = _measure_bandwidth(topology, 3, as_json, curves=False).matrix if bandwidth else None
-    complete = not command and _runs_engine(engine, engine_bin, bundled)
-    run = _run_tune(topology, _model_choice(topology, model, synthetic, type_name, complete), budget, engine,
-                    engine_bin, out, resume, quiet=as_json, objective=objective, cold_cache=cold_cache,
-                    command=tuple(command or ()), metric=metric, bundled=bundled)
+    matrix = workflow.measure_bandwidth(topology, 3, as_json, curves=False).matrix if bandwidth else None
+    complete = not command and workflow.runs_engine(engine, engine_bin, bundled)
+    run = _run_tune(topology, workflow.model_choice(topology, model, synthetic, type_name, complete), budget,
+                    engine, engine_bin, quiet=as_json, objective=objective, out=out, resume=resume,
+                    cold_cache=cold_cache, command=tuple(command or ()), metric=metric, bundled=bundled)
     if as_json:
         _emit_json(run.result.to_json())
     else:
         render.tune_result(run)
     if report or plot:
-        from .audit import AuditContext, run_audit
-        from .recommend import recommend_all
-        from .report import ReportInput
-        _write_outputs(report, plot, ReportInput(
-            run.result, topology, matrix, tuple(run_audit(topology, AuditContext())),
-            tuple(recommend_all(topology, None, run.result, objective.value).values()), str(run.path)), as_json)
+        _write_outputs(report, plot, workflow.tune_report(run, topology, matrix, objective.value), as_json)
     return 0 if run.result.winner else 1
 
 
@@ -527,38 +347,32 @@ def auto_command(
     bandwidth: bool = ReportBandwidthOption,
 ) -> int:
     """Probe, audit, tune and recommend a command for every target engine, in one go."""
-    from .audit import AuditContext, run_audit
-    from .recommend import recommend_all
-    from .report import ReportInput
     if output_format is not None and as_json:
         raise NumatuneError("give at most one of --format and --json")
-    _check_outputs(report, plot, bandwidth)
-    topology = _probe("/")
-    findings = run_audit(topology, AuditContext())
-    matrix = _measure_bandwidth(topology, 3, as_json, curves=False).matrix if bandwidth else None
+    workflow.check_outputs(report, plot, bandwidth)
+    topology, findings, matrix = workflow.auto_findings(bandwidth, quiet=as_json)
     if not as_json:
         render.topology_summary(topology)
         render.findings(findings)
-    run = _run_tune(topology, _model_choice(topology, model, None, "Q4_K_M", complete=_runs_engine(engine, engine_bin)),
-                    budget, engine, engine_bin, out, False, quiet=as_json, objective=objective)
-    recommendations = recommend_all(topology, None, run.result, objective.value)
+    model_choice = workflow.model_choice(topology, model, None, "Q4_K_M",
+                                         complete=workflow.runs_engine(engine, engine_bin))
+    run = _run_tune(topology, model_choice, budget, engine, engine_bin, quiet=as_json, objective=objective,
+                    out=out, resume=False)
+    done = workflow.auto_recommend(topology, findings, matrix, run, objective.value)
     if as_json:
-        _emit_json({"schema_version": 1, "findings": [f.to_json() for f in findings],
-                    "result": run.result.to_json(), "saved_to": str(run.path),
-                    "recommendations": {name: r.to_json() for name, r in recommendations.items()}})
+        _emit_json(done.to_json())
     else:
         render.tune_result(run)
         if output_format is not None:
             from .deploy import render as render_deployment
-            for r in recommendations.values():
+            for r in done.recommendations.values():
                 render.console.print(f"[bold]{r.engine}[/] as {output_format.value}:")
                 sys.stdout.flush()
                 sys.stdout.write(render_deployment(r, topology, output_format.value) + "\n")
         else:
-            render.commands_table(recommendations)
+            render.commands_table(done.recommendations)
     if report or plot:
-        _write_outputs(report, plot, ReportInput(run.result, topology, matrix, tuple(findings),
-                                                 tuple(recommendations.values()), str(run.path)), as_json)
+        _write_outputs(report, plot, done.report_input(), as_json)
     return 0 if run.result.winner else 1
 
 
@@ -575,8 +389,8 @@ def report_command(
     from .report import report_for_saved
     if out is None and plot is None:
         raise NumatuneError("give --out FILE.html, --plot FILE.svg|png or both")
-    _check_outputs(out, plot, False)
-    contents = report_for_saved(result, bandwidth, _probe(root))
+    workflow.check_outputs(out, plot, False)
+    contents = report_for_saved(result, bandwidth, workflow.probe(root))
     _write_outputs(out, plot, contents, quiet=False)
     return 0
 
@@ -592,17 +406,7 @@ def check_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> int:
     """Re-measure a saved winner: exit 1 on a regression beyond the tolerance, 2 on another host or bad input."""
-    import time
-
-    from .tune import check
-    started = time.monotonic()
-    outcome = check(_probe("/"), baseline, tolerance, allow_other_host)
-    if junit is not None:
-        from .junit import write_junit
-        try:
-            write_junit(junit, outcome, baseline, time.monotonic() - started)
-        except OSError as exc:
-            raise NumatuneError(f"--junit: cannot write {junit} ({exc.strerror})") from None
+    outcome = workflow.check_baseline(baseline, tolerance, allow_other_host, junit)
     if as_json:
         _emit_json(outcome.to_json())
     else:

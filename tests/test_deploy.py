@@ -326,6 +326,7 @@ def test_auto_format_writes_every_engine_for_its_platform(capsys, monkeypatch, t
     """`auto --format`: after the search (replaced here by a saved result on the seed's machine),
     one rendering per engine profile; here one systemd unit each."""
     import numatune.cli as cli_module
+    from numatune import workflow
     from numatune.config import Configuration
     from numatune.profiles import engine_profiles
     from numatune.search import build_space
@@ -334,7 +335,7 @@ def test_auto_format_writes_every_engine_for_its_platform(capsys, monkeypatch, t
     from numatune.tune import TuneRun
     winner = Trial(Configuration(tuple(range(32)), "bind", (0,)), Measurement.of([5.0] * 3), None, 1, 0)
     result = TuneResult(fingerprint(seed), "m", (winner,), winner, None, True, "x")
-    monkeypatch.setattr(cli_module, "_probe", lambda root: seed)
+    monkeypatch.setattr(workflow, "probe", lambda root: seed)
     monkeypatch.setattr(cli_module, "_run_tune", lambda *a, **k: TuneRun(build_space(seed, 1 << 20), result,
                                                                            tmp_path / "r.json", False))
     assert main(["auto", "--format", "systemd"]) == 0
