@@ -23,8 +23,8 @@ from dataclasses import dataclass, fields, is_dataclass
 from functools import cached_property
 from typing import Callable, Iterable, Optional, TypeVar
 
-from .errors import ProbeError
-from .sysfs import (CgroupHierarchy, CgroupMembership, Mount, Root, cgroup_hierarchies,
+from ..errors import ProbeError
+from ..sysfs import (CgroupHierarchy, CgroupMembership, Mount, Root, cgroup_hierarchies,
                     cgroup_path_of, format_cpulist, parse_bracketed_choice, parse_cfs_quota,
                     parse_cpu_max, parse_cpuinfo, parse_cpulist, parse_cpumask, parse_distances,
                     parse_int, parse_isolcpus, parse_memory_limit, parse_meminfo, parse_mounts,
