@@ -18,7 +18,7 @@ from .models import ModelFootprint
 from .pagecache import PageCacheReport, drop_command_for, page_cache_nodes
 from .profiles import EngineProfile, find_engine_profile
 from .sysfs import format_cpulist as _cpus
-from .topology import Topology
+from .topology.model import Topology
 
 SEVERITIES = ("info", "warning", "error")
 GIB = 1 << 30
