@@ -9,16 +9,16 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .capacity import HEADROOM_PERCENT, available_bytes, fits, with_headroom
-from .command import EngineCommand, build_command, parse_command
-from .config import Configuration
-from .engines import EngineInstall
-from .errors import NumatuneError
-from .models import ModelFootprint
-from .pagecache import PageCacheReport, drop_command_for, page_cache_nodes
-from .profiles import EngineProfile, find_engine_profile
-from .sysfs import format_cpulist as _cpus
-from .topology.model import Topology
+from ..capacity import HEADROOM_PERCENT, available_bytes, fits, with_headroom
+from ..command import EngineCommand, build_command, parse_command
+from ..config import Configuration
+from ..engines import EngineInstall
+from ..errors import NumatuneError
+from ..models import ModelFootprint
+from ..pagecache import PageCacheReport, drop_command_for, page_cache_nodes
+from ..profiles import EngineProfile, find_engine_profile
+from ..sysfs import format_cpulist as _cpus
+from ..topology.model import Topology
 
 SEVERITIES = ("info", "warning", "error")
 GIB = 1 << 30
