@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
-from .audit import (AuditContext, Evidence, Finding, cpu_quota, node_oversubscribed,
-                    threads_exceed_cpus)
+from .audit.core import AuditContext, Evidence, Finding
+from .audit.threads import cpu_quota, node_oversubscribed, threads_exceed_cpus
 from .command import parse_command
 from .policy import Policy
 from .errors import NumatuneError
