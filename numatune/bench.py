@@ -12,7 +12,7 @@ from .engine import Engine
 from .errors import NumatuneError
 from .policy import Policy
 from .stats import Measurement
-from .topology import Topology
+from .topology.model import Topology
 
 
 @dataclass(frozen=True)

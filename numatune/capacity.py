@@ -1,7 +1,7 @@
 """How much memory a node can still give, and how much a placement would ask of each node."""
 from __future__ import annotations
 
-from .topology import Topology
+from .topology.model import Topology
 
 HEADROOM_PERCENT = 5       # working memory a node must have free beyond the weights placed on it
 

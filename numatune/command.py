@@ -24,7 +24,7 @@ from .config import Configuration, ProcessPlacement, process_placement
 from .errors import NumatuneError
 from .profiles import EngineProfile, TemplatedFlag, find_engine_profile
 from .sysfs import format_cpulist, parse_cpulist, parse_cpumask
-from .topology import Topology
+from .topology.model import Topology
 
 
 @dataclass(frozen=True)

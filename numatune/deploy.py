@@ -24,7 +24,7 @@ from .command import LaunchPlan, build_command
 from .profiles import find_engine_profile
 from .recommend import Recommendation
 from .sysfs import format_cpulist
-from .topology import Topology
+from .topology.model import Topology
 
 FORMATS = ("shell", "systemd", "systemd-dropin", "kubernetes", "slurm", "docker")
 GIB = 1 << 30

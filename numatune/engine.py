@@ -16,7 +16,7 @@ from .capacity import HEADROOM_PERCENT, bytes_per_node, shortfalls
 from .errors import NumatuneError, PlacementError
 from .gguf_moe import SUPPORTED_TYPES, MoeLayer, MoeModel, read_moe_model
 from .policy import Policy
-from .topology import Topology
+from .topology.model import Topology
 
 GIB = 1 << 30
 
@@ -130,7 +130,7 @@ class Engine:
         model = read_moe_model(path)
         if topology is None:
             from .sysfs import Root
-            from .topology import probe
+            from .topology.probing import probe
             topology = probe(Root.open("/"))
         plan = plan_placement(topology, cpus, policy, nodes, model.placed_bytes)
         try:

@@ -29,7 +29,7 @@ from .profiles import BENCHMARK_PARSERS, EngineProfile
 from .search import Stage
 from .stats import Measurement
 from .store import EngineBinary, TargetEngine, Trial
-from .topology import Topology
+from .topology.model import Topology
 from .trial import ModelChoice, _failed, _kill
 
 STDERR_TAIL_LINES = 3

@@ -21,7 +21,7 @@ from .profiles import EngineProfile, engine_profiles, find_engine_profile
 from .search import engine_can, max_busy_threads
 from .store import TuneResult
 from .sysfs import format_cpulist
-from .topology import Topology
+from .topology.model import Topology
 
 GIB = 1 << 30
 

@@ -25,7 +25,7 @@ from .errors import NumatuneError
 from .policy import Policy
 from .profiles import EngineProfile
 from .store import Trial
-from .topology import Topology
+from .topology.model import Topology
 
 @dataclass(frozen=True)
 class Space:

@@ -14,7 +14,7 @@ from typing import Callable, Optional, TypeVar
 from .config import Configuration
 from .errors import NumatuneError
 from .stats import Measurement
-from .topology import Topology
+from .topology.model import Topology
 
 T = TypeVar("T")
 

@@ -28,7 +28,7 @@ from .search import Stage
 from .stats import Measurement
 from .store import Trial
 from .sysfs import format_cpulist
-from .topology import Topology
+from .topology.model import Topology
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def _run_children(config: Configuration, model: ModelChoice, stage_index: int, s
 
 def _probe_live() -> Topology:
     from .sysfs import Root
-    from .topology import probe
+    from .topology.probing import probe
     return probe(Root.open("/"))
 
 

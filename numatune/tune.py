@@ -13,7 +13,7 @@ from .errors import NumatuneError
 from .profiles import EngineProfile
 from .search import SearchState, Space, build_space, search, stage_plan
 from .store import TargetEngine, Trial, TuneResult
-from .topology import Topology
+from .topology.model import Topology
 from .trial import ModelChoice, run_trial
 
 ProgressHook = Callable[[SearchState, Trial, float], None]

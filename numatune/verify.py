@@ -21,13 +21,13 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
-from .audit import (AuditContext, Evidence, Finding, cpu_quota, node_oversubscribed,
-                    threads_exceed_cpus)
+from .audit.core import AuditContext, Evidence, Finding
+from .audit.threads import cpu_quota, node_oversubscribed, threads_exceed_cpus
 from .command import parse_command
 from .policy import Policy
 from .errors import NumatuneError
 from .sysfs import Root, format_cpulist, parse_status
-from .topology import Topology
+from .topology.model import Topology
 
 GIB = 1 << 30
 STOP_GRACE_S = 10.0
@@ -489,7 +489,7 @@ def verify_command(pid: Optional[int], command: tuple[str, ...], expect: Optiona
     from .engines import inspect_engine
     from .models import resolve_model
     from .sysfs import parse_cpulist
-    from .topology import probe
+    from .topology.probing import probe
     if (pid is None) == (not command):
         raise NumatuneError("give exactly one of --pid PID and -- COMMAND ...")
     if command and root != "/":
