@@ -127,18 +127,6 @@ void quantize_activation(GgmlType type, const float* x, int n, void* xq) {
 
 // ---- Q4_K × Q8_K
 
-// Q4_K's sc[0..7] in bytes 0-7 and m[0..7] in bytes 8-15: q4k_unpack_scales in vector form.
-// The 16-byte load reads 4 bytes of qs past the 12 bytes of scales (inside the block).
-__m128i q4k_scales_and_mins(const BlockQ4K& w) {
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales));   // words w0 w1 w2 -
-    const __m128i low_six = _mm_and_si128(packed, _mm_set1_epi32(0x3f3f3f3f));            // sc[0..3], m[0..3]
-    const __m128i top_two = _mm_and_si128(_mm_srli_epi32(packed, 2), _mm_set1_epi32(0x30303030));
-    const __m128i w2 = _mm_shuffle_epi32(packed, 0xaa);
-    const __m128i low_four = _mm_and_si128(_mm_srlv_epi32(w2, _mm_setr_epi32(0, 4, 0, 4)), _mm_set1_epi32(0x0f0f0f0f));
-    const __m128i upper = _mm_or_si128(low_four, top_two);                                 // sc[4..7], m[4..7]
-    return _mm_unpacklo_epi32(low_six, upper);
-}
-
 // x.d·d and x.d·dmin of a Q4_K block, in lanes 0 and 1.
 __m128 q4k_block_scales(const BlockQ4K& w, const BlockQ8K& x) {
     uint32_t both;

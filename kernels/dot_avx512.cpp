@@ -165,18 +165,6 @@ void lay_out_q4k_activation(const BlockQ8K* x, int blocks, Q4KActivation* out) {
     }
 }
 
-// Q4_K's sc[0..7] in bytes 0-7 and m[0..7] in bytes 8-15: q4k_unpack_scales in vector form.
-// The 16-byte load reads 4 bytes of qs past the 12 bytes of scales (inside the block).
-__m128i q4k_scales_and_mins(const BlockQ4K& w) {
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales));   // words w0 w1 w2 -
-    const __m128i low_six = _mm_and_si128(packed, _mm_set1_epi32(0x3f3f3f3f));            // sc[0..3], m[0..3]
-    const __m128i top_two = _mm_and_si128(_mm_srli_epi32(packed, 2), _mm_set1_epi32(0x30303030));
-    const __m128i w2 = _mm_shuffle_epi32(packed, 0xaa);
-    const __m128i low_four = _mm_and_si128(_mm_srlv_epi32(w2, _mm_setr_epi32(0, 4, 0, 4)), _mm_set1_epi32(0x0f0f0f0f));
-    const __m128i upper = _mm_or_si128(low_four, top_two);                                 // sc[4..7], m[4..7]
-    return _mm_unpacklo_epi32(low_six, upper);
-}
-
 // vpshufb mask over those 16 bytes (broadcast to every 128-bit lane): 32-bit lanes 0-7 = sc[a],
 // lanes 8-15 = sc[b], zero-extended, so that vpdpwssd on them multiplies by the scale exactly.
 __m512i scale_pair_mask(int a, int b) {
@@ -408,6 +396,132 @@ void gemv_q4_k(const uint8_t* weights, size_t row_stride, int rows, const BlockQ
     gemv_blocks<Q4KAccumulator, BlockQ4K>(weights, row_stride, rows, laid_out.data(), blocks, y);
 }
 
+// ---- legacy blocks (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), two per step
+
+// The 256-bit kernels of dot_x86_blocks.h spend, per 32-weight block, as much on its two f16
+// scales, conversion and float accumulation as on its products. Here two blocks share one 512-bit
+// vpdpbusd, one scale conversion and one FMA, against an activation laid out in pairs once per
+// gemv (as Q8_0's above). Every weight is dotted as an unsigned byte u = q + bias, where q is the
+// weight's integer (q − 8 for Q4_0, a grid value for IQ4_NL): Σ q·x = Σ u·x − bias·Σx, and
+// −bias·Σx starts each block's eight lanes (bias/8 · Σx each; every bias here is a multiple of 8).
+// scales = (dx of the two blocks, dx·Σx of the two blocks): × (d, d, m, m) of the weights gives
+// both blocks' factors and, for Q4_1 and Q5_1 (w = d·q + m), their offset terms.
+struct alignas(64) LegacyPairActivation {
+    int8_t qs[2 * kQ8];
+    int32_t start[16];
+    float scales[4];
+};
+
+template <class Block> constexpr bool kHasMin = std::is_same_v<Block, BlockQ4_1> || std::is_same_v<Block, BlockQ5_1>;
+template <class Block> constexpr bool kHasFifthBit = std::is_same_v<Block, BlockQ5_0> || std::is_same_v<Block, BlockQ5_1>;
+
+// u − q for each type: Q4_0 stores q + 8 and Q5_0 q + 16; IQ4_NL's grid is shifted by 128.
+template <class Block>
+constexpr int legacy_bias() {
+    if constexpr (std::is_same_v<Block, BlockQ4_0>) return 8;
+    else if constexpr (std::is_same_v<Block, BlockQ5_0>) return 16;
+    else if constexpr (std::is_same_v<Block, BlockIQ4NL>) return 128;
+    else return 0;
+}
+
+template <class Block, class Activation>
+void lay_out_legacy_activation(const Activation* x, int blocks, LegacyPairActivation* pairs) {
+    for (int b = 0; b < blocks; ++b) {
+        LegacyPairActivation& pair = pairs[b / 2];
+        const int half = b % 2;
+        std::memcpy(pair.qs + kQ8 * half, x[b].qs, kQ8);
+        int sum = 0;
+        for (int i = 0; i < kQ8; ++i) sum += x[b].qs[i];
+        for (int lane = 0; lane < 8; ++lane) pair.start[8 * half + lane] = -legacy_bias<Block>() / 8 * sum;
+        const float dx = f16_scalar(x[b].d);
+        pair.scales[half] = dx;
+        pair.scales[2 + half] = dx * static_cast<float>(sum);
+    }
+    if (blocks % 2 != 0) {   // an odd last block: its pair's second half adds nothing
+        LegacyPairActivation& pair = pairs[blocks / 2];
+        std::memset(pair.qs + kQ8, 0, kQ8);
+        for (int lane = 8; lane < 16; ++lane) pair.start[lane] = 0;
+        pair.scales[1] = pair.scales[3] = 0;
+    }
+}
+
+// The 64 unsigned values u of blocks a and b, in weight order (a's 32, then b's).
+template <class Block>
+__m512i legacy_pair_values(const Block& a, const Block& b) {
+    const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.qs))),
+                                                 _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs)), 1);
+    // 128-bit lanes qs_a, qs_a, qs_b, qs_b; low nibbles of the first of each, high of the second.
+    const __m512i spread = _mm512_shuffle_i64x2(_mm512_castsi256_si512(both), _mm512_castsi256_si512(both), 0x50);
+    __m512i values = _mm512_and_si512(_mm512_mask_blend_epi64(0xcc, spread, _mm512_srli_epi16(spread, 4)),
+                                      _mm512_set1_epi8(0x0f));
+    if constexpr (std::is_same_v<Block, BlockIQ4NL>) {
+        const __m512i grid = _mm512_broadcast_i32x4(_mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)),
+                                                                  _mm_set1_epi8(static_cast<char>(0x80))));
+        values = _mm512_shuffle_epi8(grid, values);
+    }
+    if constexpr (kHasFifthBit<Block>) {
+        uint32_t low, high;
+        std::memcpy(&low, a.qh, sizeof low);
+        std::memcpy(&high, b.qh, sizeof high);
+        const __mmask64 fifth = low | static_cast<uint64_t>(high) << 32;
+        values = _mm512_mask_add_epi8(values, fifth, values, _mm512_set1_epi8(0x10));
+    }
+    return values;
+}
+
+template <class Block>
+struct LegacyPairAccumulator {
+    __m512 scaled = _mm512_setzero_ps();
+    __m128 offsets = _mm_setzero_ps();   // lanes 2, 3: m·dx·Σx (Q4_1, Q5_1)
+
+    // Blocks a and b of a row (b = a for an odd last block: its half of x is zero).
+    void add_pair(const Block& a, const Block& b, const LegacyPairActivation& x) {
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_load_si512(x.start), legacy_pair_values(a, b), _mm512_load_si512(x.qs));
+        uint64_t halves = a.d | static_cast<uint64_t>(b.d) << 16;
+        if constexpr (kHasMin<Block>) halves |= static_cast<uint64_t>(a.m) << 32 | static_cast<uint64_t>(b.m) << 48;
+        const __m128 factors = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(halves))), _mm_load_ps(x.scales));
+        const __m512i pair_lanes = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        scaled = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(pair_lanes, _mm512_castps128_ps512(factors)), scaled);
+        if constexpr (kHasMin<Block>) offsets = _mm_add_ps(offsets, factors);
+    }
+
+    float total() const {
+        float sum = hsum(scaled);
+        if constexpr (kHasMin<Block>) sum += _mm_cvtss_f32(_mm_add_ss(_mm_movehl_ps(offsets, offsets),
+                                                                      _mm_shuffle_ps(offsets, offsets, 0xff)));
+        return sum;
+    }
+};
+
+template <class Block, class Activation>
+void gemv_legacy(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
+    thread_local LastActivation last;                          // one per type: the layout depends on its bias
+    thread_local std::vector<LegacyPairActivation> laid_out;   // grows once per thread
+    if (last.changed(x, sizeof(Activation) * blocks)) {
+        laid_out.resize(static_cast<size_t>(blocks + 1) / 2);
+        lay_out_legacy_activation<Block>(x, blocks, laid_out.data());
+    }
+    const LegacyPairActivation* pairs = laid_out.data();
+    auto row = [&](int r) { return reinterpret_cast<const Block*>(weights + r * row_stride); };
+    using Acc = LegacyPairAccumulator<Block>;
+    gemv_two_streams<Acc>(
+        rows, blocks / 2,
+        [&](Acc& acc, int r, int p) {
+            const Block* w = row(r) + 2 * p;
+            // One line ahead per pair: a pair (36-48 bytes) is shorter than a line, so every line is met.
+            _mm_prefetch(reinterpret_cast<const char*>(w) + kPrefetchBytes, _MM_HINT_T0);
+            acc.add_pair(w[0], w[1], pairs[p]);
+        },
+        [&](Acc& acc, int r) {
+            if (blocks % 2 != 0) {
+                const Block& w = row(r)[blocks - 1];
+                acc.add_pair(w, w, pairs[blocks / 2]);
+            }
+            return acc.total();
+        },
+        y);
+}
+
 // ---- float rows (kFloatRows at a time: see dot_avx2.cpp)
 
 constexpr int kFloatRows = 4;
@@ -502,8 +616,12 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
         gemv_blocks<decltype(accumulator), std::remove_cv_t<std::remove_pointer_t<decltype(block)>>>(
             base, row_stride, rows, x, blocks, y);
     };
-    if (run_shared_type(type, xq, n, blocks_of)) return;
     switch (type) {
+        case GgmlType::Q4_0: return gemv_legacy<BlockQ4_0>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+        case GgmlType::Q5_0: return gemv_legacy<BlockQ5_0>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+        case GgmlType::IQ4_NL: return gemv_legacy<BlockIQ4NL>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+        case GgmlType::Q4_1: return gemv_legacy<BlockQ4_1>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
+        case GgmlType::Q5_1: return gemv_legacy<BlockQ5_1>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
         case GgmlType::Q4_K:
             return gemv_q4_k(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q6_K:
@@ -517,7 +635,7 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
             return gemv_float<GgmlType::F32>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
         case GgmlType::F16:
             return gemv_float<GgmlType::F16>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
-        default: break;   // the types of dot_x86_blocks.h, above
+        default: run_shared_type(type, xq, n, blocks_of);   // the types of dot_x86_blocks.h
     }
 }
 

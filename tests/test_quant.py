@@ -158,7 +158,7 @@ def test_activation_edge_cases_match_scalar(variant, type_name):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("type_name", ["Q4_K", "Q8_0"])
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL"])
 def test_alternating_activations_each_give_their_own_result(variant, type_name, rng):
     """The AVX-512 kernels keep the last activation's layout per thread: a different activation
     (often in the same freed buffer) must not be dotted with a stale one."""
@@ -174,6 +174,20 @@ def test_alternating_activations_each_give_their_own_result(variant, type_name, 
         np.testing.assert_allclose(y, expected[key], rtol=1e-4, atol=1e-4 * np.abs(expected[key]).max())
         other = expected["b" if key == "a" else "a"]
         assert np.abs(y - expected[key]).max() < np.abs(y - other).max()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_one_activation_dotted_with_types_of_one_activation_format(variant, rng):
+    """Q4_0, Q5_0, IQ4_NL and Q8_0 rows all take the same Q8_0 activation bytes, which the AVX-512
+    kernels lay out per type (each with its own offset): one activation going from type to type
+    and back must meet each type's own layout."""
+    n = 224
+    x = rng.standard_normal(n).astype(np.float32)
+    weights = {t: random_blocks(t, ROWS, n, rng) for t in ("Q4_0", "Q5_0", "IQ4_NL", "Q8_0")}
+    expected = {t: _kernels.gemv(t, w, x, isa="scalar") for t, w in weights.items()}
+    for type_name in ("Q4_0", "Q5_0", "IQ4_NL", "Q8_0", "Q5_0", "Q4_0", "IQ4_NL"):
+        y = _kernels.gemv(type_name, weights[type_name], x, isa=variant)
+        np.testing.assert_allclose(y, expected[type_name], rtol=1e-4, atol=1e-4 * np.abs(expected[type_name]).max())
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
