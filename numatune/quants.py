@@ -30,6 +30,7 @@ plain min/max rounding, at a cost that keeps 50 M weights within a few seconds.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import numpy as np
@@ -151,17 +152,13 @@ def _set_block_scale(blocks: np.ndarray, type_name: str, d: np.ndarray) -> None:
     blocks[:, 48:56] = scales.view(np.uint8)
 
 
-_UNIT_RMS: dict[str, float] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _unit_block_rms(type_name: str) -> float:
     """The root-mean-square weight of random blocks of the type with d = 1 (gguf's dequantization)."""
-    if type_name not in _UNIT_RMS:
-        blocks = np.random.default_rng(0).integers(0, 256, size=(4096, block_size(type_name)[1]), dtype=np.uint8)
-        _set_block_scale(blocks, type_name, np.ones(len(blocks), np.float16))
-        values = gguf_quants.dequantize(blocks, ggml_type(type_name))
-        _UNIT_RMS[type_name] = float(np.sqrt(np.mean(np.square(values, dtype=np.float64))))
-    return _UNIT_RMS[type_name]
+    blocks = np.random.default_rng(0).integers(0, 256, size=(4096, block_size(type_name)[1]), dtype=np.uint8)
+    _set_block_scale(blocks, type_name, np.ones(len(blocks), np.float16))
+    values = gguf_quants.dequantize(blocks, ggml_type(type_name))
+    return float(np.sqrt(np.mean(np.square(values, dtype=np.float64))))
 
 
 def dequantize(data: np.ndarray, type_name: str, n: Optional[int] = None) -> np.ndarray:
