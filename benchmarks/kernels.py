@@ -45,7 +45,7 @@ class Row:
 
 
 def build_matrix(type_name: str, matrix_bytes: int, columns: int, rng: np.random.Generator) -> np.ndarray:
-    tile = quants.quantize(rng.standard_normal((TILE_ROWS, columns)).astype(np.float32), type_name)
+    tile = quants.synthetic(rng.standard_normal((TILE_ROWS, columns)).astype(np.float32), type_name, rng)
     copies = max(1, matrix_bytes // tile.nbytes)
     return np.tile(tile, (copies, 1))
 
@@ -98,10 +98,10 @@ def measure(type_name: str, variants: list[str], cpus: list[int], args: argparse
 
 def print_table(rows: list[Row]) -> None:
     read = {(row.type_name, row.threads): row.gbps.median for row in rows if row.reader == "numpy read"}
-    print(f"{'type':<5}  {'threads':>7}  {'reader':<17}  {'weight GB/s (median ± spread, n, min…max)':<44}  vs read")
+    print(f"{'type':<7}  {'threads':>7}  {'reader':<17}  {'weight GB/s (median ± spread, n, min…max)':<44}  vs read")
     for row in rows:
         ratio = row.gbps.median / read[(row.type_name, row.threads)]
-        print(f"{row.type_name:<5}  {row.threads:>7}  {row.reader:<17}  {row.gbps.describe():<44}  {ratio:5.2f}")
+        print(f"{row.type_name:<7}  {row.threads:>7}  {row.reader:<17}  {row.gbps.describe():<44}  {ratio:5.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:

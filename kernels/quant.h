@@ -3,7 +3,7 @@
 //
 // Weight blocks have ggml's layouts byte for byte, so rows of a memory-mapped GGUF file are used
 // in place. The activation x is converted once per token into the format its weights pair with
-// (Q8_K for the K-quants Q2_K..Q6_K and IQ4_XS, Q8_0 for Q4_0, Q5_0, Q8_0 and IQ4_NL rows, Q8_1
+// (Q8_K for the K-quants Q2_K..Q6_K, IQ4_XS and the IQ1/IQ2 types of iq1_iq2.h, Q8_0 for Q4_0, Q5_0, Q8_0 and IQ4_NL rows, Q8_1
 // for Q4_1 and Q5_1, a plain float copy for F32/F16/BF16 rows);
 // the dot products of the quantized formats are then integer sums per block, scaled once per block.
 //
@@ -24,7 +24,8 @@ namespace numatune {
 // Numbers as in ggml's enum ggml_type (and in GGUF tensor infos).
 enum class GgmlType : uint32_t {
     F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8,
-    Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, IQ4_NL = 20, IQ4_XS = 23, BF16 = 30
+    Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, IQ2_XXS = 16, IQ2_XS = 17, IQ1_S = 19,
+    IQ4_NL = 20, IQ4_XS = 23, IQ1_M = 29, BF16 = 30
 };
 
 // What a weight type's rows are dotted with.

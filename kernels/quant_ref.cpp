@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <type_traits>
 
+#include "iq1_iq2.h"
 #include "quant.h"
 
 namespace numatune {
@@ -24,8 +25,12 @@ const std::vector<TypeInfo>& supported_types() {
         {GgmlType::Q4_K, "Q4_K", kQK, sizeof(BlockQ4K), ActivationFormat::q8_k},
         {GgmlType::Q5_K, "Q5_K", kQK, sizeof(BlockQ5K), ActivationFormat::q8_k},
         {GgmlType::Q6_K, "Q6_K", kQK, sizeof(BlockQ6K), ActivationFormat::q8_k},
+        {GgmlType::IQ2_XXS, "IQ2_XXS", kQK, sizeof(BlockIQ2XXS), ActivationFormat::q8_k},
+        {GgmlType::IQ2_XS, "IQ2_XS", kQK, sizeof(BlockIQ2XS), ActivationFormat::q8_k},
+        {GgmlType::IQ1_S, "IQ1_S", kQK, sizeof(BlockIQ1S), ActivationFormat::q8_k},
         {GgmlType::IQ4_NL, "IQ4_NL", kQ8, sizeof(BlockIQ4NL), ActivationFormat::q8_0},
         {GgmlType::IQ4_XS, "IQ4_XS", kQK, sizeof(BlockIQ4XS), ActivationFormat::q8_k},
+        {GgmlType::IQ1_M, "IQ1_M", kQK, sizeof(BlockIQ1M), ActivationFormat::q8_k},
         {GgmlType::BF16, "BF16", 1, 2, ActivationFormat::f32},
     };
     return types;
@@ -466,6 +471,11 @@ void dequantize_row(GgmlType type, const void* row, int n, float* y) {
             }
             return;
         }
+        case GgmlType::IQ2_XXS:
+        case GgmlType::IQ2_XS:
+        case GgmlType::IQ1_S:
+        case GgmlType::IQ1_M:
+            return dequantize_iq1_iq2(type, row, n, y);
     }
     throw std::invalid_argument("dequantize_row: unsupported type");
 }
@@ -509,6 +519,11 @@ float vec_dot(GgmlType type, const void* row, const void* xq, int n) {
         case GgmlType::Q5_K:
         case GgmlType::IQ4_XS:
             return dot_kquant(type, static_cast<const uint8_t*>(row), static_cast<const BlockQ8K*>(xq), n / kQK);
+        case GgmlType::IQ2_XXS:
+        case GgmlType::IQ2_XS:
+        case GgmlType::IQ1_S:
+        case GgmlType::IQ1_M:
+            return dot_iq1_iq2(type, row, static_cast<const BlockQ8K*>(xq), n);
     }
     return 0;
 }

@@ -2,7 +2,9 @@
 
 gguf 0.19 reads every GGML type but quantizes only some: its own quantizers are used for Q8_0
 (bit-exact with ggml's), Q4_0, Q4_1, Q5_0, Q5_1, F16 and BF16; the K-quants Q2_K..Q6_K, which it
-cannot write, and IQ4_NL and IQ4_XS are quantized here, vectorised over blocks. The bytes are ggml's block layouts (kernels/quant.h), so
+cannot write, and IQ4_NL and IQ4_XS are quantized here, vectorised over blocks; the lattice types
+IQ1_S, IQ1_M, IQ2_XXS and IQ2_XS are not quantized at all: `synthetic` writes random valid blocks
+of them, scaled like the weights, for synthetic models. The bytes are ggml's block layouts (kernels/quant.h), so
 `gguf.quants.dequantize` and the engine both read them.
 
 How the K-quant scales are chosen (plain least squares, no importance matrix):
@@ -28,6 +30,7 @@ plain min/max rounding, at a cost that keeps 50 M weights within a few seconds.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import numpy as np
@@ -35,7 +38,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gguf_quants
 
 TYPE_NAMES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-              "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
+              "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
+              "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS")
 
 QK_K = 256
 CHUNK_BLOCKS = 2048  # super-blocks quantized at once: bounds the temporaries to a few tens of MB
@@ -61,7 +65,7 @@ def bits_per_weight(type_name: str) -> float:
 
 # Nearest-size suggestions prefer the K-quants, then the legacy and float types, on a tie.
 _SUGGESTION_ORDER = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "IQ4_NL", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
-                     "BF16", "F16", "F32")
+                     "BF16", "F16", "F32", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS")
 
 
 def nearest_supported_type(type_name: str) -> Optional[str]:
@@ -98,17 +102,63 @@ def row_bytes(type_name: str, n: int) -> int:
 
 
 def quantize(weights: np.ndarray, type_name: str) -> np.ndarray:
-    """GGUF bytes of a float matrix: uint8 of shape (rows, row_bytes), rows over all leading axes."""
+    """GGUF bytes of a float matrix: uint8 of shape (rows, row_bytes), rows over all leading axes.
+    ValueError for RANDOM_BLOCK_TYPES, which nothing here quantizes (see `synthetic`)."""
     weights = np.asarray(weights, dtype=np.float32)
     n = weights.shape[-1] if weights.ndim else 0
     nbytes = row_bytes(type_name, n)
     rows = weights.reshape(-1, n)
+    if type_name in RANDOM_BLOCK_TYPES:
+        raise ValueError(f"{type_name}: no quantizer (gguf has none); synthetic models carry random valid blocks")
     if type_name in _OWN_QUANTIZERS:
         weights_per_block, quantize_blocks = _OWN_QUANTIZERS[type_name]
         blocks = _by_chunks(rows.reshape(-1, weights_per_block), quantize_blocks)
     else:
         blocks = gguf_quants.quantize(rows, ggml_type(type_name))
     return np.ascontiguousarray(blocks).view(np.uint8).reshape(rows.shape[0], nbytes)
+
+
+# Lattice types that gguf 0.19 cannot quantize to and that are not quantized here either (their
+# codebook searches are long): synthetic models carry random blocks of them. Every byte pattern
+# is a valid block of these types; only the f16 scale d is chosen.
+RANDOM_BLOCK_TYPES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS")
+
+
+def synthetic(weights: np.ndarray, type_name: str, rng: np.random.Generator) -> np.ndarray:
+    """GGUF bytes standing for a float matrix in a synthetic model, shaped as `quantize`'s: the
+    quantized weights, or for RANDOM_BLOCK_TYPES random blocks whose d gives each block the
+    root-mean-square of its weights (the size and magnitude of the weights, not their values)."""
+    if type_name not in RANDOM_BLOCK_TYPES:
+        return quantize(weights, type_name)
+    weights = np.asarray(weights, dtype=np.float32)
+    n = weights.shape[-1] if weights.ndim else 0
+    nbytes = row_bytes(type_name, n)
+    block_weights, block_bytes = block_size(type_name)
+    rms = np.sqrt(np.mean(np.square(weights.reshape(-1, block_weights), dtype=np.float64), axis=-1))
+    blocks = rng.integers(0, 256, size=(rms.size, block_bytes), dtype=np.uint8)
+    _set_block_scale(blocks, type_name, (rms / _unit_block_rms(type_name)).astype(np.float16))
+    return blocks.reshape(-1, nbytes)
+
+
+def _set_block_scale(blocks: np.ndarray, type_name: str, d: np.ndarray) -> None:
+    """Writes the f16 d of each block: its first two bytes, or IQ1_M's four top nibbles of scales."""
+    bits = d.view(np.uint16)
+    if type_name != "IQ1_M":
+        blocks[:, :2] = bits.reshape(-1, 1).view(np.uint8)
+        return
+    scales = blocks[:, 48:56].copy().view(np.uint16)
+    for k in range(4):
+        scales[:, k] = (scales[:, k] & 0x0FFF) | (((bits >> (4 * k)) & 0xF) << 12)
+    blocks[:, 48:56] = scales.view(np.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def _unit_block_rms(type_name: str) -> float:
+    """The root-mean-square weight of random blocks of the type with d = 1 (gguf's dequantization)."""
+    blocks = np.random.default_rng(0).integers(0, 256, size=(4096, block_size(type_name)[1]), dtype=np.uint8)
+    _set_block_scale(blocks, type_name, np.ones(len(blocks), np.float16))
+    values = gguf_quants.dequantize(blocks, ggml_type(type_name))
+    return float(np.sqrt(np.mean(np.square(values, dtype=np.float64))))
 
 
 def dequantize(data: np.ndarray, type_name: str, n: Optional[int] = None) -> np.ndarray:

@@ -5,7 +5,9 @@ selection bias (`exp_probs_b`), the stacked experts `ffn_{gate,up,down}_exps` an
 `ffn_{gate,up,down}_shexp` (qwen2moe: and its gate `ffn_gate_inp_shexp`) in the asked type, and the
 dense FFN `ffn_{gate,up,down}` of the leading dense blocks (DeepSeek), with the routing metadata of
 the real model (expert groups, gating function, normalisation, scale) as llama.cpp reads it. Weights are drawn from a normal
-distribution and quantized by `numatune.quants` (ours for K-quants, gguf's for the others).
+distribution and quantized by `numatune.quants` (ours for K-quants, gguf's for the others); the
+IQ1_S, IQ1_M, IQ2_XXS and IQ2_XS tensors, which no quantizer at hand writes, are random valid blocks
+scaled like those weights (`quants.synthetic`).
 """
 from __future__ import annotations
 
@@ -168,7 +170,7 @@ def _random_experts(rng, experts: int, rows: int, cols: int, type_name: str) -> 
     pool = []
     for _ in range(min(experts, QUANTIZED_EXPERTS)):
         values = rng.standard_normal((rows, cols), dtype=np.float32) / np.float32(np.sqrt(cols))
-        pool.append(quants.quantize(values, type_name))
+        pool.append(quants.synthetic(values, type_name, rng))
     if experts == len(pool):
         return np.stack(pool)
     pool_rows = np.concatenate(pool)

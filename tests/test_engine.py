@@ -221,20 +221,20 @@ def test_bad_requests_are_one_line_errors(models, host):
 
 def test_unsupported_tensor_type_names_tensor_and_type(tmp_path):
     import gguf
-    path = tmp_path / "iq2.gguf"
+    path = tmp_path / "tq2.gguf"
     writer = gguf.GGUFWriter(str(path), "qwen3moe")
     writer.add_uint32("qwen3moe.expert_count", 2)
     writer.add_uint32("qwen3moe.expert_used_count", 1)
     writer.add_tensor("blk.0.ffn_gate_inp.weight", np.zeros((2, 256), np.float32))
-    iq2 = np.zeros((2, 256, 256 // 256 * 66), np.uint8)      # IQ2_XXS: 66 bytes per 256 weights
+    tq2 = np.zeros((2, 256, 256 // 256 * 66), np.uint8)      # TQ2_0: 66 bytes per 256 weights
     for name in ("gate", "up", "down"):
-        writer.add_tensor(f"blk.0.ffn_{name}_exps.weight", iq2, raw_dtype=gguf.GGMLQuantizationType.IQ2_XXS)
+        writer.add_tensor(f"blk.0.ffn_{name}_exps.weight", tq2, raw_dtype=gguf.GGMLQuantizationType.TQ2_0)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(ModelError, match=r"iq2\.gguf: blk\.0\.ffn_gate_exps\.weight is IQ2_XXS \(2\.06 bpw\), "
-                                         r"not supported; nearest synthetic: --type Q2_K \(2\.62 bpw\)$"):
+    with pytest.raises(ModelError, match=r"tq2\.gguf: blk\.0\.ffn_gate_exps\.weight is TQ2_0 \(2\.06 bpw\), "
+                                         r"not supported; nearest synthetic: --type IQ2_XXS \(2\.06 bpw\)$"):
         read_moe_model(path)
 
 

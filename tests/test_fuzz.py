@@ -207,7 +207,7 @@ def gguf_mutations(base: bytes, rng: random.Random) -> list[tuple[str, bytes, st
         ("tensor type 99", put(base, quantized.type_at, "<I", 99), False),
         # Q5_0 is computed now and its blocks are smaller than Q8_0's: a valid (if meaningless) file
         ("tensor type Q5_0 over Q8_0 bytes", put(base, quantized.type_at, "<I", 6), MAYBE),
-        ("tensor type IQ2_XXS (not computed)", put(base, quantized.type_at, "<I", 16), MODEL),
+        ("tensor type TQ2_0 (not computed)", put(base, quantized.type_at, "<I", 35), MODEL),
         ("tensor type F32 over quantized bytes", put(base, quantized.type_at, "<I", 0), False),
         ("offset 2^62", put(base, quantized.offset_at, "<Q", 1 << 62), False),
         ("offset past the end", put(base, last.offset_at, "<Q", size - lay.data_start), False),

@@ -21,7 +21,7 @@ from numatune import _kernels, quants
 
 VARIANTS = _kernels.quant_variants()
 ROWS = 9  # the float kernels take rows four at a time: 9 exercises both paths
-K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")
+K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS")
 LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL")
 QUANTIZED = K_QUANTS + LEGACY
 SHAPES = {
@@ -47,7 +47,7 @@ def block(type_name: str) -> tuple[int, int]:
 # Byte offsets of a block's f16 scales (d, and dmin or m), set to sane values in random blocks.
 SCALE_OFFSETS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
                  "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "IQ4_NL": (0,),
-                 "IQ4_XS": (0,)}
+                 "IQ4_XS": (0,), "IQ1_S": (0,), "IQ2_XXS": (0,), "IQ2_XS": (0,), "IQ1_M": ()}
 
 
 def random_blocks(type_name: str, rows: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -59,13 +59,19 @@ def random_blocks(type_name: str, rows: int, n: int, rng: np.random.Generator) -
         if type_name in ("Q4_1", "Q5_1"):   # m is an offset of either sign
             scales *= rng.choice(np.array([-1, 1], np.float16), size=scales.shape)
         blocks[..., offset:offset + 2] = scales.view(np.uint8).reshape(*blocks.shape[:2], 2)
+    if type_name == "IQ1_M":   # d is the top nibbles of the four 16-bit scale words (bytes 48-55)
+        d = rng.uniform(1e-3, 1e-2, size=blocks.shape[:2]).astype(np.float16).view(np.uint16)
+        words = blocks[..., 48:56].copy().view(np.uint16)
+        for k in range(4):
+            words[..., k] = (words[..., k] & 0x0FFF) | (((d >> (4 * k)) & 0xF) << 12)
+        blocks[..., 48:56] = words.view(np.uint8)
     return blocks.reshape(rows, -1)
 
 
 def weights_for(type_name: str, n: int, rng: np.random.Generator, source: str) -> np.ndarray:
     if source == "random bytes":
         return random_blocks(type_name, ROWS, n, rng)
-    return quants.quantize(rng.standard_normal((ROWS, n)).astype(np.float32), type_name)
+    return quants.synthetic(rng.standard_normal((ROWS, n)).astype(np.float32), type_name, rng)
 
 
 def decode_activation(type_name: str, data: np.ndarray, n: int) -> np.ndarray:
@@ -254,6 +260,26 @@ def test_quantizer_round_trip(type_name, rng):
     np.testing.assert_allclose(back[6, 256:512], 0.5, rtol=0.02)
 
 
+@pytest.mark.parametrize("type_name", quants.RANDOM_BLOCK_TYPES)
+def test_random_block_types_are_written_as_random_blocks_of_the_weights_scale(type_name, rng):
+    """No quantizer writes the IQ1/IQ2 lattice types: quantize refuses them, and synthetic models get
+    random valid blocks whose root-mean-square follows each block's weights."""
+    with pytest.raises(ValueError, match=f"{type_name}: no quantizer"):
+        quants.quantize(np.ones((1, 256), np.float32), type_name)
+    weights = rng.standard_normal((64, 512)).astype(np.float32)
+    weights[1] *= 50            # a row of much larger weights
+    weights[2, :256] = 0.0      # an all-zero block
+    data = quants.synthetic(weights, type_name, rng)
+    assert data.dtype == np.uint8 and data.shape == (64, quants.row_bytes(type_name, 512))
+    back = gguf_quants.dequantize(data, GGMLQuantizationType[type_name]).reshape(-1, 256)
+    assert np.all(np.isfinite(back)) and np.all(back[4] == 0)
+    ratio = np.sqrt(np.mean(back ** 2)) / np.sqrt(np.mean(weights.reshape(-1, 256) ** 2))
+    assert 0.7 < ratio < 1.4
+    row_rms = np.sqrt(np.mean(back.reshape(64, -1) ** 2, axis=1))
+    assert 20 < row_rms[1] / np.median(row_rms) < 120
+    assert not np.array_equal(data[0], quants.synthetic(weights, type_name, rng)[0])   # random, not fitted
+
+
 def test_k_quant_error_beats_plain_min_max_rounding(rng):
     # The step search must do at least as well as rounding against the range alone.
     weights = rng.standard_normal((8, 2048)).astype(np.float32)
@@ -290,10 +316,10 @@ def test_quantizer_speed_is_vectorised(rng):
 
 
 def test_unknown_type_names_the_type(rng):
-    with pytest.raises(ValueError, match=r"unknown weight type 'IQ2_XXS'.*Q4_K"):
-        _kernels.gemv("IQ2_XXS", np.zeros((1, 66), np.uint8), np.zeros(256, np.float32))
-    with pytest.raises(ValueError, match="IQ2_XXS"):
-        quants.quantize(np.zeros((1, 256), np.float32), "IQ2_XXS")
+    with pytest.raises(ValueError, match=r"unknown weight type 'TQ2_0'.*Q4_K"):
+        _kernels.gemv("TQ2_0", np.zeros((1, 66), np.uint8), np.zeros(256, np.float32))
+    with pytest.raises(ValueError, match="TQ2_0"):
+        quants.quantize(np.zeros((1, 256), np.float32), "TQ2_0")
 
 
 def test_the_type_tables_agree():
@@ -424,7 +450,15 @@ static int check(const QuantKernels& k, GgmlType t, int rows, int n) {
         case GgmlType::Q3_K: std::memcpy(blk + 108, &d, 2); break;
         case GgmlType::Q6_K: std::memcpy(blk + 208, &d, 2); break;
         case GgmlType::Q8_0: case GgmlType::Q4_0: case GgmlType::Q5_0: case GgmlType::IQ4_NL: case GgmlType::IQ4_XS:
+        case GgmlType::IQ1_S: case GgmlType::IQ2_XXS: case GgmlType::IQ2_XS:
           std::memcpy(blk, &d, 2); break;
+        case GgmlType::IQ1_M:   // d in the top nibbles of the four scale words
+          for (int k = 0; k < 4; ++k) {
+            uint16_t word; std::memcpy(&word, blk + 48 + 2 * k, 2);
+            word = static_cast<uint16_t>((word & 0x0fff) | (((d >> (4 * k)) & 0xf) << 12));
+            std::memcpy(blk + 48 + 2 * k, &word, 2);
+          }
+          break;
         default: break;
       }
     }
@@ -455,7 +489,8 @@ static int check(const QuantKernels& k, GgmlType t, int rows, int n) {
 int main() {
   int failures = 0;
   for (const QuantKernels* k : {&avx512_quant_kernels(), &avx512_bf16_quant_kernels()}) {
-    for (GgmlType t : {GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS})
+    for (GgmlType t : {GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS,
+                       GgmlType::IQ1_S, GgmlType::IQ1_M, GgmlType::IQ2_XXS, GgmlType::IQ2_XS})
       for (int n : {256, 512, 768}) failures += check(*k, t, 7, n);
     for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::IQ4_NL})
       for (int n : {32, 96, 224}) failures += check(*k, t, 7, n);
@@ -487,8 +522,9 @@ def test_avx512_variant_under_emulation(tmp_path, require):
     require("g++")
     assert source.exists(), f"{source}: the kernels' source tree is missing"
     assert simde_include_dir() is not None, "SIMDe's headers are missing (Debian: libsimde-dev; .ci/run installs it)"
-    shared = KERNELS_SOURCE / "dot_x86_blocks.h"   # included by dot_avx512.cpp
-    used = sorted(set(re.findall(r"\b_mm(?:512|256)_\w+", source.read_text() + shared.read_text())))
+    shared = "".join((KERNELS_SOURCE / name).read_text()   # included by dot_avx512.cpp
+                     for name in ("dot_x86_blocks.h", "dot_x86_iq1_iq2.h"))
+    used = sorted(set(re.findall(r"\b_mm(?:512|256)_\w+", source.read_text() + shared)))
     aliases, fallbacks = [], []
     for name in used:
         suffix = name.split("_", 2)[2]
@@ -502,7 +538,7 @@ def test_avx512_variant_under_emulation(tmp_path, require):
     binary = tmp_path / "harness"
     subprocess.run(["g++", "-O1", "-std=c++17", "-w", "-mavx2", "-mfma", "-mf16c", "-DNUMATUNE_X86_VARIANTS=1",
                     f"-I{tmp_path}", f"-I{KERNELS_SOURCE}", str(tmp_path / "harness.cpp"), str(source),
-                    str(KERNELS_SOURCE / "quant_ref.cpp"), "-o", str(binary)],
+                    str(KERNELS_SOURCE / "quant_ref.cpp"), str(KERNELS_SOURCE / "quant_ref_iq1_iq2.cpp"), "-o", str(binary)],
                    check=True, capture_output=True, text=True, timeout=300)
     done = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout
@@ -510,7 +546,8 @@ def test_avx512_variant_under_emulation(tmp_path, require):
 
 # ---- the types through the CLI
 
-NEW_TYPES = ("Q2_K", "Q3_K", "Q5_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS")
+NEW_TYPES = ("Q2_K", "Q3_K", "Q5_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS", "IQ1_S", "IQ1_M", "IQ2_XXS",
+             "IQ2_XS")
 
 
 @pytest.mark.parametrize("type_name", NEW_TYPES)

@@ -1,0 +1,144 @@
+// Row kernels of IQ1_S, IQ1_M, IQ2_XXS and IQ2_XS (iq1_iq2.h) against Q8_K, on 256-bit vectors:
+// included by dot_avx2.cpp and dot_avx512.cpp after dot_x86_blocks.h, whose dot_scaled primitive
+// they use (vpmaddubsw + vpmaddwd, or vpdpbusd + vpdpwssd with VNNI).
+//
+// Per 32 weights, the four codebook entries of its groups of 8 are four 64-bit loads from the
+// table (iq_grids.h), put side by side in one vector, so its bytes line up with 32 activation
+// bytes. (vpgatherdq from indices built in a vector measured slower on the Zen 4 of
+// docs/benchmarks.md: IQ2_XXS rows in cache 3.2 → 1.8 GB/s, IQ1_S 2.3 → 1.8.) Then:
+//  * IQ2_XXS, IQ2_XS: the grid values are positive (8, 25, 43), so they are the unsigned side of
+//    the product as they are; the signs go to the activation (vpsignb by a mask of ±1 bytes looked
+//    up from the 7-bit sign index). Four products sum to at most 4·43·127 < 2^15, as vpdpwssd's
+//    scaling needs.
+//  * IQ1_S, IQ1_M: grid values −1, 0, 1 become 8·grid (vpsignb of 8 by the grid) plus the group's
+//    ±1 shift, and are dotted as |v| against x with v's sign (v is never 0); at most 4·9·127.
+// A sub-block's scale 2s + 1 multiplies its products in the 16-bit words; a block's integer sum is
+// scaled once by d·dx/8.
+//
+// Included inside namespace numatune { namespace { ... } } after dot_x86_blocks.h, by a file that
+// includes iq1_iq2.h and iq_grids.h at the top.
+#pragma once
+
+// Per 7-bit sign index, 8 bytes of +1 or −1 (−1 where iq_ksigns' bit is set): vpsignb's operand.
+struct IqSignMasks {
+    uint64_t masks[128];
+    IqSignMasks() {
+        for (int i = 0; i < 128; ++i) {
+            masks[i] = 0;
+            for (int k = 0; k < 8; ++k) masks[i] |= static_cast<uint64_t>((iq_ksigns[i] >> k) & 1 ? 0xff : 0x01) << (8 * k);
+        }
+    }
+};
+const IqSignMasks iq_sign_masks;
+
+// Four 64-bit table entries, the first in the lowest lane.
+inline __m256i four_entries(const uint64_t* table, unsigned a, unsigned b, unsigned c, unsigned d) {
+    return _mm256_set_epi64x(static_cast<long long>(table[d]), static_cast<long long>(table[c]),
+                             static_cast<long long>(table[b]), static_cast<long long>(table[a]));
+}
+
+// Scale words for 32 weights: `low` over the first 16, `high` over the last 16.
+inline __m256i half_scales(int low, int high) {
+    return scale_lanes(_mm256_set_m128i(_mm_set1_epi16(static_cast<short>(high)), _mm_set1_epi16(static_cast<short>(low))));
+}
+
+// IQ1 values 8·grid + shift (shift bytes ±1) against x.
+inline __m256i iq1_step(__m256i sum, __m256i grid, __m256i shifts, __m256i x, __m256i scale) {
+    const __m256i v = _mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), grid), shifts);
+    return dot_scaled(sum, _mm256_abs_epi8(v), _mm256_sign_epi8(x, v), scale);
+}
+
+// The rows' float sum: d·dx/8 times a block's integer sum.
+struct IqAccumulatorBase {
+    __m256 scaled = _mm256_setzero_ps();
+
+    void finish_block(__m256i sum, float d, float dx) {
+        scaled = _mm256_fmadd_ps(_mm256_set1_ps(dx * d * 0.125f), _mm256_cvtepi32_ps(sum), scaled);
+    }
+    __m256 lanes() const { return scaled; }
+    float total() const { return hsum(lanes()); }
+};
+
+struct IQ2XXSAccumulator : IqAccumulatorBase {
+    void add(const BlockIQ2XXS& w, const BlockQ8K& x) {
+        __m256i sum = _mm256_setzero_si256();
+        for (int b = 0; b < 8; ++b) {
+            uint32_t words[2];
+            std::memcpy(words, w.qs + 4 * b, sizeof words);
+            const uint32_t grid = words[0], signs = words[1];
+            const __m256i values = four_entries(iq2xxs_grid, grid & 0xff, (grid >> 8) & 0xff, (grid >> 16) & 0xff, grid >> 24);
+            const __m256i masks = four_entries(iq_sign_masks.masks, signs & 0x7f, (signs >> 7) & 0x7f,
+                                               (signs >> 14) & 0x7f, (signs >> 21) & 0x7f);
+            const int scale = 2 * static_cast<int>(signs >> 28) + 1;
+            sum = dot_scaled(sum, values, _mm256_sign_epi8(load_bytes(x.qs + 32 * b), masks), half_scales(scale, scale));
+        }
+        finish_block(sum, f16_scalar(w.d), x.d);
+    }
+};
+
+struct IQ2XSAccumulator : IqAccumulatorBase {
+    void add(const BlockIQ2XS& w, const BlockQ8K& x) {
+        __m256i sum = _mm256_setzero_si256();
+        for (int b = 0; b < 8; ++b) {
+            const uint16_t* q = w.qs + 4 * b;
+            const __m256i values = four_entries(iq2xs_grid, q[0] & 0x1ff, q[1] & 0x1ff, q[2] & 0x1ff, q[3] & 0x1ff);
+            const __m256i masks = four_entries(iq_sign_masks.masks, q[0] >> 9, q[1] >> 9, q[2] >> 9, q[3] >> 9);
+            const __m256i scales = half_scales(2 * (w.scales[b] & 0x0f) + 1, 2 * (w.scales[b] >> 4) + 1);
+            sum = dot_scaled(sum, values, _mm256_sign_epi8(load_bytes(x.qs + 32 * b), masks), scales);
+        }
+        finish_block(sum, f16_scalar(w.d), x.d);
+    }
+};
+
+struct IQ1SAccumulator : IqAccumulatorBase {
+    void add(const BlockIQ1S& w, const BlockQ8K& x) {
+        __m256i sum = _mm256_setzero_si256();
+        for (int b = 0; b < 8; ++b) {
+            const unsigned qh = w.qh[b];
+            const uint8_t* qs = w.qs + 4 * b;
+            const __m256i grid = four_entries(iq1s_grid, qs[0] | ((qh << 8) & 0x700), qs[1] | ((qh << 5) & 0x700),
+                                              qs[2] | ((qh << 2) & 0x700), qs[3] | ((qh >> 1) & 0x700));
+            const __m256i shifts = _mm256_set1_epi8(qh & 0x8000 ? -1 : 1);
+            const int scale = 2 * ((qh >> 12) & 7) + 1;
+            sum = iq1_step(sum, grid, shifts, load_bytes(x.qs + 32 * b), half_scales(scale, scale));
+        }
+        finish_block(sum, f16_scalar(w.d), x.d);
+    }
+};
+
+struct IQ1MAccumulator : IqAccumulatorBase {
+    // The 8 shift bytes of a group whose qh nibble has bit 3 set or not.
+    static long long shift_of(unsigned nibble_bit) {
+        return nibble_bit ? -1LL : static_cast<long long>(0x0101010101010101ull);
+    }
+
+    void add(const BlockIQ1M& w, const BlockQ8K& x) {
+        uint16_t s[4];
+        std::memcpy(s, w.scales, sizeof s);
+        __m256i sum = _mm256_setzero_si256();
+        for (int b = 0; b < 8; ++b) {
+            const unsigned h0 = w.qh[2 * b], h1 = w.qh[2 * b + 1];
+            const uint8_t* qs = w.qs + 4 * b;
+            const __m256i grid = four_entries(iq1s_grid, qs[0] | ((h0 & 7) << 8), qs[1] | ((h0 & 0x70) << 4),
+                                              qs[2] | ((h1 & 7) << 8), qs[3] | ((h1 & 0x70) << 4));
+            const __m256i shifts = _mm256_set_epi64x(shift_of(h1 & 0x80), shift_of(h1 & 0x08), shift_of(h0 & 0x80),
+                                                     shift_of(h0 & 0x08));
+            const unsigned packed = s[b / 2] >> (6 * (b % 2));
+            sum = iq1_step(sum, grid, shifts, load_bytes(x.qs + 32 * b), half_scales(2 * (packed & 7) + 1, 2 * ((packed >> 3) & 7) + 1));
+        }
+        finish_block(sum, f16_scalar(iq1m_d(w)), x.d);
+    }
+};
+
+// As run_shared_type (dot_x86_blocks.h), for the types of this file.
+template <class Run>
+bool run_iq1_iq2_type(GgmlType type, const void* xq, int n, Run run) {
+    const auto* x = static_cast<const BlockQ8K*>(xq);
+    switch (type) {
+        case GgmlType::IQ2_XXS: run(IQ2XXSAccumulator{}, static_cast<const BlockIQ2XXS*>(nullptr), x, n / kQK); return true;
+        case GgmlType::IQ2_XS: run(IQ2XSAccumulator{}, static_cast<const BlockIQ2XS*>(nullptr), x, n / kQK); return true;
+        case GgmlType::IQ1_S: run(IQ1SAccumulator{}, static_cast<const BlockIQ1S*>(nullptr), x, n / kQK); return true;
+        case GgmlType::IQ1_M: run(IQ1MAccumulator{}, static_cast<const BlockIQ1M*>(nullptr), x, n / kQK); return true;
+        default: return false;
+    }
+}
