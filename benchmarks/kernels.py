@@ -45,7 +45,7 @@ class Row:
 
 
 def build_matrix(type_name: str, matrix_bytes: int, columns: int, rng: np.random.Generator) -> np.ndarray:
-    tile = quants.quantize(rng.standard_normal((TILE_ROWS, columns)).astype(np.float32), type_name)
+    tile = quants.random_matrix(rng, TILE_ROWS, columns, type_name)   # IQ2/IQ3 types: random blocks
     copies = max(1, matrix_bytes // tile.nbytes)
     return np.tile(tile, (copies, 1))
 

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "quant.h"
+#include "quant_iq_b.h"
 
 namespace numatune {
 namespace {
@@ -69,6 +70,7 @@ __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
 // with vpdpbusd/vpdpwssd (AVX512-VL VNNI) for the products.
 #define NUMATUNE_DOT_VNNI 1
 #include "dot_x86_blocks.h"
+#include "dot_iq_b.h"         // IQ3_XXS, IQ2_S, IQ3_S, MXFP4
 
 // ---- activation (bit-identical to the reference: same scale, same products, ties to even)
 
@@ -503,6 +505,7 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
             base, row_stride, rows, x, blocks, y);
     };
     if (run_shared_type(type, xq, n, blocks_of)) return;
+    if (run_iq_b_type(type, xq, n, blocks_of)) return;
     switch (type) {
         case GgmlType::Q4_K:
             return gemv_q4_k(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);

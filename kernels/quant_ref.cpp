@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "quant.h"
+#include "quant_iq_b.h"
 
 namespace numatune {
 
@@ -24,9 +25,13 @@ const std::vector<TypeInfo>& supported_types() {
         {GgmlType::Q4_K, "Q4_K", kQK, sizeof(BlockQ4K), ActivationFormat::q8_k},
         {GgmlType::Q5_K, "Q5_K", kQK, sizeof(BlockQ5K), ActivationFormat::q8_k},
         {GgmlType::Q6_K, "Q6_K", kQK, sizeof(BlockQ6K), ActivationFormat::q8_k},
+        {GgmlType::IQ3_XXS, "IQ3_XXS", kQK, sizeof(BlockIQ3XXS), ActivationFormat::q8_k},
         {GgmlType::IQ4_NL, "IQ4_NL", kQ8, sizeof(BlockIQ4NL), ActivationFormat::q8_0},
+        {GgmlType::IQ3_S, "IQ3_S", kQK, sizeof(BlockIQ3S), ActivationFormat::q8_k},
+        {GgmlType::IQ2_S, "IQ2_S", kQK, sizeof(BlockIQ2S), ActivationFormat::q8_k},
         {GgmlType::IQ4_XS, "IQ4_XS", kQK, sizeof(BlockIQ4XS), ActivationFormat::q8_k},
         {GgmlType::BF16, "BF16", 1, 2, ActivationFormat::f32},
+        {GgmlType::MXFP4, "MXFP4", kQ8, sizeof(BlockMXFP4), ActivationFormat::q8_0},
     };
     return types;
 }
@@ -390,6 +395,7 @@ float dot_f32(const float* w, const float* x, int n) {
 }  // namespace
 
 void dequantize_row(GgmlType type, const void* row, int n, float* y) {
+    if (iq_b::handles(type)) return iq_b::dequantize(type, row, n, y);
     switch (type) {
         case GgmlType::F32:
             std::memcpy(y, row, static_cast<size_t>(n) * sizeof(float));
@@ -466,6 +472,7 @@ void dequantize_row(GgmlType type, const void* row, int n, float* y) {
             }
             return;
         }
+        default: break;
     }
     throw std::invalid_argument("dequantize_row: unsupported type");
 }
@@ -484,6 +491,7 @@ void quantize_activation(GgmlType type, const float* x, int n, void* xq) {
 }
 
 float vec_dot(GgmlType type, const void* row, const void* xq, int n) {
+    if (iq_b::handles(type)) return iq_b::vec_dot(type, row, xq, n);
     switch (type) {
         case GgmlType::F32:
             return dot_f32(static_cast<const float*>(row), static_cast<const float*>(xq), n);
@@ -509,6 +517,7 @@ float vec_dot(GgmlType type, const void* row, const void* xq, int n) {
         case GgmlType::Q5_K:
         case GgmlType::IQ4_XS:
             return dot_kquant(type, static_cast<const uint8_t*>(row), static_cast<const BlockQ8K*>(xq), n / kQK);
+        default: break;
     }
     return 0;
 }

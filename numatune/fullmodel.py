@@ -86,8 +86,10 @@ def vocabulary(size: int = VOCAB_SIZE) -> tuple[list[str], list[float], list[int
 def _matrix(rng, rows: int, cols: int, type_name: str) -> np.ndarray:
     """rows × cols random weights (unit-variance outputs for unit-variance inputs) in the type."""
     pool_rows = min(rows, QUANTIZED_ROWS)
-    values = rng.standard_normal((pool_rows, cols), dtype=np.float32) / np.float32(np.sqrt(cols))
-    pool = quants.quantize(values, type_name) if type_name != "F32" else values
+    if type_name == "F32":
+        pool = rng.standard_normal((pool_rows, cols), dtype=np.float32) / np.float32(np.sqrt(cols))
+    else:
+        pool = quants.random_matrix(rng, pool_rows, cols, type_name)
     if pool_rows == rows:
         return pool
     return pool[rng.integers(0, pool_rows, size=rows)]

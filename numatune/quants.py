@@ -3,7 +3,9 @@
 gguf 0.19 reads every GGML type but quantizes only some: its own quantizers are used for Q8_0
 (bit-exact with ggml's), Q4_0, Q4_1, Q5_0, Q5_1, F16 and BF16; the K-quants Q2_K..Q6_K, which it
 cannot write, and IQ4_NL and IQ4_XS are quantized here, vectorised over blocks. The bytes are ggml's block layouts (kernels/quant.h), so
-`gguf.quants.dequantize` and the engine both read them.
+`gguf.quants.dequantize` and the engine both read them. MXFP4 is gguf's own quantizer too. IQ3_XXS, IQ2_S
+and IQ3_S have no quantizer (neither gguf nor here: ggml's searches the codebooks with an importance
+matrix); their synthetic weights are random valid blocks (`random_blocks`) of a chosen RMS.
 
 How the K-quant scales are chosen (plain least squares, no importance matrix):
 
@@ -35,7 +37,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gguf_quants
 
 TYPE_NAMES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-              "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
+              "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
+              "IQ3_XXS", "IQ2_S", "IQ3_S", "MXFP4")
 
 QK_K = 256
 CHUNK_BLOCKS = 2048  # super-blocks quantized at once: bounds the temporaries to a few tens of MB
@@ -61,7 +64,7 @@ def bits_per_weight(type_name: str) -> float:
 
 # Nearest-size suggestions prefer the K-quants, then the legacy and float types, on a tie.
 _SUGGESTION_ORDER = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "IQ4_NL", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
-                     "BF16", "F16", "F32")
+                     "BF16", "F16", "F32", "IQ2_S", "IQ3_XXS", "IQ3_S", "MXFP4")
 
 
 def nearest_supported_type(type_name: str) -> Optional[str]:
@@ -103,12 +106,41 @@ def quantize(weights: np.ndarray, type_name: str) -> np.ndarray:
     n = weights.shape[-1] if weights.ndim else 0
     nbytes = row_bytes(type_name, n)
     rows = weights.reshape(-1, n)
+    if type_name in _RANDOM_ONLY:
+        raise ValueError(f"{type_name}: no quantizer for this type (synthetic weights of it are random blocks)")
     if type_name in _OWN_QUANTIZERS:
         weights_per_block, quantize_blocks = _OWN_QUANTIZERS[type_name]
         blocks = _by_chunks(rows.reshape(-1, weights_per_block), quantize_blocks)
     else:
         blocks = gguf_quants.quantize(rows, ggml_type(type_name))
     return np.ascontiguousarray(blocks).view(np.uint8).reshape(rows.shape[0], nbytes)
+
+
+def random_matrix(rng: np.random.Generator, rows: int, cols: int, type_name: str) -> np.ndarray:
+    """GGUF bytes of a rows × cols matrix of random weights of RMS 1/√cols (unit-variance outputs for
+    unit-variance inputs): N(0, 1/cols) quantized, or random blocks for a type without a quantizer."""
+    if type_name in _RANDOM_ONLY:
+        return random_blocks(rng, rows, cols, type_name, 1 / np.sqrt(cols))
+    return quantize(rng.standard_normal((rows, cols), dtype=np.float32) / np.float32(np.sqrt(cols)), type_name)
+
+
+def random_blocks(rng: np.random.Generator, rows: int, n: int, type_name: str, rms: float) -> np.ndarray:
+    """rows × row_bytes of random IQ3_XXS, IQ2_S or IQ3_S blocks: every byte but the f16 d drawn
+    uniformly (any such bytes are a valid block), d set so that the weights' RMS is about rms."""
+    weights, nbytes = block_size(type_name)
+    data = rng.integers(0, 256, size=(rows, row_bytes(type_name, n) // nbytes, nbytes), dtype=np.uint8)
+    data[..., 0:2] = np.frombuffer(np.float16(rms / _iq_rms_per_d(type_name)).tobytes(), np.uint8)
+    return data.reshape(rows, -1)
+
+
+def _iq_rms_per_d(type_name: str) -> float:
+    """RMS of w / d over uniformly random blocks: w = d·step(s)·grid·sign with s uniform in 0..15 and
+    the codebook entry uniform (a block's index bits are uniform over the codebook's size)."""
+    cls, step = _RANDOM_ONLY[type_name]
+    cls.init_grid()
+    grid_square = float(np.mean(np.square(np.asarray(cls.grid, dtype=np.float64))))
+    step_square = float(np.mean(np.square((2 * np.arange(16) + 1) * step)))
+    return float(np.sqrt(grid_square * step_square))
 
 
 def dequantize(data: np.ndarray, type_name: str, n: Optional[int] = None) -> np.ndarray:
@@ -333,3 +365,8 @@ _OWN_QUANTIZERS = {"Q2_K": (QK_K, _quantize_q2_k_blocks), "Q3_K": (QK_K, _quanti
                    "Q4_K": (QK_K, _quantize_q4_k_blocks), "Q5_K": (QK_K, _quantize_q5_k_blocks),
                    "Q6_K": (QK_K, _quantize_q6_k_blocks), "IQ4_NL": (32, _quantize_iq4_nl_blocks),
                    "IQ4_XS": (QK_K, _quantize_iq4_xs_blocks)}
+
+# The types without a quantizer (see random_blocks): gguf's class (for its codebook) and the step of
+# scale s as a multiple of d·(2s + 1): w = d·(2s + 1)·step·grid·sign.
+_RANDOM_ONLY = {"IQ3_XXS": (gguf_quants.IQ3_XXS, 0.25), "IQ2_S": (gguf_quants.IQ2_S, 0.125),
+                "IQ3_S": (gguf_quants.IQ3_S, 1.0)}

@@ -167,8 +167,7 @@ def _random_experts(rng, experts: int, rows: int, cols: int, type_name: str) -> 
         return np.concatenate([pool_rows, pool_rows[drawn]])[None]
     pool = []
     for _ in range(min(experts, QUANTIZED_EXPERTS)):
-        values = rng.standard_normal((rows, cols), dtype=np.float32) / np.float32(np.sqrt(cols))
-        pool.append(quants.quantize(values, type_name))
+        pool.append(quants.random_matrix(rng, rows, cols, type_name))
     if experts == len(pool):
         return np.stack(pool)
     pool_rows = np.concatenate(pool)

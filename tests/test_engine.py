@@ -234,7 +234,7 @@ def test_unsupported_tensor_type_names_tensor_and_type(tmp_path):
     writer.write_tensors_to_file()
     writer.close()
     with pytest.raises(ModelError, match=r"iq2\.gguf: blk\.0\.ffn_gate_exps\.weight is IQ2_XXS \(2\.06 bpw\), "
-                                         r"not supported; nearest synthetic: --type Q2_K \(2\.62 bpw\)$"):
+                                         r"not supported; nearest synthetic: --type IQ2_S \(2\.56 bpw\)$"):
         read_moe_model(path)
 
 

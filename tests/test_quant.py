@@ -410,7 +410,9 @@ static int check(const QuantKernels& k, GgmlType t, int rows, int n) {
         case GgmlType::Q3_K: std::memcpy(blk + 108, &d, 2); break;
         case GgmlType::Q6_K: std::memcpy(blk + 208, &d, 2); break;
         case GgmlType::Q8_0: case GgmlType::Q4_0: case GgmlType::Q5_0: case GgmlType::IQ4_NL: case GgmlType::IQ4_XS:
+        case GgmlType::IQ3_XXS: case GgmlType::IQ2_S: case GgmlType::IQ3_S:
           std::memcpy(blk, &d, 2); break;
+        case GgmlType::MXFP4: blk[0] = static_cast<uint8_t>(110 + rng() % 31); break;
         default: break;
       }
     }
@@ -441,9 +443,11 @@ static int check(const QuantKernels& k, GgmlType t, int rows, int n) {
 int main() {
   int failures = 0;
   for (const QuantKernels* k : {&avx512_quant_kernels(), &avx512_bf16_quant_kernels()}) {
-    for (GgmlType t : {GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS})
+    for (GgmlType t : {GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS,
+                       GgmlType::IQ3_XXS, GgmlType::IQ2_S, GgmlType::IQ3_S})
       for (int n : {256, 512, 768}) failures += check(*k, t, 7, n);
-    for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::IQ4_NL})
+    for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::IQ4_NL,
+                       GgmlType::MXFP4})
       for (int n : {32, 96, 224}) failures += check(*k, t, 7, n);
     for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16})
       for (int n : {1, 100, 129, 1000}) failures += check(*k, t, 3, n) + check(*k, t, 9, n);
@@ -473,8 +477,9 @@ def test_avx512_variant_under_emulation(tmp_path, require):
     require("g++")
     assert source.exists(), f"{source}: the kernels' source tree is missing"
     assert simde_include_dir() is not None, "SIMDe's headers are missing (Debian: libsimde-dev; .ci/run installs it)"
-    shared = KERNELS_SOURCE / "dot_x86_blocks.h"   # included by dot_avx512.cpp
-    used = sorted(set(re.findall(r"\b_mm(?:512|256)_\w+", source.read_text() + shared.read_text())))
+    shared = [KERNELS_SOURCE / h for h in re.findall(r'#include "(dot_\w+\.h)"', source.read_text())]
+    assert shared, "dot_avx512.cpp includes no shared kernel header"
+    used = sorted(set(re.findall(r"\b_mm(?:512|256)_\w+", source.read_text() + "".join(h.read_text() for h in shared))))
     aliases, fallbacks = [], []
     for name in used:
         suffix = name.split("_", 2)[2]
@@ -488,7 +493,8 @@ def test_avx512_variant_under_emulation(tmp_path, require):
     binary = tmp_path / "harness"
     subprocess.run(["g++", "-O1", "-std=c++17", "-w", "-mavx2", "-mfma", "-mf16c", "-DNUMATUNE_X86_VARIANTS=1",
                     f"-I{tmp_path}", f"-I{KERNELS_SOURCE}", str(tmp_path / "harness.cpp"), str(source),
-                    str(KERNELS_SOURCE / "quant_ref.cpp"), "-o", str(binary)],
+                    *sorted(str(p) for p in KERNELS_SOURCE.glob("quant_*.cpp") if p.name != "quant_dispatch.cpp"),
+                    "-o", str(binary)],
                    check=True, capture_output=True, text=True, timeout=300)
     done = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout
@@ -523,16 +529,16 @@ def test_model_synth_writes_each_type_and_the_engine_runs_it(type_name, tmp_path
 def test_cli_names_tensor_type_and_nearest_synthetic_type(tmp_path, capsys):
     import gguf
     from numatune.cli import main
-    path = tmp_path / "iq3.gguf"
+    path = tmp_path / "tq2.gguf"
     writer = gguf.GGUFWriter(str(path), "qwen3moe")
     writer.add_uint32("qwen3moe.expert_count", 2)
     writer.add_uint32("qwen3moe.expert_used_count", 1)
     writer.add_tensor("blk.0.ffn_gate_inp.weight", np.zeros((2, 256), np.float32))
     q4 = quants.quantize(np.ones((2, 256, 256), np.float32), "Q4_K")
     writer.add_tensor("blk.0.ffn_gate_exps.weight", q4.reshape(2, 256, -1), raw_dtype=gguf.GGMLQuantizationType.Q4_K)
-    iq3 = np.zeros((2, 256, 98), np.uint8)   # IQ3_XXS: 98 bytes per 256 weights
+    tq2 = np.zeros((2, 256, 66), np.uint8)   # TQ2_0 (ternary): 66 bytes per 256 weights
     for name in ("up", "down"):
-        writer.add_tensor(f"blk.0.ffn_{name}_exps.weight", iq3, raw_dtype=gguf.GGMLQuantizationType.IQ3_XXS)
+        writer.add_tensor(f"blk.0.ffn_{name}_exps.weight", tq2, raw_dtype=gguf.GGMLQuantizationType.TQ2_0)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -540,5 +546,7 @@ def test_cli_names_tensor_type_and_nearest_synthetic_type(tmp_path, capsys):
     code = main(["bench", "--model", str(path), "--threads", "1", "--tokens", "1", "--repeats", "1", "--no-bandwidth"])
     out, err = capsys.readouterr()
     assert code == 2
-    assert err.strip() == (f"numatune: error: {path}: blk.0.ffn_up_exps.weight is IQ3_XXS (3.06 bpw), not supported; "
-                           "nearest synthetic: --type Q3_K (3.44 bpw)"), err
+    nearest = quants.nearest_supported_type("TQ2_0")
+    assert abs(quants.bits_per_weight(nearest) - 2.0625) < 0.6
+    assert err.strip() == (f"numatune: error: {path}: blk.0.ffn_up_exps.weight is TQ2_0 (2.06 bpw), not supported; "
+                           f"nearest synthetic: --type {nearest} ({quants.bits_per_weight(nearest):.3g} bpw)"), err
