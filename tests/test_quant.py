@@ -502,7 +502,8 @@ def test_avx512_variant_under_emulation(tmp_path, require):
 
 # ---- the types through the CLI
 
-NEW_TYPES = ("Q2_K", "Q3_K", "Q5_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS")
+NEW_TYPES = ("Q2_K", "Q3_K", "Q5_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS",
+             "IQ3_XXS", "IQ2_S", "IQ3_S", "MXFP4")
 
 
 @pytest.mark.parametrize("type_name", NEW_TYPES)

@@ -7,7 +7,6 @@ MXFP4's E8M0 exponent small enough for 12·2^(e − 128) to be finite (e ≤ 252
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 
@@ -17,6 +16,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gguf_quants
 
 from numatune import _kernels, quants
+from test_engine import isa  # noqa: F401 (the fixture: every ISA variant in turn)
 from test_quant import FLOAT_SLACK, activation_half_step, decode_activation
 
 VARIANTS = _kernels.quant_variants()
@@ -191,39 +191,12 @@ def test_mxfp4_is_quantized_by_gguf(rng):
     assert np.array_equal(data, gguf_quants.quantize(weights, GGMLQuantizationType.MXFP4).view(np.uint8))
 
 
-# ---- the engine end to end
-
-
-@pytest.mark.parametrize("type_name", TYPES)
-def test_model_synth_and_bench_run_the_type(type_name, tmp_path, capsys):
-    from numatune.cli import main
-    from numatune.gguf_moe import read_moe_model
-    path = tmp_path / f"{type_name}.gguf"
-    assert main(["model", "synth", "--out", str(path), "--layers", "1", "--experts", "8",
-                 "--type", type_name.lower()]) == 0
-    layer = read_moe_model(path).layers[0]
-    assert {layer.gate.type_name, layer.up.type_name, layer.down.type_name} == {type_name}
-    capsys.readouterr()
-    code = main(["bench", "--model", str(path), "--threads", "1", "--tokens", "2", "--repeats", "1",
-                 "--no-bandwidth", "--json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    result = json.loads(out)
-    assert result["bytes_per_token"] >= sum(t.data.nbytes for t in (layer.gate, layer.up, layer.down))
-    assert result["tokens_per_s"]["median"] > 0
+# ---- the engine end to end (model synth + bench of each type: test_quant.py's NEW_TYPES)
 
 
 # The engine quantizes the activation to 8 bits (as for the other types); measured relative
 # errors against the float64 torch reference are 0.014-0.023 on these layers (all ISA variants).
 ENGINE_TOLERANCE = 0.03
-
-
-@pytest.fixture(params=_kernels.supported_isas())
-def isa(request):
-    previous = _kernels.active_isa()
-    _kernels.set_active_isa(request.param)
-    yield request.param
-    _kernels.set_active_isa(previous)
 
 
 @pytest.mark.parametrize("type_name", TYPES)
