@@ -78,7 +78,7 @@ py::array_t<float> gemv_checked(const std::string& type_name, const py::array& w
                               std::to_string(n) + " weights but x has " + std::to_string(x.shape(0)));
     }
     if (weights.shape(0) > INT_MAX) throw py::value_error(name + ": too many rows");
-    const size_t alignment = info.type == GgmlType::F32 ? 4 : 2;
+    const size_t alignment = info.type == GgmlType::F32 ? 4 : info.type == GgmlType::MXFP4 ? 1 : 2;   // MXFP4: bytes only
     const auto base = reinterpret_cast<uintptr_t>(weights.data());
     if (base % alignment != 0 || static_cast<size_t>(weights.strides(0)) % alignment != 0) {
         throw py::value_error(name + ": weight rows must start at " + std::to_string(alignment) +

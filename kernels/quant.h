@@ -3,7 +3,8 @@
 //
 // Weight blocks have ggml's layouts byte for byte, so rows of a memory-mapped GGUF file are used
 // in place. The activation x is converted once per token into the format its weights pair with
-// (Q8_K for the K-quants Q2_K..Q6_K, IQ4_XS and the IQ1/IQ2 types of iq1_iq2.h, Q8_0 for Q4_0, Q5_0, Q8_0 and IQ4_NL rows, Q8_1
+// (Q8_K for the K-quants Q2_K..Q6_K, IQ4_XS and the 256-weight IQ types, Q8_0 for Q4_0, Q5_0, Q8_0, IQ4_NL
+// and MXFP4 rows, Q8_1
 // for Q4_1 and Q5_1, a plain float copy for F32/F16/BF16 rows);
 // the dot products of the quantized formats are then integer sums per block, scaled once per block.
 //
@@ -24,8 +25,8 @@ namespace numatune {
 // Numbers as in ggml's enum ggml_type (and in GGUF tensor infos).
 enum class GgmlType : uint32_t {
     F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8,
-    Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, IQ2_XXS = 16, IQ2_XS = 17, IQ1_S = 19,
-    IQ4_NL = 20, IQ4_XS = 23, IQ1_M = 29, BF16 = 30
+    Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, IQ2_XXS = 16, IQ2_XS = 17, IQ3_XXS = 18,
+    IQ1_S = 19, IQ4_NL = 20, IQ3_S = 21, IQ2_S = 22, IQ4_XS = 23, IQ1_M = 29, BF16 = 30, MXFP4 = 39
 };
 
 // What a weight type's rows are dotted with.
@@ -314,8 +315,9 @@ inline void q3k_unpack_scales(const uint8_t packed[12], uint32_t words[4]) {
 // Contract of every variant (the kernels do not check it; the bindings and the engine do):
 //  * n > 0 is a whole number of blocks of the weight type (any n > 0 for F32, F16, BF16);
 //  * a row is n weights of the type, contiguous; rows of a matrix are row_stride bytes apart;
-//  * weight rows are 2-byte aligned (4-byte for F32) — always so in GGUF, whose tensor data is
-//    32-byte aligned and whose block sizes are even — and xq is 4-byte aligned (2-byte for Q8_0
+//  * weight rows are 2-byte aligned (4-byte for F32; any for MXFP4, whose 17-byte blocks hold no
+//    wider field) — always so in GGUF, whose tensor data is 32-byte aligned and whose other block
+//    sizes are even — and xq is 4-byte aligned (2-byte for Q8_0
 //    activations, whose 34-byte blocks a buffer may hold at any whole-block offset);
 //  * xq holds activation_bytes(type, n) bytes written by quantize_activation for the same type.
 //    Every variant writes the same bytes, so xq from one variant may be used by another.

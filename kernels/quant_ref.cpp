@@ -8,6 +8,7 @@
 
 #include "iq1_iq2.h"
 #include "quant.h"
+#include "quant_iq_b.h"
 
 namespace numatune {
 
@@ -28,10 +29,14 @@ const std::vector<TypeInfo>& supported_types() {
         {GgmlType::IQ2_XXS, "IQ2_XXS", kQK, sizeof(BlockIQ2XXS), ActivationFormat::q8_k},
         {GgmlType::IQ2_XS, "IQ2_XS", kQK, sizeof(BlockIQ2XS), ActivationFormat::q8_k},
         {GgmlType::IQ1_S, "IQ1_S", kQK, sizeof(BlockIQ1S), ActivationFormat::q8_k},
+        {GgmlType::IQ3_XXS, "IQ3_XXS", kQK, sizeof(BlockIQ3XXS), ActivationFormat::q8_k},
         {GgmlType::IQ4_NL, "IQ4_NL", kQ8, sizeof(BlockIQ4NL), ActivationFormat::q8_0},
+        {GgmlType::IQ3_S, "IQ3_S", kQK, sizeof(BlockIQ3S), ActivationFormat::q8_k},
+        {GgmlType::IQ2_S, "IQ2_S", kQK, sizeof(BlockIQ2S), ActivationFormat::q8_k},
         {GgmlType::IQ4_XS, "IQ4_XS", kQK, sizeof(BlockIQ4XS), ActivationFormat::q8_k},
         {GgmlType::IQ1_M, "IQ1_M", kQK, sizeof(BlockIQ1M), ActivationFormat::q8_k},
         {GgmlType::BF16, "BF16", 1, 2, ActivationFormat::f32},
+        {GgmlType::MXFP4, "MXFP4", kQ8, sizeof(BlockMXFP4), ActivationFormat::q8_0},
     };
     return types;
 }
@@ -395,6 +400,7 @@ float dot_f32(const float* w, const float* x, int n) {
 }  // namespace
 
 void dequantize_row(GgmlType type, const void* row, int n, float* y) {
+    if (iq_b::handles(type)) return iq_b::dequantize(type, row, n, y);
     switch (type) {
         case GgmlType::F32:
             std::memcpy(y, row, static_cast<size_t>(n) * sizeof(float));
@@ -476,6 +482,7 @@ void dequantize_row(GgmlType type, const void* row, int n, float* y) {
         case GgmlType::IQ1_S:
         case GgmlType::IQ1_M:
             return dequantize_iq1_iq2(type, row, n, y);
+        default: break;
     }
     throw std::invalid_argument("dequantize_row: unsupported type");
 }
@@ -494,6 +501,7 @@ void quantize_activation(GgmlType type, const float* x, int n, void* xq) {
 }
 
 float vec_dot(GgmlType type, const void* row, const void* xq, int n) {
+    if (iq_b::handles(type)) return iq_b::vec_dot(type, row, xq, n);
     switch (type) {
         case GgmlType::F32:
             return dot_f32(static_cast<const float*>(row), static_cast<const float*>(xq), n);
@@ -524,6 +532,7 @@ float vec_dot(GgmlType type, const void* row, const void* xq, int n) {
         case GgmlType::IQ1_S:
         case GgmlType::IQ1_M:
             return dot_iq1_iq2(type, row, static_cast<const BlockQ8K*>(xq), n);
+        default: break;
     }
     return 0;
 }

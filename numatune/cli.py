@@ -183,7 +183,7 @@ def model_synth_command(
     out: Path = typer.Option(..., "--out", help="GGUF file to write (atomically)."),
     preset_name: str = typer.Option("default", "--preset", help="default, qwen3-30b-a3b, deepseek-v3, "
                                     "qwen1.5-moe-a2.7b, mixtral-8x7b or llama4-scout."),
-    type_name: str = typer.Option("Q4_K_M", "--type", help="Q4_K_M, or one type: Q2_K..Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS, BF16, F16, F32, or IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS (random valid blocks: nothing here quantizes to these)."),
+    type_name: str = typer.Option("Q4_K_M", "--type", help="Q4_K_M, or one type: Q2_K..Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS, MXFP4, BF16, F16, F32, or IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S (random valid blocks: nothing here quantizes to these)."),
     layers: Optional[int] = typer.Option(None, "--layers", min=1, help="MoE layers (default: the preset's)."),
     experts: Optional[int] = typer.Option(None, "--experts", min=1, help="Experts per layer."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),

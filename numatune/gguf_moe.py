@@ -21,7 +21,8 @@ import numpy as np
 from .errors import ModelError
 
 # GGML type numbers of the types the engine computes with.
-SUPPORTED_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "IQ2_XXS": 16, "IQ2_XS": 17, "IQ1_S": 19, "IQ4_NL": 20, "IQ4_XS": 23, "IQ1_M": 29, "BF16": 30}
+SUPPORTED_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "IQ2_XXS": 16, "IQ2_XS": 17, "IQ1_S": 19, "IQ4_NL": 20, "IQ4_XS": 23, "IQ1_M": 29, "BF16": 30,
+                   "IQ3_XXS": 18, "IQ3_S": 21, "IQ2_S": 22, "MXFP4": 39}
 TYPE_NAMES = {number: name for name, number in SUPPORTED_TYPES.items()}
 
 # How each architecture routes, as llama.cpp's graph for it builds it: gating, renormalise the

@@ -2,10 +2,12 @@
 
 gguf 0.19 reads every GGML type but quantizes only some: its own quantizers are used for Q8_0
 (bit-exact with ggml's), Q4_0, Q4_1, Q5_0, Q5_1, F16 and BF16; the K-quants Q2_K..Q6_K, which it
-cannot write, and IQ4_NL and IQ4_XS are quantized here, vectorised over blocks; the lattice types
-IQ1_S, IQ1_M, IQ2_XXS and IQ2_XS are not quantized at all: `synthetic` writes random valid blocks
-of them, scaled like the weights, for synthetic models. The bytes are ggml's block layouts (kernels/quant.h), so
-`gguf.quants.dequantize` and the engine both read them.
+cannot write, and IQ4_NL and IQ4_XS are quantized here, vectorised over blocks; MXFP4 is gguf's own
+quantizer too. The lattice types IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S are not
+quantized at all (neither gguf nor here: ggml's codebook searches need an importance matrix):
+`synthetic` writes random valid blocks of them, scaled like the weights, for synthetic models.
+The bytes are ggml's block layouts (kernels/quant.h), so `gguf.quants.dequantize` and the engine
+both read them.
 
 How the K-quant scales are chosen (plain least squares, no importance matrix):
 
@@ -39,7 +41,7 @@ from gguf import quants as gguf_quants
 
 TYPE_NAMES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
               "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
-              "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS")
+              "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ2_S", "IQ3_S", "MXFP4")
 
 QK_K = 256
 CHUNK_BLOCKS = 2048  # super-blocks quantized at once: bounds the temporaries to a few tens of MB
@@ -65,7 +67,8 @@ def bits_per_weight(type_name: str) -> float:
 
 # Nearest-size suggestions prefer the K-quants, then the legacy and float types, on a tie.
 _SUGGESTION_ORDER = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "IQ4_NL", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
-                     "BF16", "F16", "F32", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS")
+                     "BF16", "F16", "F32", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS",
+                     "IQ3_S", "MXFP4")
 
 
 def nearest_supported_type(type_name: str) -> Optional[str]:
@@ -121,7 +124,7 @@ def quantize(weights: np.ndarray, type_name: str) -> np.ndarray:
 # Lattice types that gguf 0.19 cannot quantize to and that are not quantized here either (their
 # codebook searches are long): synthetic models carry random blocks of them. Every byte pattern
 # is a valid block of these types; only the f16 scale d is chosen.
-RANDOM_BLOCK_TYPES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS")
+RANDOM_BLOCK_TYPES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S")
 
 
 def synthetic(weights: np.ndarray, type_name: str, rng: np.random.Generator) -> np.ndarray:
@@ -383,3 +386,4 @@ _OWN_QUANTIZERS = {"Q2_K": (QK_K, _quantize_q2_k_blocks), "Q3_K": (QK_K, _quanti
                    "Q4_K": (QK_K, _quantize_q4_k_blocks), "Q5_K": (QK_K, _quantize_q5_k_blocks),
                    "Q6_K": (QK_K, _quantize_q6_k_blocks), "IQ4_NL": (32, _quantize_iq4_nl_blocks),
                    "IQ4_XS": (QK_K, _quantize_iq4_xs_blocks)}
+

@@ -270,7 +270,9 @@ def semantic_models(where: Path) -> list[tuple[str, Path]]:
     write("up missing", tensors={**base, "ffn_up_exps": None})
     write("router missing", tensors={**base, "ffn_gate_inp": None})
     write("two-dimensional experts", tensors={**base, "ffn_gate_exps": (4 * 64, 64)})
-    write("MXFP4 experts (not computed)", expert_type="MXFP4")
+    wide = {"ffn_gate_inp": (4, 256), "ffn_gate_exps": (4, 256, 256), "ffn_up_exps": (4, 256, 256),
+            "ffn_down_exps": (4, 256, 256)}
+    write("TQ2_0 experts (not computed)", expert_type="TQ2_0", tensors=wide)
     return made
 
 

@@ -262,7 +262,7 @@ def test_quantizer_round_trip(type_name, rng):
 
 @pytest.mark.parametrize("type_name", quants.RANDOM_BLOCK_TYPES)
 def test_random_block_types_are_written_as_random_blocks_of_the_weights_scale(type_name, rng):
-    """No quantizer writes the IQ1/IQ2 lattice types: quantize refuses them, and synthetic models get
+    """No quantizer writes the IQ1/IQ2/IQ3 lattice types: quantize refuses them, and synthetic models get
     random valid blocks whose root-mean-square follows each block's weights."""
     with pytest.raises(ValueError, match=f"{type_name}: no quantizer"):
         quants.quantize(np.ones((1, 256), np.float32), type_name)
@@ -459,6 +459,9 @@ static int check(const QuantKernels& k, GgmlType t, int rows, int n) {
             std::memcpy(blk + 48 + 2 * k, &word, 2);
           }
           break;
+        case GgmlType::IQ3_XXS: case GgmlType::IQ2_S: case GgmlType::IQ3_S:
+          std::memcpy(blk, &d, 2); break;
+        case GgmlType::MXFP4: blk[0] = static_cast<uint8_t>(110 + rng() % 31); break;
         default: break;
       }
     }
@@ -490,9 +493,11 @@ int main() {
   int failures = 0;
   for (const QuantKernels* k : {&avx512_quant_kernels(), &avx512_bf16_quant_kernels()}) {
     for (GgmlType t : {GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS,
-                       GgmlType::IQ1_S, GgmlType::IQ1_M, GgmlType::IQ2_XXS, GgmlType::IQ2_XS})
+                       GgmlType::IQ1_S, GgmlType::IQ1_M, GgmlType::IQ2_XXS, GgmlType::IQ2_XS,
+                       GgmlType::IQ3_XXS, GgmlType::IQ2_S, GgmlType::IQ3_S})
       for (int n : {256, 512, 768}) failures += check(*k, t, 7, n);
-    for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::IQ4_NL})
+    for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::IQ4_NL,
+                       GgmlType::MXFP4})
       for (int n : {32, 96, 224}) failures += check(*k, t, 7, n);
     for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16})
       for (int n : {1, 100, 129, 1000}) failures += check(*k, t, 3, n) + check(*k, t, 9, n);
@@ -522,9 +527,9 @@ def test_avx512_variant_under_emulation(tmp_path, require):
     require("g++")
     assert source.exists(), f"{source}: the kernels' source tree is missing"
     assert simde_include_dir() is not None, "SIMDe's headers are missing (Debian: libsimde-dev; .ci/run installs it)"
-    shared = "".join((KERNELS_SOURCE / name).read_text()   # included by dot_avx512.cpp
-                     for name in ("dot_x86_blocks.h", "dot_x86_iq1_iq2.h"))
-    used = sorted(set(re.findall(r"\b_mm(?:512|256)_\w+", source.read_text() + shared)))
+    shared = [KERNELS_SOURCE / h for h in re.findall(r'#include "(dot_\w+\.h)"', source.read_text())]
+    assert shared, "dot_avx512.cpp includes no shared kernel header"
+    used = sorted(set(re.findall(r"\b_mm(?:512|256)_\w+", source.read_text() + "".join(h.read_text() for h in shared))))
     aliases, fallbacks = [], []
     for name in used:
         suffix = name.split("_", 2)[2]
@@ -538,7 +543,8 @@ def test_avx512_variant_under_emulation(tmp_path, require):
     binary = tmp_path / "harness"
     subprocess.run(["g++", "-O1", "-std=c++17", "-w", "-mavx2", "-mfma", "-mf16c", "-DNUMATUNE_X86_VARIANTS=1",
                     f"-I{tmp_path}", f"-I{KERNELS_SOURCE}", str(tmp_path / "harness.cpp"), str(source),
-                    str(KERNELS_SOURCE / "quant_ref.cpp"), str(KERNELS_SOURCE / "quant_ref_iq1_iq2.cpp"), "-o", str(binary)],
+                    *sorted(str(p) for p in KERNELS_SOURCE.glob("quant_*.cpp") if p.name != "quant_dispatch.cpp"),
+                    "-o", str(binary)],
                    check=True, capture_output=True, text=True, timeout=300)
     done = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout
@@ -547,7 +553,7 @@ def test_avx512_variant_under_emulation(tmp_path, require):
 # ---- the types through the CLI
 
 NEW_TYPES = ("Q2_K", "Q3_K", "Q5_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS", "IQ1_S", "IQ1_M", "IQ2_XXS",
-             "IQ2_XS")
+             "IQ2_XS", "IQ3_XXS", "IQ2_S", "IQ3_S", "MXFP4")
 
 
 @pytest.mark.parametrize("type_name", NEW_TYPES)
@@ -574,16 +580,16 @@ def test_model_synth_writes_each_type_and_the_engine_runs_it(type_name, tmp_path
 def test_cli_names_tensor_type_and_nearest_synthetic_type(tmp_path, capsys):
     import gguf
     from numatune.cli import main
-    path = tmp_path / "iq3.gguf"
+    path = tmp_path / "tq2.gguf"
     writer = gguf.GGUFWriter(str(path), "qwen3moe")
     writer.add_uint32("qwen3moe.expert_count", 2)
     writer.add_uint32("qwen3moe.expert_used_count", 1)
     writer.add_tensor("blk.0.ffn_gate_inp.weight", np.zeros((2, 256), np.float32))
     q4 = quants.quantize(np.ones((2, 256, 256), np.float32), "Q4_K")
     writer.add_tensor("blk.0.ffn_gate_exps.weight", q4.reshape(2, 256, -1), raw_dtype=gguf.GGMLQuantizationType.Q4_K)
-    iq3 = np.zeros((2, 256, 98), np.uint8)   # IQ3_XXS: 98 bytes per 256 weights
+    tq2 = np.zeros((2, 256, 66), np.uint8)   # TQ2_0 (ternary): 66 bytes per 256 weights
     for name in ("up", "down"):
-        writer.add_tensor(f"blk.0.ffn_{name}_exps.weight", iq3, raw_dtype=gguf.GGMLQuantizationType.IQ3_XXS)
+        writer.add_tensor(f"blk.0.ffn_{name}_exps.weight", tq2, raw_dtype=gguf.GGMLQuantizationType.TQ2_0)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -591,5 +597,7 @@ def test_cli_names_tensor_type_and_nearest_synthetic_type(tmp_path, capsys):
     code = main(["bench", "--model", str(path), "--threads", "1", "--tokens", "1", "--repeats", "1", "--no-bandwidth"])
     out, err = capsys.readouterr()
     assert code == 2
-    assert err.strip() == (f"numatune: error: {path}: blk.0.ffn_up_exps.weight is IQ3_XXS (3.06 bpw), not supported; "
-                           "nearest synthetic: --type Q3_K (3.44 bpw)"), err
+    nearest = quants.nearest_supported_type("TQ2_0")
+    assert abs(quants.bits_per_weight(nearest) - 2.0625) < 0.6
+    assert err.strip() == (f"numatune: error: {path}: blk.0.ffn_up_exps.weight is TQ2_0 (2.06 bpw), not supported; "
+                           f"nearest synthetic: --type {nearest} ({quants.bits_per_weight(nearest):.3g} bpw)"), err
