@@ -336,8 +336,21 @@ void MoeEngine::moe_forward(int layer, const float* x, float* y, int* chosen_ids
     forward(L, x, y, chosen_ids, chosen_weights);
 }
 
+void MoeEngine::set_sync_barriers(int per_layer) {
+    if (per_layer < 0) throw std::invalid_argument("barriers per layer must be 0 or more");
+    sync_barriers_ = per_layer;
+}
+
 void MoeEngine::forward(Layer& L, const float* x, float* y, int* ids, float* weights) {
     const LayerSource& s = L.source;
+    if (sync_barriers_ > 0) {
+        // All of the layer's emulated meetings in one job: each costs what it costs the target
+        // (every worker must arrive), though the target spreads them between its graph nodes.
+        auto sync_job = [&](int) {
+            for (int i = 0; i < sync_barriers_; ++i) pool_->barrier();
+        };
+        pool_->run(sync_job);
+    }
     bool written = false;
     if (L.routed.count > 0) {
         route(L, x, ids, weights);

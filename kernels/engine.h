@@ -87,6 +87,12 @@ public:
     // Router (logits, gating, groups, top-k, normalisation), the experts and the shared expert or
     // dense FFN; returns the chosen ids (none for a dense layer).
     void moe_forward(int layer, const float* x, float* y, int* chosen_ids, float* chosen_weights);
+    // Emulates another engine's synchronisation: every layer's forward pass first makes all
+    // workers meet at `per_layer` barriers (0: none, the engine's own few joins per layer only).
+    void set_sync_barriers(int per_layer);
+    int sync_barriers() const { return sync_barriers_; }
+    // Barriers all workers have passed so far (emulated ones only): evidence the count is honoured.
+    uint64_t barriers_passed() const { return pool_->barriers_passed(); }
     // Runs `tokens` decode steps over all layers (after `warmup` untimed ones).
     DecodeStats decode_bench(int tokens, int warmup, uint64_t seed);
 
@@ -116,6 +122,7 @@ private:
     Placement placement_;
     std::vector<std::unique_ptr<Layer>> layers_;
     std::unique_ptr<Scratch> scratch_;
+    int sync_barriers_ = 0;
 };
 
 }  // namespace numatune

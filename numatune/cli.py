@@ -215,6 +215,8 @@ def bench_command(
     tokens: int = typer.Option(64, "--tokens", min=1, help="Decoded tokens per repetition."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Repetitions (median and spread)."),
     no_bandwidth: bool = typer.Option(False, "--no-bandwidth", help="Skip the read-bandwidth reference."),
+    sync_barriers: int = typer.Option(0, "--sync-barriers", min=0, help="Barriers all threads meet at per layer, "
+                                      "emulating another engine's synchronisation (its profile's sync field)."),
     topology_file: Optional[Path] = typer.Option(None, "--topology", help="This machine as `probe --json` "
                                                  "wrote it, used instead of probing (tune's trials pass it)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -230,7 +232,7 @@ def bench_command(
     node_set = _cpu_list(nodes, "--nodes") if nodes else None
     path = _model_path(model, synthetic, type_name, topology)
     result = run_bench(path, chosen, policy, node_set, topology, tokens=tokens, repeats=repeats,
-                       measure_read=not no_bandwidth)
+                       measure_read=not no_bandwidth, sync_barriers=sync_barriers)
     if as_json:
         _emit_json(result.to_json())
     else:
@@ -391,7 +393,7 @@ def _trials_for(topology, engine: Optional[str], engine_bin: Optional[Path], com
     spec = target.benchmark
     why = ("--bundled" if bundled else f"{spec.command[0]} not found on PATH; --engine-bin FILE to tune it directly"
            if spec and spec.command else f"give {target.name}'s benchmark command after -- to tune it directly")
-    return bundled_measure, TargetEngine(target.name), \
+    return bundled_measure, TargetEngine(target.name, sync_barriers=target.sync_barriers), \
         f"trials: the bundled engine, placed as {target.name} is placed ({why})"
 
 

@@ -77,11 +77,14 @@ class ModelChoice:
         return cls(cached_model(preset, type_name, layers=layers, experts=experts), label)
 
 
-def trial_argv(model: Path, config: Configuration, stage: Stage, topology_file: Path) -> list[str]:
+def trial_argv(model: Path, config: Configuration, stage: Stage, topology_file: Path,
+               sync_barriers: int = 0) -> list[str]:
+    """`sync_barriers`: the target engine's barriers per layer (its profile's sync), emulated."""
     return [sys.executable, "-m", "numatune.cli", "bench", "--model", str(model),
             "--cpus", format_cpulist(config.cpus), "--policy", config.policy.value,
             "--nodes", format_cpulist(config.nodes), "--tokens", str(stage.tokens),
-            "--repeats", str(stage.repeats), "--no-bandwidth", "--topology", str(topology_file), "--json"]
+            "--repeats", str(stage.repeats), "--no-bandwidth", "--topology", str(topology_file), "--json"] + \
+        (["--sync-barriers", str(sync_barriers)] if sync_barriers else [])
 
 
 def drop_cached_pages(path: Path) -> None:
@@ -154,7 +157,8 @@ def _probe_live() -> Topology:
 
 def _start(config: Configuration, model: ModelChoice, stage: Stage, target: EngineProfile, topology_file: Path):
     placement, by_numactl = placement_for(config, target)
-    argv = (numactl_args(placement) if by_numactl else []) + trial_argv(model.path, config, stage, topology_file)
+    argv = (numactl_args(placement) if by_numactl else []) + \
+        trial_argv(model.path, config, stage, topology_file, target.sync_barriers)
     env = dict(os.environ)
     preexec = None if by_numactl else (lambda: apply_placement(placement))
     try:
