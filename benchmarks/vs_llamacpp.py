@@ -19,7 +19,14 @@ Bytes a token reads, per engine:
 The gap is split, per configuration, by the time per token: llama.cpp's, minus the bundled
 engine's for the experts, minus the time its non-expert bytes would take at the bundled engine's
 GB/s; what remains is llama.cpp's compute and synchronisation beyond streaming weights (its
-thread pool meets at a barrier after every graph node).
+thread pool meets at a barrier after every graph node). With a generated model, llama.cpp is
+also measured on a twin of the file whose experts are made tiny (width 32: the same graph, the
+same nodes and barriers, the same attention and head, almost no expert bytes): its time per token
+is llama.cpp's own non-expert work and synchronisation, and the difference its expert time.
+
+The bundled engine runs twice per configuration: as it is, and emulating llama.cpp's
+synchronisation (the llama.cpp profile's `sync`: that many barriers per layer, as
+`tune --engine llama.cpp` runs it when llama-bench is not there); each is ranked against llama.cpp.
 
     python benchmarks/vs_llamacpp.py [--model FILE.gguf | --layers 4 --experts 64 --type Q8_0]
         [--llama-bench PATH] [--tokens 64] [--repeats 5] [--rounds 1] [--policies bind] [--json out.json]
@@ -142,23 +149,30 @@ def main(argv=None) -> int:
             synthesize_complete(path, replace(PRESETS[args.preset], layers=args.layers, experts=args.experts), args.type)
         model = ModelChoice.from_file(path)
     sizes = token_bytes(model.path)
+    tiny = None if args.model else tiny_expert_twin(args.preset, args.layers, args.experts, args.type)
     binary = find_llama_bench(args.llama_bench)
     llama_profile = find_engine_profile("llama.cpp")
+    plain_profile = replace(llama_profile, sync=None)
     engine = external_engine(llama_profile, engine_bin=binary)
     llama = ExternalTrials(engine, topology)
     stage = Stage(args.tokens, args.repeats)
     configs = configurations(topology, model.path.stat().st_size, args.policies.split(","))
-    samples: dict[tuple, dict[str, list[float]]] = {c: {"bundled": [], "llama": []} for c in configs}
+    runs = {"bundled": lambda c: run_trial(c, model, 0, stage, plain_profile),
+            "emulated": lambda c: run_trial(c, model, 0, stage, llama_profile),
+            "llama": lambda c: llama(c, model, 0, stage)}
+    if tiny is not None:
+        runs["llama_tiny"] = lambda c: llama(c, tiny, 0, stage)
+    samples: dict[tuple, dict[str, list[float]]] = {c: {name: [] for name in runs} for c in configs}
     for _ in range(args.rounds):
         for config in configs:
-            bundled = run_trial(config, model, 0, stage, llama_profile)
-            theirs = llama(config, model, 0, stage)
-            for name, trial in (("bundled", bundled), ("llama", theirs)):
+            for name, run in runs.items():
+                trial = run(config)
                 if trial.error:
                     raise NumatuneError(f"{name} {config.label()}: {trial.error}")
                 samples[config][name] += list(trial.tokens_per_s.samples)
     rows = [row(config, samples[config], sizes) for config in configs]
-    summary = agreement(rows)
+    summary = {"plain": agreement(rows, "bundled_tok_s"), "emulated": agreement(rows, "emulated_tok_s"),
+               "sync_barriers_per_layer": llama_profile.sync_barriers}
     print_table(rows, sizes, summary, engine.binary.version, model.path)
     if args.json_out:
         with open(args.json_out, "w") as out:
@@ -167,23 +181,39 @@ def main(argv=None) -> int:
     return 0
 
 
+def tiny_expert_twin(preset: str, layers: int, experts: int, type_name: str) -> ModelChoice:
+    """The generated model with its experts 32 wide: llama.cpp builds the same graph for it."""
+    path = cache_dir() / "models" / f"{preset}-complete-tinyexperts-{type_name.upper()}-{layers}x{experts}.gguf"
+    if not path.is_file():
+        synthesize_complete(path, replace(PRESETS[preset], layers=layers, experts=experts, intermediate=32), type_name)
+    return ModelChoice.from_file(path)
+
+
 def row(config: Configuration, samples: dict, sizes: dict) -> dict:
     ours, theirs = statistics.median(samples["bundled"]), statistics.median(samples["llama"])
+    emulated = statistics.median(samples["emulated"])
     t_llama, t_experts = 1 / theirs, 1 / ours
     ours_gbps = sizes["routed_experts"] * ours / 1e9
     t_non_expert = sizes["non_expert"] / (ours_gbps * 1e9)
-    return {"config": config.label(), "threads": config.threads, "policy": config.policy,
-            "bundled_tok_s": ours, "llama_tok_s": theirs,
-            "bundled_spread": Measurement.of(samples["bundled"]).spread,
-            "llama_spread": Measurement.of(samples["llama"]).spread,
-            "bundled_expert_gb_s": ours_gbps, "llama_token_gb_s": sizes["whole_token"] * theirs / 1e9,
-            "llama_time_ms": t_llama * 1e3, "experts_at_bundled_rate_ms": t_experts * 1e3,
-            "non_expert_at_bundled_rate_ms": t_non_expert * 1e3,
-            "rest_ms": (t_llama - t_experts - t_non_expert) * 1e3}
+    out = {"config": config.label(), "threads": config.threads, "policy": config.policy,
+           "bundled_tok_s": ours, "emulated_tok_s": emulated, "llama_tok_s": theirs,
+           "bundled_spread": Measurement.of(samples["bundled"]).spread,
+           "emulated_spread": Measurement.of(samples["emulated"]).spread,
+           "llama_spread": Measurement.of(samples["llama"]).spread,
+           "bundled_expert_gb_s": ours_gbps, "emulated_expert_gb_s": sizes["routed_experts"] * emulated / 1e9,
+           "llama_token_gb_s": sizes["whole_token"] * theirs / 1e9,
+           "llama_time_ms": t_llama * 1e3, "experts_at_bundled_rate_ms": t_experts * 1e3,
+           "non_expert_at_bundled_rate_ms": t_non_expert * 1e3,
+           "rest_ms": (t_llama - t_experts - t_non_expert) * 1e3}
+    if samples.get("llama_tiny"):
+        # llama.cpp's own split: the tiny-expert twin's token is its non-expert work and barriers.
+        t_tiny = 1 / statistics.median(samples["llama_tiny"])
+        out.update(llama_tiny_time_ms=t_tiny * 1e3, llama_experts_ms=(t_llama - t_tiny) * 1e3)
+    return out
 
 
-def agreement(rows: list[dict]) -> dict:
-    ours = [r["bundled_tok_s"] for r in rows]
+def agreement(rows: list[dict], ours_key: str) -> dict:
+    ours = [r[ours_key] for r in rows]
     theirs = [r["llama_tok_s"] for r in rows]
     best_ours = max(range(len(rows)), key=lambda i: ours[i])
     best_theirs = max(range(len(rows)), key=lambda i: theirs[i])
@@ -195,17 +225,25 @@ def agreement(rows: list[dict]) -> dict:
 def print_table(rows: list[dict], sizes: dict, summary: dict, version: str, model: Path) -> None:
     print(f"model {model.name}: a token reads {sizes['routed_experts'] / 1e6:.1f} MB of routed experts, "
           f"{sizes['non_expert'] / 1e6:.1f} MB else ({sizes['whole_token'] / 1e6:.1f} MB); llama-bench {version}")
-    print(f"{'configuration':34} {'bundled tok/s':>15} {'llama tok/s':>14} {'bundled expert GB/s':>20} "
-          f"{'llama token GB/s':>17} {'ratio':>6} {'llama ms':>9} {'experts':>8} {'non-exp':>8} {'rest':>7}")
+    print(f"{'configuration':34} {'bundled tok/s':>15} {'emulated tok/s':>15} {'llama tok/s':>14} "
+          f"{'bundled GB/s':>12} {'emulated GB/s':>13} {'llama GB/s':>10} {'ratio':>6} {'ratio em.':>9} "
+          f"{'llama ms':>9} {'experts':>8} {'non-exp':>8} {'rest':>7} {'llama tiny-expert ms':>20}")
     for r in rows:
+        tiny = f"{r['llama_tiny_time_ms']:20.2f}" if "llama_tiny_time_ms" in r else f"{'-':>20}"
         print(f"{r['config']:34} {r['bundled_tok_s']:8.1f} ± {r['bundled_spread']:4.1f} "
-              f"{r['llama_tok_s']:7.1f} ± {r['llama_spread']:4.1f} {r['bundled_expert_gb_s']:20.2f} "
-              f"{r['llama_token_gb_s']:17.2f} {r['bundled_expert_gb_s'] / r['llama_token_gb_s']:6.2f} "
+              f"{r['emulated_tok_s']:8.1f} ± {r['emulated_spread']:4.1f} "
+              f"{r['llama_tok_s']:7.1f} ± {r['llama_spread']:4.1f} {r['bundled_expert_gb_s']:12.2f} "
+              f"{r['emulated_expert_gb_s']:13.2f} {r['llama_token_gb_s']:10.2f} "
+              f"{r['bundled_expert_gb_s'] / r['llama_token_gb_s']:6.2f} "
+              f"{r['emulated_expert_gb_s'] / r['llama_token_gb_s']:9.2f} "
               f"{r['llama_time_ms']:9.2f} {r['experts_at_bundled_rate_ms']:8.2f} "
-              f"{r['non_expert_at_bundled_rate_ms']:8.2f} {r['rest_ms']:7.2f}")
-    print(f"Spearman rank correlation over {summary['configurations']} configurations: {summary['spearman']:.2f}; "
-          f"winners {'agree' if summary['winners_agree'] else 'differ'} (bundled: {summary['bundled_winner']}; "
-          f"llama.cpp: {summary['llama_winner']})")
+              f"{r['non_expert_at_bundled_rate_ms']:8.2f} {r['rest_ms']:7.2f} {tiny}")
+    for name, label in (("plain", "bundled engine as it is"),
+                        ("emulated", f"bundled engine with {summary['sync_barriers_per_layer']} barriers per layer")):
+        s = summary[name]
+        print(f"{label}: Spearman rank correlation with llama.cpp over {s['configurations']} configurations: "
+              f"{s['spearman']:.2f}; winners {'agree' if s['winners_agree'] else 'differ'} "
+              f"(bundled: {s['bundled_winner']}; llama.cpp: {s['llama_winner']})")
 
 
 if __name__ == "__main__":

@@ -118,6 +118,9 @@ void register_engine(py::module_& m) {
         .def("add_layer", &add_layer, py::arg("hidden"), py::arg("experts"), py::arg("shared"), py::arg("top_k"),
              py::arg("router"), py::arg("bias"), py::arg("gating"), py::arg("normalize"), py::arg("scale"),
              py::arg("groups"), py::arg("groups_used"), py::arg("weight_before"), py::arg("shared_gate"))
+        .def("set_sync_barriers", &MoeEngine::set_sync_barriers, py::arg("per_layer"))
+        .def("sync_barriers", &MoeEngine::sync_barriers)
+        .def("barriers_passed", &MoeEngine::barriers_passed)
         .def("experts_forward",
              [](MoeEngine& e, int layer, const Floats& x, const Ints& ids, const Floats& weights) {
                  if (layer < 0 || layer >= e.layers()) throw std::invalid_argument("layer out of range");

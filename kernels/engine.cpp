@@ -327,13 +327,18 @@ void MoeEngine::experts_forward(int layer, const float* x, const int* ids, const
         }
     }
     ThreadPool::CallerScope scope(*pool_);
-    run_experts(L.routed, x, ids, weights, k, y, false);
+    run_experts(L.routed, x, ids, weights, k, y, false, 0);
 }
 
 void MoeEngine::moe_forward(int layer, const float* x, float* y, int* chosen_ids, float* chosen_weights) {
     Layer& L = *layers_.at(layer);
     ThreadPool::CallerScope scope(*pool_);
     forward(L, x, y, chosen_ids, chosen_weights);
+}
+
+void MoeEngine::set_sync_barriers(int per_layer) {
+    if (per_layer < 0) throw std::invalid_argument("barriers per layer must be 0 or more");
+    sync_barriers_ = per_layer;
 }
 
 void MoeEngine::forward(Layer& L, const float* x, float* y, int* ids, float* weights) {
@@ -346,9 +351,9 @@ void MoeEngine::forward(Layer& L, const float* x, float* y, int* ids, float* wei
             float* xs = scratch_->xs.data();
             for (int i = 0; i < s.hidden; ++i) xs[i] = x[i] * weights[0];
             const float one = 1.0f;
-            run_experts(L.routed, xs, ids, &one, 1, y, false);
+            run_experts(L.routed, xs, ids, &one, 1, y, false, sync_barriers_);
         } else {
-            run_experts(L.routed, x, ids, weights, s.top_k, y, false);
+            run_experts(L.routed, x, ids, weights, s.top_k, y, false, sync_barriers_);
         }
         written = true;
     }
@@ -360,7 +365,7 @@ void MoeEngine::forward(Layer& L, const float* x, float* y, int* ids, float* wei
             gate = static_cast<float>(1.0 / (1.0 + std::exp(-dot)));
         }
         const int zero = 0;
-        run_experts(L.always, x, &zero, &gate, 1, y, written);
+        run_experts(L.always, x, &zero, &gate, 1, y, written, written ? 0 : sync_barriers_);
     }
 }
 
@@ -431,8 +436,30 @@ void MoeEngine::route(const Layer& L, const float* x, int* ids, float* weights) 
     for (int j = 0; j < s.top_k; ++j) weights[j] *= norm * s.spec.scale;
 }
 
+namespace {
+
+// Runs body(b, e) over [begin, end) in `meetings` steps, all workers meeting at a barrier after
+// each step (every worker calls it equally often, with or without work); no meetings: one step.
+template <class Body>
+void in_steps(ThreadPool& pool, int begin, int end, int meetings, Body body) {
+    if (meetings == 0) {
+        body(begin, end);
+        return;
+    }
+    for (int m = 0; m < meetings; ++m) {
+        auto [b, e] = share(end - begin, meetings, m);
+        body(begin + b, begin + e);
+        pool.barrier();
+    }
+}
+
+}  // namespace
+
 void MoeEngine::run_experts(Experts& E, const float* x, const int* ids, const float* weights, int k, float* y,
-                            bool accumulate) {
+                            bool accumulate, int barriers) {
+    // Emulated synchronisation: half the barriers between steps of gate/up, half of down, so that
+    // the workers are held in step through the work as a graph engine's are between its nodes.
+    const int up_meetings = barriers / 2, down_meetings = barriers - up_meetings;
     Scratch& S = *scratch_;
     const QuantKernels& q = quant_kernels();
     // The activation, quantized once for all experts (once more only if gate and up differ).
@@ -480,27 +507,29 @@ void MoeEngine::run_experts(Experts& E, const float* x, const int* ids, const fl
         const int first_unit = slice.row_begin / unit_rows;
         const int slice_units = (slice.row_end - slice.row_begin + unit_rows - 1) / unit_rows;
         auto [u0, u1] = share(k * slice_units, parts, index);
-        for (int u = u0; u < u1; ++u) {
-            const int j = u / slice_units;
-            const int r0 = (first_unit + u % slice_units) * unit_rows;
-            const int rows = std::min(unit_rows, E.intermediate - r0);
-            const size_t local_row = static_cast<size_t>(r0 - slice.row_begin);
-            float gate_out[256], up_out[256];   // unit_rows ≤ block_rows ≤ 256
-            const uint8_t* g = slice.gate->data() + ids[j] * slice.gate_expert_bytes + local_row * E.gate_row_bytes;
-            const uint8_t* v = slice.up->data() + ids[j] * slice.up_expert_bytes + local_row * E.up_row_bytes;
-            q.gemv(E.gate_type, g, E.gate_row_bytes, rows, S.x_gate_q.data(), E.hidden, gate_out);
-            q.gemv(E.up_type, v, E.up_row_bytes, rows, x_up, E.hidden, up_out);
-            float* h = S.h.data() + static_cast<size_t>(j) * E.intermediate;
-            for (int r = 0; r < rows; ++r) h[r0 + r] = silu(gate_out[r]) * up_out[r];
-            // The unit that finishes a block quantizes it; acq_rel makes the other units' rows
-            // of h visible to it.
-            const int b = r0 / E.block_rows;
-            if (S.pending[static_cast<size_t>(j) * E.blocks + b].fetch_sub(1, std::memory_order_acq_rel) == 1) {
-                const int b0 = b * E.block_rows;
-                q.quantize_activation(E.down_type, h + b0, std::min(E.block_rows, E.intermediate - b0),
-                                      S.h_q.data() + j * S.h_q_stride + activation_offset(E.down_type, b0));
+        in_steps(*pool_, u0, u1, up_meetings, [&](int step_begin, int step_end) {
+            for (int u = step_begin; u < step_end; ++u) {
+                const int j = u / slice_units;
+                const int r0 = (first_unit + u % slice_units) * unit_rows;
+                const int rows = std::min(unit_rows, E.intermediate - r0);
+                const size_t local_row = static_cast<size_t>(r0 - slice.row_begin);
+                float gate_out[256], up_out[256];   // unit_rows ≤ block_rows ≤ 256
+                const uint8_t* g = slice.gate->data() + ids[j] * slice.gate_expert_bytes + local_row * E.gate_row_bytes;
+                const uint8_t* v = slice.up->data() + ids[j] * slice.up_expert_bytes + local_row * E.up_row_bytes;
+                q.gemv(E.gate_type, g, E.gate_row_bytes, rows, S.x_gate_q.data(), E.hidden, gate_out);
+                q.gemv(E.up_type, v, E.up_row_bytes, rows, x_up, E.hidden, up_out);
+                float* h = S.h.data() + static_cast<size_t>(j) * E.intermediate;
+                for (int r = 0; r < rows; ++r) h[r0 + r] = silu(gate_out[r]) * up_out[r];
+                // The unit that finishes a block quantizes it; acq_rel makes the other units' rows
+                // of h visible to it.
+                const int b = r0 / E.block_rows;
+                if (S.pending[static_cast<size_t>(j) * E.blocks + b].fetch_sub(1, std::memory_order_acq_rel) == 1) {
+                    const int b0 = b * E.block_rows;
+                    q.quantize_activation(E.down_type, h + b0, std::min(E.block_rows, E.intermediate - b0),
+                                          S.h_q.data() + j * S.h_q_stride + activation_offset(E.down_type, b0));
+                }
             }
-        }
+        });
     };
     pool_->run(up_job);
 
@@ -509,20 +538,22 @@ void MoeEngine::run_experts(Experts& E, const float* x, const int* ids, const fl
     auto down_job = [&](int worker) {
         const auto [slice, group, parts, index] = part_of(worker);
         auto [r0, r1] = share(E.hidden, parts, index);
-        if (r1 <= r0) return;
         float* out = partition ? S.partial.data() + static_cast<size_t>(group) * E.hidden : y;
-        if (partition || !accumulate) std::fill(out + r0, out + r1, 0.0f);
         // One long gemv per expert over this worker's rows keeps the prefetcher streaming.
         float* tmp = S.down_out.data() + static_cast<size_t>(worker) * S.down_out_stride;
         const size_t h_offset = activation_offset(E.down_type, slice.row_begin);
         const int cols = slice.row_end - slice.row_begin;
-        for (int j = 0; j < k; ++j) {
-            const uint8_t* base = slice.down->data() + ids[j] * slice.down_expert_bytes;
-            const void* hq = S.h_q.data() + j * S.h_q_stride + h_offset;
-            q.gemv(E.down_type, base + static_cast<size_t>(r0) * slice.down_row_bytes, slice.down_row_bytes,
-                   r1 - r0, hq, cols, tmp);
-            for (int r = r0; r < r1; ++r) out[r] += weights[j] * tmp[r - r0];
-        }
+        in_steps(*pool_, r0, r1, down_meetings, [&](int a, int b) {
+            if (b <= a) return;
+            if (partition || !accumulate) std::fill(out + a, out + b, 0.0f);
+            for (int j = 0; j < k; ++j) {
+                const uint8_t* base = slice.down->data() + ids[j] * slice.down_expert_bytes;
+                const void* hq = S.h_q.data() + j * S.h_q_stride + h_offset;
+                q.gemv(E.down_type, base + static_cast<size_t>(a) * slice.down_row_bytes, slice.down_row_bytes,
+                       b - a, hq, cols, tmp);
+                for (int r = a; r < b; ++r) out[r] += weights[j] * tmp[r - a];
+            }
+        });
     };
     pool_->run(down_job);
     if (partition) {

@@ -87,6 +87,13 @@ public:
     // Router (logits, gating, groups, top-k, normalisation), the experts and the shared expert or
     // dense FFN; returns the chosen ids (none for a dense layer).
     void moe_forward(int layer, const float* x, float* y, int* chosen_ids, float* chosen_weights);
+    // Emulates another engine's synchronisation: in every layer's forward pass all workers meet at
+    // `per_layer` barriers spread through the expert work (0: none, only the engine's own few
+    // joins per layer).
+    void set_sync_barriers(int per_layer);
+    int sync_barriers() const { return sync_barriers_; }
+    // Barriers all workers have passed so far (emulated ones only): evidence the count is honoured.
+    uint64_t barriers_passed() const { return pool_->barriers_passed(); }
     // Runs `tokens` decode steps over all layers (after `warmup` untimed ones).
     DecodeStats decode_bench(int tokens, int warmup, uint64_t seed);
 
@@ -105,9 +112,10 @@ private:
     void size_scratch(const Experts& set, int max_k);
     void route(const Layer& layer, const float* x, int* ids, float* weights);
     void forward(Layer& layer, const float* x, float* y, int* ids, float* weights);
-    // y (+)= Σ_j weights[j] · expert_{ids[j]}(x); accumulate adds to y instead of overwriting it.
+    // y (+)= Σ_j weights[j] · expert_{ids[j]}(x); accumulate adds to y instead of overwriting it;
+    // the workers meet at `barriers` barriers spread through the work (emulated synchronisation).
     void run_experts(Experts& set, const float* x, const int* ids, const float* weights, int k, float* y,
-                     bool accumulate);
+                     bool accumulate, int barriers);
 
     std::unique_ptr<ThreadPool> pool_;
     std::vector<int> cpus_, cpu_nodes_, nodes_;
@@ -116,6 +124,7 @@ private:
     Placement placement_;
     std::vector<std::unique_ptr<Layer>> layers_;
     std::unique_ptr<Scratch> scratch_;
+    int sync_barriers_ = 0;
 };
 
 }  // namespace numatune

@@ -22,6 +22,9 @@ namespace {
 // of one token, short enough not to burn a core when the engine sits idle. Measured in time,
 // since the cost of a pause instruction differs tenfold between CPU generations.
 constexpr auto kSpinBeforeSleep = std::chrono::microseconds(500);
+// Pause instructions a barrier spins before it starts yielding its CPU: a few tens of
+// microseconds, enough for a peer that is running; one that was preempted is waited for politely.
+constexpr int kBarrierSpins = 1 << 14;
 
 int pin_current_thread(int cpu) {
     if (cpu < 0 || cpu >= CPU_SETSIZE) return EINVAL;
@@ -123,6 +126,25 @@ void ThreadPool::dispatch(void* ctx, Trampoline fn) {
 }
 
 std::vector<int> ThreadPool::observed_cpus() { return observed_; }
+
+void ThreadPool::barrier() {
+    const int workers = size();
+    // Read before arriving: the last worker cannot move the count on before this one has arrived.
+    const uint64_t passed = barriers_passed_.load(std::memory_order_acquire);
+    if (barrier_arrived_.fetch_add(1, std::memory_order_seq_cst) == workers - 1) {
+        barrier_arrived_.store(0, std::memory_order_relaxed);
+        barriers_passed_.fetch_add(1, std::memory_order_seq_cst);
+        return;
+    }
+    int spins = 0;
+    while (barriers_passed_.load(std::memory_order_acquire) == passed) {
+        if (++spins < kBarrierSpins) {
+            cpu_relax();
+        } else {
+            std::this_thread::yield();
+        }
+    }
+}
 
 ThreadPool::CallerScope::CallerScope(const ThreadPool& pool) {
     cpu_set_t saved;

@@ -47,6 +47,14 @@ public:
     // CPU each worker last ran on (sched_getcpu inside the worker): proof of pinning for tests.
     std::vector<int> observed_cpus();
 
+    // Called by every worker of a running job: returns when all size() workers have arrived.
+    // A counting barrier on two atomics that spins (yielding after a while), the way ggml's CPU
+    // back end meets its threads after every graph node; used to emulate another engine's
+    // synchronisation. Every job's workers must call it the same number of times.
+    void barrier();
+    // Barriers completed since the pool started (each counted once, when its last worker arrives).
+    uint64_t barriers_passed() const { return barriers_passed_.load(std::memory_order_acquire); }
+
 private:
     using Trampoline = void (*)(void*, int);
     void dispatch(void* ctx, Trampoline fn);
@@ -60,6 +68,8 @@ private:
     std::atomic<int> remaining_{0};
     std::atomic<bool> stopping_{false};
     std::atomic<int> sleepers_{0};
+    alignas(64) std::atomic<int> barrier_arrived_{0};
+    alignas(64) std::atomic<uint64_t> barriers_passed_{0};
     void* job_ctx_ = nullptr;
     Trampoline job_fn_ = nullptr;
     std::mutex mutex_;

@@ -32,6 +32,7 @@ class BenchResult:
     placement: dict
     step_bytes_per_token: int = 0              # what a real decode step of the file reads
     executed_share: float = 1.0                # share of those bytes the engine executes
+    sync_barriers: int = 0                     # emulated barriers per layer (another engine's synchronisation)
 
     @property
     def fraction_of_read(self) -> float | None:
@@ -47,7 +48,8 @@ class BenchResult:
                 "rss_bytes": self.rss_bytes,
                 "read_gb_per_s": self.read_gb_per_s.to_json() if self.read_gb_per_s else None,
                 "fraction_of_read": self.fraction_of_read, "placement": self.placement,
-                "step_bytes_per_token": self.step_bytes_per_token, "executed_share": self.executed_share}
+                "step_bytes_per_token": self.step_bytes_per_token, "executed_share": self.executed_share,
+                "sync_barriers": self.sync_barriers}
 
 
 def pick_cpus(topology: Topology, threads: int) -> tuple[int, ...]:
@@ -63,8 +65,8 @@ def pick_cpus(topology: Topology, threads: int) -> tuple[int, ...]:
 
 def run_bench(model_path: str, cpus: Sequence[int], policy: Policy | str, nodes: Sequence[int] | None,
               topology: Topology, tokens: int = 64, repeats: int = 5, warmup: int = 4,
-              measure_read: bool = True) -> BenchResult:
-    engine = Engine.load(model_path, cpus, policy, nodes, topology=topology)
+              measure_read: bool = True, sync_barriers: int = 0) -> BenchResult:
+    engine = Engine.load(model_path, cpus, policy, nodes, topology=topology, sync_barriers=sync_barriers)
     runs = [engine.decode_bench(tokens, warmup if i == 0 else 1, seed=i) for i in range(repeats)]
     placed = engine.placement(samples_per_group=1024)
     read = _read_bandwidth(engine, topology, repeats) if measure_read else None
@@ -74,7 +76,8 @@ def run_bench(model_path: str, cpus: Sequence[int], policy: Policy | str, nodes:
         weight_gb_per_s=Measurement.of((r["gb_per_s"] for r in runs), "GB/s"),
         bytes_per_token=runs[0]["bytes_per_token"], resident_bytes=placed["resident_bytes"],
         rss_bytes=psutil.Process(os.getpid()).memory_info().rss, read_gb_per_s=read, placement=placed,
-        step_bytes_per_token=engine.model.step_bytes_per_token, executed_share=engine.model.executed_share)
+        step_bytes_per_token=engine.model.step_bytes_per_token, executed_share=engine.model.executed_share,
+        sync_barriers=engine.sync_barriers)
 
 
 def _read_bandwidth(engine: Engine, topology: Topology, repeats: int) -> Measurement:

@@ -160,13 +160,16 @@ def bench_command(
     tokens: int = typer.Option(64, "--tokens", min=1, help="Decoded tokens per repetition."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Repetitions (median and spread)."),
     no_bandwidth: bool = typer.Option(False, "--no-bandwidth", help="Skip the read-bandwidth reference."),
+    sync_barriers: int = typer.Option(0, "--sync-barriers", min=0, help="Barriers all threads meet at per layer, "
+                                      "emulating another engine's synchronisation (its profile's sync field)."),
     topology_file: Optional[Path] = typer.Option(None, "--topology", help="This machine as `probe --json` "
                                                  "wrote it, used instead of probing (tune's trials pass it)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> int:
     """Decode with the bundled engine and compare its weight traffic with the memory's read bandwidth."""
     result = workflow.bench(model, synthetic, type_name, cpus, threads, policy, nodes, tokens, repeats,
-                            measure_read=not no_bandwidth, topology_file=topology_file)
+                            measure_read=not no_bandwidth, topology_file=topology_file,
+                            sync_barriers=sync_barriers)
     if as_json:
         _emit_json(result.to_json())
     else:

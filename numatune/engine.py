@@ -126,7 +126,12 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, cpus: Sequence[int], policy: Policy | str = Policy.FIRST_TOUCH,
-             nodes: Sequence[int] | None = None, topology: Topology | None = None) -> "Engine":
+             nodes: Sequence[int] | None = None, topology: Topology | None = None,
+             sync_barriers: int = 0) -> "Engine":
+        """`sync_barriers`: barriers all workers meet at per layer, emulating another engine's
+        synchronisation (EngineProfile.sync); 0 runs the engine as it is."""
+        if sync_barriers < 0:
+            raise NumatuneError(f"sync barriers per layer: {sync_barriers} is negative")
         model = read_moe_model(path)
         if topology is None:
             from .sysfs import Root
@@ -138,6 +143,7 @@ class Engine:
                                       list(plan.nodes))
             for layer in model.layers:
                 _add_layer(core, model, layer)
+            core.set_sync_barriers(sync_barriers)
         except ValueError as exc:
             raise PlacementError(str(exc)) from None
         return cls(model, plan, cpus, core)
@@ -145,6 +151,15 @@ class Engine:
     @property
     def layers(self) -> int:
         return len(self.model.layers)
+
+    @property
+    def sync_barriers(self) -> int:
+        return self._core.sync_barriers()
+
+    @property
+    def barriers_passed(self) -> int:
+        """Emulated barriers all workers have passed since the engine started."""
+        return self._core.barriers_passed()
 
     def experts_forward(self, layer: int, x: np.ndarray, expert_ids: Sequence[int],
                         expert_weights: Sequence[float]) -> np.ndarray:
@@ -186,7 +201,8 @@ class Engine:
                 "step_bytes_per_token": self.model.step_bytes_per_token,
                 "executed_share": self.model.executed_share,
                 "gb_per_s": per_token * tokens / seconds / 1e9 if seconds > 0 else float("inf"),
-                "isa": _kernels.active_isa(), "threads": len(self.cpus), "policy": self.plan.policy.value}
+                "isa": _kernels.active_isa(), "threads": len(self.cpus), "policy": self.plan.policy.value,
+                "sync_barriers": self.sync_barriers}
 
     def _activation(self, layer: int, x: np.ndarray) -> np.ndarray:
         if not 0 <= layer < self.layers:

@@ -221,6 +221,19 @@ class BenchmarkSpec:
         return dict(self.parsers).get(Path(program).name, self.parser)
 
 
+SYNC_UNITS = ("graph-node", "moe-layer")
+
+
+@dataclass(frozen=True)
+class SyncSpec:
+    """How often the engine's compute threads all meet during a decoded token, per layer: after
+    every graph node (llama.cpp's ggml thread pool) or once per MoE layer (ktransformers). When the
+    bundled engine stands in for this engine in `tune`, it runs that many real barriers per layer."""
+
+    per: str                                   # graph-node | moe-layer
+    barriers_per_layer: int
+
+
 @dataclass(frozen=True)
 class EngineProfile:
     name: str
@@ -247,6 +260,12 @@ class EngineProfile:
     notes: tuple[str, ...]
     source: str
     benchmark: BenchmarkSpec | None = None
+    sync: SyncSpec | None = None               # None: nothing to emulate (the bundled engine's own)
+
+    @property
+    def sync_barriers(self) -> int:
+        """Barriers per layer the bundled engine runs when it stands in for this engine."""
+        return self.sync.barriers_per_layer if self.sync else 0
 
     def placement_condition(self, policy: str) -> str:
         return dict(self.placements).get(policy, "never")
@@ -299,6 +318,17 @@ def _benchmark(data: dict, where: str) -> BenchmarkSpec | None:
         repeats=f("repeats", lambda v: v in BENCHMARK_REPEATS, " or ".join(BENCHMARK_REPEATS), "rerun"),
         parsers=tuple(f("parsers", parser_names, "a mapping of program to parser", {}).items()),
         drop_flags=tuple(f("drop_flags", _str_list, "a list of flags", [])))
+
+
+def _sync(data: dict, where: str) -> SyncSpec | None:
+    spec = data.get("sync")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ProfileError(f"{where}: field 'sync' must be a mapping (per, barriers_per_layer)")
+    f = lambda name, check, expected: _field(spec, name, f"{where}: sync", check, expected)  # noqa: E731
+    return SyncSpec(per=f("per", lambda v: v in SYNC_UNITS, " or ".join(SYNC_UNITS)),
+                    barriers_per_layer=f("barriers_per_layer", _count, "an integer ≥ 0"))
 
 
 def parse_engine_profile(data: dict, where: str) -> EngineProfile:
@@ -358,7 +388,7 @@ def parse_engine_profile(data: dict, where: str) -> EngineProfile:
         numa_flag_spreads=tuple(dict(spreads).items()), build_flag_spread=build_spread,
         flags=_templated_list(data, "flags", "flag", where), env=_templated_list(data, "env", "name", where),
         numactl=numactl, notes=tuple(str(n) for n in data.get("notes") or ()), source=where,
-        benchmark=_benchmark(data, where))
+        benchmark=_benchmark(data, where), sync=_sync(data, where))
 
 
 def engine_profiles(directory: Path | None = None) -> dict[str, EngineProfile]:

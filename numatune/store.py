@@ -132,14 +132,16 @@ class EngineBinary:
 @dataclass(frozen=True)
 class TargetEngine:
     """The engine a result was tuned for. `command` empty: trials ran the bundled engine placed as
-    this engine is placed; otherwise they ran this command (templated) and read it with `parser`
-    or the `metric` regular expression."""
+    this engine is placed (with `sync_barriers` barriers per layer emulating its synchronisation);
+    otherwise they ran this command (templated) and read it with `parser` or the `metric`
+    regular expression."""
 
     name: str
     command: tuple[str, ...] = ()
     parser: Optional[str] = None
     metric: Optional[str] = None
     binary: Optional[EngineBinary] = None
+    sync_barriers: int = 0
 
     @property
     def external(self) -> bool:
@@ -147,13 +149,13 @@ class TargetEngine:
 
     def to_json(self) -> dict:
         return {"name": self.name, "command": list(self.command), "parser": self.parser, "metric": self.metric,
-                "binary": self.binary.to_json() if self.binary else None}
+                "binary": self.binary.to_json() if self.binary else None, "sync_barriers": self.sync_barriers}
 
     @classmethod
     def from_json(cls, data: dict) -> "TargetEngine":
         binary = data.get("binary")
         return cls(data["name"], tuple(data.get("command") or ()), data.get("parser"), data.get("metric"),
-                   EngineBinary.from_json(binary) if binary else None)
+                   EngineBinary.from_json(binary) if binary else None, int(data.get("sync_barriers") or 0))
 
 
 @dataclass(frozen=True)

@@ -78,13 +78,15 @@ class ModelChoice:
 
 
 def trial_argv(model: Path, config: Configuration, stage: Stage, topology_file: Path,
-               compute_cpus: Optional[tuple[int, ...]] = None) -> list[str]:
+               compute_cpus: Optional[tuple[int, ...]] = None, sync_barriers: int = 0) -> list[str]:
     """The child's command: the bundled engine's threads on `compute_cpus` (default: every CPU of
-    the configuration)."""
+    the configuration); `sync_barriers`: the target engine's barriers per layer (its profile's sync),
+    emulated."""
     return [sys.executable, "-m", "numatune.cli", "bench", "--model", str(model),
             "--cpus", format_cpulist(compute_cpus or config.cpus), "--policy", config.policy.value,
             "--nodes", format_cpulist(config.nodes), "--tokens", str(stage.tokens),
-            "--repeats", str(stage.repeats), "--no-bandwidth", "--topology", str(topology_file), "--json"]
+            "--repeats", str(stage.repeats), "--no-bandwidth", "--topology", str(topology_file), "--json"] + \
+        (["--sync-barriers", str(sync_barriers)] if sync_barriers else [])
 
 
 def drop_cached_pages(path: Path) -> None:
@@ -166,7 +168,7 @@ def _start(config: Configuration, model: ModelChoice, stage: Stage, target: Engi
     engine threads on the CPUs the target's compute threads get (`thread_budget`)."""
     placement, by_numactl = placement_for(config, target)
     argv = (numactl_args(placement) if by_numactl else []) + trial_argv(model.path, config, stage, topology_file,
-                                                                         compute_cpus)
+                                                                         compute_cpus, target.sync_barriers)
     env = dict(os.environ)
     preexec = None if by_numactl else (lambda: apply_placement(placement))
     try:

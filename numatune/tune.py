@@ -3,7 +3,7 @@ re-measured against a saved baseline."""
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
@@ -57,7 +57,7 @@ def tune(topology: Topology, model: ModelChoice, budget_s: float, target: Option
         raise NumatuneError(f"tune: nothing to measure, every configuration was pruned ({reasons})")
     path = Path(out) if out else store.default_path(store.fingerprint(topology))
     if engine is None and target is not None:
-        engine = TargetEngine(target.name)
+        engine = TargetEngine(target.name, sync_barriers=target.sync_barriers)
     state = SearchState()
     if resume:
         state.trials = list(_resumable(topology, model, path, engine).trials)
@@ -89,7 +89,9 @@ def _measured_by(engine: Optional[TargetEngine]) -> str:
     if engine is None:
         return "the bundled engine"
     if not engine.external:
-        return f"the bundled engine placed for {engine.name}"
+        count = engine.sync_barriers
+        sync = f", {count} barrier{'s' if count != 1 else ''} per layer" if count else ""
+        return f"the bundled engine placed for {engine.name}{sync}"
     return f"{engine.name} ({engine.binary.path if engine.binary else engine.command[0]})"
 
 
@@ -99,7 +101,7 @@ def _same_engine(saved: Optional[TargetEngine], now: Optional[TargetEngine]) -> 
     if (saved.name if saved else None) != (now.name if now else None):
         return False      # trials were limited to what the target engine can do
     if saved is None or not saved.external:
-        return True
+        return (saved.sync_barriers if saved else 0) == (now.sync_barriers if now else 0)
     return (saved.command, saved.parser, saved.metric) == (now.command, now.parser, now.metric) and \
         (saved.binary and saved.binary.sha256) == (now.binary and now.binary.sha256)
 
@@ -202,8 +204,11 @@ def check(topology: Topology, baseline_path: Path, tolerance: Optional[float] = 
         from .external import trials_for_record
         measure = trials_for_record(engine, topology)
     elif engine is not None:
-        from .profiles import find_engine_profile
+        from .profiles import SyncSpec, find_engine_profile
         target = find_engine_profile(engine.name)
+        # The synchronisation emulated as it was recorded, whatever the profile says today.
+        sync = replace(target.sync or SyncSpec("graph-node", 0), barriers_per_layer=engine.sync_barriers)
+        target = replace(target, sync=sync)
     measure = measure or partial(run_trial, topology=topology)
     # Measure as each was measured: same stage, hence same tokens and repeats.
     remeasure = lambda t: measure(t.config, model, t.stage, stage_plan(t.stage), target)  # noqa: E731

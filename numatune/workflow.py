@@ -90,7 +90,7 @@ def _model_path(model: Optional[str], synthetic: Optional[str], type_name: str, 
 
 def bench(model: Optional[str], synthetic: Optional[str], type_name: str, cpus: Optional[str],
           threads: Optional[int], policy: str, nodes: Optional[str], tokens: int, repeats: int,
-          measure_read: bool, topology_file: Optional[Path]):
+          measure_read: bool, topology_file: Optional[Path], sync_barriers: int = 0):
     """`bench`: the bundled engine decoding on the CPUs given (or `threads` chosen one per core)."""
     from .bench import pick_cpus, run_bench
     from .store import load_json
@@ -102,7 +102,7 @@ def bench(model: Optional[str], synthetic: Optional[str], type_name: str, cpus: 
     node_set = cpu_list(nodes, "--nodes") if nodes else None
     path = _model_path(model, synthetic, type_name, topology)
     return run_bench(path, chosen, policy, node_set, topology, tokens=tokens, repeats=repeats,
-                     measure_read=measure_read)
+                     measure_read=measure_read, sync_barriers=sync_barriers)
 
 
 def saved_for(topology, from_file: Optional[Path], root: str):
@@ -192,7 +192,7 @@ def trials_for(topology, engine: Optional[str], engine_bin: Optional[Path], comm
     spec = target.benchmark
     why = ("--bundled" if bundled else f"{spec.command[0]} not found on PATH; --engine-bin FILE to tune it directly"
            if spec and spec.command else f"give {target.name}'s benchmark command after -- to tune it directly")
-    return bundled_measure, TargetEngine(target.name), \
+    return bundled_measure, TargetEngine(target.name, sync_barriers=target.sync_barriers), \
         f"trials: the bundled engine, placed as {target.name} is placed ({why})"
 
 

@@ -39,7 +39,12 @@ def tree(tmp_path, name="root", **changes):
 def result_for(topology, model_label, engine=None, samples=(10.0, 11.0, 12.0)) -> TuneResult:
     trial = Trial(Configuration((0, 1), "bind", (0,)), Measurement.of(samples, "tok/s"), None, GIB, 0)
     return TuneResult(fingerprint(topology), model_label, (trial,), trial, None, False,
-                      "2026-12-01T00:00:00+00:00", TargetEngine(engine) if engine else None)
+                      "2026-12-01T00:00:00+00:00", target_engine(engine) if engine else None)
+
+
+def target_engine(name: str) -> TargetEngine:
+    """As tune records the bundled engine placed for `name`: with its profile's synchronisation."""
+    return TargetEngine(name, sync_barriers=find_engine_profile(name).sync_barriers)
 
 
 def never_measure(*_args):
@@ -135,9 +140,11 @@ def test_resume_refuses_another_host(tmp_path, small_model):
 def test_resume_refuses_another_engine(tmp_path, small_model):
     t = tree(tmp_path)
     path = save_result(result_for(t, small_model.label, engine="llama.cpp"), tmp_path / "r.json")
-    with pytest.raises(NumatuneError, match=r"measured with the bundled engine placed for llama.cpp, not the bundled engine\b"):
+    with pytest.raises(NumatuneError, match=r"measured with the bundled engine placed for llama.cpp, 42 barriers per layer, "
+                       r"not the bundled engine\b"):
         tune(t, small_model, 10, out=path, resume=True, measure=never_measure)
-    with pytest.raises(NumatuneError, match="placed for llama.cpp, not the bundled engine placed for ktransformers"):
+    with pytest.raises(NumatuneError, match="placed for llama.cpp, 42 barriers per layer, not the bundled engine "
+                       "placed for ktransformers, 1 barrier per layer"):
         tune(t, small_model, 10, target=find_engine_profile("ktransformers"), out=path, resume=True,
              measure=never_measure)
 
@@ -151,7 +158,7 @@ def test_resume_of_the_same_engine_is_accepted(tmp_path, small_model):
         calls.append(config)
         return Trial(config, Measurement.of([1.0]), None, GIB, stage)
     run = tune(t, small_model, 1000, target=find_engine_profile("llama.cpp"), out=path, resume=True, measure=measure)
-    assert run.result.engine == TargetEngine("llama.cpp") and len(run.result.trials) == 1 + len(calls)
+    assert run.result.engine == target_engine("llama.cpp") and len(run.result.trials) == 1 + len(calls)
 
 
 def test_cli_resume_and_check_of_a_corrupt_file_exit_2_in_one_line(tmp_path, small_model, capsys):
