@@ -236,9 +236,30 @@ def test_tune_runs_llama_bench_as_the_trial_and_check_remeasures_it(tmp_path, sm
     assert ok and data["winner"], data
     for t in ok:          # llama-bench's own repetitions are the samples
         assert t["tokens_per_s"]["n"] == 3 + 2 * t["stage"] and t["tokens_per_s"]["median"] > 0
+        assert t["resident_bytes"] > small_model.stat().st_size        # llama-bench holds the weights
     saved = load_result(out).engine
     assert saved.command[0] == str(binary) and "-o" in saved.command and saved.parser == "llama-bench-json"
     assert dict(saved.binary.build).get("GGML_NATIVE") == "ON" and "version" in saved.binary.version
     assert main(["check", str(out), "--tolerance", "0.9", "--json"]) in (0, 1)
     verdict = json.loads(capsys.readouterr()[0])
     assert verdict["current"]["error"] is None and verdict["current"]["tokens_per_s"]["median"] > 0
+
+
+@pytest.mark.parametrize("where", ["engine", "child"])
+def test_a_trial_records_the_peak_resident_set_of_its_process_tree(tmp_path, small_model, capsys, where):
+    """The fake engine touches 256 MiB (itself, or in a child it forks and reaps): the trial's
+    memory is that peak, not 0, and not numatune's own resident set either (this process holds
+    384 MiB more while it tunes: a child forked straight from it would report at least that)."""
+    size = 256 << 20
+    extra = ["--allocate-in-child"] if where == "child" else []
+    ballast = bytearray(384 << 20)
+    ballast[::4096] = b"\1" * len(range(0, len(ballast), 4096))
+    code, data, err = tune_json(capsys, "--engine", "llama.cpp", "--model", str(small_model), "--budget", "60",
+                                "--out", str(tmp_path / "r.json"), "--json", "--",
+                                str(fake_as(tmp_path, "llama-cli")), "--allocate", "256", *extra)
+    assert code == 0, err
+    ok = [t for t in data["trials"] if t["error"] is None]
+    assert ok
+    for t in ok:           # the interpreter itself adds some tens of MiB, never hundreds
+        assert size <= t["resident_bytes"] < size + (96 << 20), t["resident_bytes"]
+    assert ballast[4096] == 1
