@@ -20,6 +20,7 @@ from numatune.external import PARSERS, NoMetric, regex_parser
 from numatune.profiles import parse_engine_profile, read_yaml
 from numatune.store import load_result
 from numatune.synth import PRESETS
+from numatune.trial import ModelChoice
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = Path(__file__).resolve().parent / "fake_engine.py"
@@ -237,7 +238,22 @@ def test_tune_runs_llama_bench_as_the_trial_and_check_remeasures_it(tmp_path, sm
     for t in ok:          # llama-bench's own repetitions are the samples
         assert t["tokens_per_s"]["n"] == 3 + 2 * t["stage"] and t["tokens_per_s"]["median"] > 0
         assert t["resident_bytes"] > small_model.stat().st_size        # llama-bench holds the weights
-    saved = load_result(out).engine
+    # the --numa mode is set on every trial: on a one-node host only numactl, the others said why not
+    assert {t["config"].get("numa_mode") for t in data["trials"]} == {"numactl"}
+    modes = {m["mode"]: m for m in data["numa_modes"]}
+    assert modes["numactl"]["tried"] > 0 and modes["distribute"]["tried"] == modes["isolate"]["tried"] == 0
+    assert "one NUMA node" in modes["isolate"]["why_not"]
+    # and a trial with another mode set runs llama-bench with it (ggml ignores it on one node)
+    from numatune.external import trials_for_record
+    from numatune.search import stage_plan
+    from numatune.sysfs import Root
+    from numatune.topology import probe
+    result = load_result(out)
+    isolated = replace(result.winner.config, numa_mode="isolate")
+    trial = trials_for_record(result.engine, probe(Root.open("/")))(
+        isolated, ModelChoice.from_file(small_model), 0, stage_plan(0))
+    assert trial.error is None and trial.tokens_per_s.median > 0 and trial.config.numa_mode == "isolate"
+    saved = result.engine
     assert saved.command[0] == str(binary) and "-o" in saved.command and saved.parser == "llama-bench-json"
     assert dict(saved.binary.build).get("GGML_NATIVE") == "ON" and "version" in saved.binary.version
     assert main(["check", str(out), "--tolerance", "0.9", "--json"]) in (0, 1)
