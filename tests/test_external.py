@@ -279,3 +279,24 @@ def test_a_trial_records_the_peak_resident_set_of_its_process_tree(tmp_path, sma
     for t in ok:           # the interpreter itself adds some tens of MiB, never hundreds
         assert size <= t["resident_bytes"] < size + (96 << 20), t["resident_bytes"]
     assert ballast[4096] == 1
+
+
+def test_auto_tunes_an_installed_llama_bench_directly_and_says_so(tmp_path, small_model, capsys, monkeypatch):
+    """`auto --engine llama.cpp` with llama-bench on PATH: the trials run it (not the bundled
+    engine), stderr says so, and llama.cpp's recommendation is its measured winner."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "llama-bench").symlink_to(llama_bench())
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    code = main(["auto", "--engine", "llama.cpp", "--model", str(small_model), "--budget", "60",
+                 "--out", str(tmp_path / "auto.json"), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"trials: llama.cpp itself, {llama_bench()}" in err
+    data = json.loads(out)
+    result = data["result"]
+    assert result["engine"]["name"] == "llama.cpp" and result["engine"]["binary"]["path"] == str(llama_bench())
+    assert result["winner"] and all(t["config"]["numa_mode"] == "numactl" for t in result["trials"])
+    recommended = data["recommendations"]["llama.cpp"]
+    assert recommended["config"]["cpus"] == result["winner"]["config"]["cpus"]
+    assert any("llama.cpp itself" in reason for reason in recommended["reasons"])
