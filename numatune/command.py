@@ -161,6 +161,10 @@ def build_command(config: Configuration, profile: EngineProfile, topology: Topol
     if profile.threads_flag:
         engine_flags.append((profile.threads_flag, profile.threads_value.format(**values)))
     engine_flags += [(f.name, f.value.format(**values)) for f in profile.flags if _applies(f, config, multi_node)]
+    if config.numa_mode is not None and config.numa_mode in dict(profile.numa_flag_modes):
+        # the search chose the engine's thread-placement mode: it replaces the profile's own value
+        engine_flags = [(f, v) for f, v in engine_flags if f != profile.numa_flag] + \
+            [(profile.numa_flag, config.numa_mode)]
     for flag, value in engine_flags:
         spellings = (flag,) + (profile.threads_aliases if flag == profile.threads_flag else ())
         command, replaced = _set_flag(command, spellings, flag, value)

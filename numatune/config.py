@@ -3,6 +3,7 @@ placed to realise it (by numactl or by numatune itself)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from .policy import Policy
 
@@ -13,13 +14,16 @@ class Configuration:
 
     `cpus` are the worker CPUs (one thread each); `nodes` the memory nodes of the policy:
     bind → one node; interleave → the set; replicate/partition → the nodes holding a copy or
-    a slice (each with workers); first-touch → the nodes of the workers.
+    a slice (each with workers); first-touch → the nodes of the workers. `numa_mode` is the value
+    of the engine's own thread-placement flag (llama.cpp --numa) when the search chose it; None
+    leaves the profile's own.
     """
 
     cpus: tuple[int, ...]
     policy: Policy                  # a policy name is accepted and turned into its Policy
     nodes: tuple[int, ...]
     instances: int = 1
+    numa_mode: Optional[str] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policy", Policy.parse(self.policy, "configuration"))
@@ -32,8 +36,8 @@ class Configuration:
         """One configuration per instance: instance i runs on node i's CPUs, bound to node i."""
         if self.instances == 1:
             return (self,)
-        return tuple(Configuration(tuple(c for c in self.cpus if node_of_cpu(c) == node), Policy.BIND, (node,))
-                     for node in self.nodes)
+        return tuple(Configuration(tuple(c for c in self.cpus if node_of_cpu(c) == node), Policy.BIND, (node,),
+                                   numa_mode=self.numa_mode) for node in self.nodes)
 
     @property
     def threads(self) -> int:
@@ -42,16 +46,22 @@ class Configuration:
     def label(self) -> str:
         from .sysfs import format_cpulist
         return (f"{self.policy} nodes={format_cpulist(self.nodes)} threads={self.threads} "
-                f"cpus={format_cpulist(self.cpus)}" + (f" ×{self.instances} instances" if self.instances > 1 else ""))
+                f"cpus={format_cpulist(self.cpus)}" + (f" ×{self.instances} instances" if self.instances > 1 else "")
+                + (f" numa={self.numa_mode}" if self.numa_mode else ""))
 
     def to_json(self) -> dict:
-        return {"cpus": list(self.cpus), "policy": self.policy.value, "nodes": list(self.nodes),
+        data = {"cpus": list(self.cpus), "policy": self.policy.value, "nodes": list(self.nodes),
                 "instances": self.instances}
+        if self.numa_mode is not None:
+            data["numa_mode"] = self.numa_mode
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "Configuration":
+        mode = data.get("numa_mode")
         return cls(tuple(int(c) for c in data["cpus"]), str(data["policy"]),
-                   tuple(int(n) for n in data["nodes"]), int(data.get("instances", 1)))
+                   tuple(int(n) for n in data["nodes"]), int(data.get("instances", 1)),
+                   None if mode is None else str(mode))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,15 @@ parser the engine's profile names or by a `--metric` regular expression.
 
 A trial whose program exits non-zero, prints no throughput, or runs past its share of the
 budget becomes a failed Trial carrying the tail of its stderr; the search goes on.
+
+A trial's memory is the peak resident set of the engine's process tree, as wait4(2) reports it
+(ru_maxrss: the largest of the process and of the descendants it reaped). The engine is not
+forked by numatune itself but by a bare interpreter (`python -I -S`, no imports, ~10 MiB) that
+reports the ru_maxrss of the engine it reaps on a pipe: the kernel keeps, across exec, the peak
+of the image a process replaced, so a program started straight from numatune would report at
+least numatune's own resident set (hundreds of MiB with torch loaded), whatever it used. wait4
+needs no cgroup to be created or delegated and works for any user; a cgroup's memory.peak would
+also sum concurrent processes of the tree but is not available everywhere numatune runs.
 """
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -261,6 +271,35 @@ def _tail(text: str) -> str:
     return " | ".join(lines[-STDERR_TAIL_LINES:])[-400:] or "(no stderr)"
 
 
+# Runs argv[2:] as its child and writes the child's ru_maxrss (KiB) to the descriptor argv[1];
+# exits as the child did (by the same signal when it was killed).
+_REAPER = """import os, signal, sys
+fd = int(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    os.close(fd)
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as exc:
+        sys.stderr.write(f"{sys.argv[2]}: {exc.strerror}\\n")
+        os._exit(127)
+status, usage = os.wait4(pid, 0)[1:]
+os.write(fd, str(usage.ru_maxrss).encode())
+os.close(fd)
+if os.WIFSIGNALED(status):
+    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    os.kill(os.getpid(), os.WTERMSIG(status))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def _read_peak(fd: int) -> int:
+    """The reaper's report: the engine's ru_maxrss in bytes (KiB on Linux), 0 when it sent none."""
+    with os.fdopen(fd, "rb") as report:
+        text = report.read().decode(errors="replace").strip()
+    return int(text) * 1024 if text.isdigit() else 0
+
+
 class ExternalTrials:
     """The `measure` of `tune`/`check` for an external engine: one placed run of its command
     (or `repeats` runs, when the engine does not repeat by itself) per trial."""
@@ -288,43 +327,53 @@ class ExternalTrials:
         runs = 1 if self.engine.repeats == "engine" else stage.repeats
         deadline = self.share(stage_index)
         samples: list[float] = []
+        peak = 0
         for _ in range(runs):
             outcome = self._run(plan, deadline)
             if isinstance(outcome, str):
                 return _failed(config, stage_index, outcome)
-            out, err, seconds = outcome
+            out, err, seconds, rss = outcome
             deadline -= seconds
+            peak = max(peak, rss)
             try:
                 samples += self.engine.parse(out + "\n" + err if self.engine.parser != "llama-bench-json" else out,
                                              config.threads)
             except NoMetric as exc:
                 return _failed(config, stage_index, f"{exc}: {_tail(err)}")
-        return Trial(config, Measurement.of(samples, "tok/s"), None, 0, stage_index)
+        return Trial(config, Measurement.of(samples, "tok/s"), None, peak, stage_index)
 
     def _run(self, plan, timeout: float):
         env = dict(os.environ)
         env.update(dict(plan.env))
         preexec = None if plan.uses_numactl else (lambda: apply_placement(plan.placement))
         began = time.monotonic()
+        readable, writable = os.pipe()
         try:
-            child = subprocess.Popen(plan.argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, errors="replace", preexec_fn=preexec,
-                                     start_new_session=True)
+            child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _REAPER, str(writable), *plan.argv], env=env,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, errors="replace", preexec_fn=preexec, start_new_session=True,
+                                     pass_fds=(writable,))
         except (OSError, subprocess.SubprocessError) as exc:
+            os.close(readable)
             return f"could not start {shlex.join(plan.argv[:1])}: {exc}"
+        finally:
+            os.close(writable)
         try:
             out, err = child.communicate(timeout=max(timeout, 0.1))
         except subprocess.TimeoutExpired:
             _kill(child)
             out, err = child.communicate()
+            os.close(readable)
             return f"ran past its share of the budget ({timeout:.0f} s): {_tail(err)}"
         except BaseException:          # Ctrl-C: the child is in its own session; stop it too
             _kill(child)
+            os.close(readable)
             raise
+        peak = _read_peak(readable)
         if child.returncode != 0:
             status = f"killed by signal {-child.returncode}" if child.returncode < 0 else f"exit status {child.returncode}"
             return f"{status}: {_tail(err)}"
-        return out, err, time.monotonic() - began
+        return out, err, time.monotonic() - began, peak
 
 
 def trials_for_record(record: TargetEngine, topology: Topology) -> ExternalTrials:

@@ -188,6 +188,10 @@ WHEN = ("always", "multi-node", "single-node", "replicate", "tensor-parallel")
 # How an engine sends its compute threads to nodes: worker i of W to memory node floor(i*M/W)
 # (ktransformers' NUMA build), or thread i to CPU node i mod N (llama.cpp --numa distribute).
 SPREADS = ("by-index", "round-robin")
+# Where each value of an engine's thread-placement flag puts the compute threads (llama.cpp --numa):
+# on the CPUs the process was given (numactl), thread i on every CPU of node i mod N over all the
+# machine's nodes (distribute), or every thread on every CPU of the node it started on (isolate).
+NUMA_MODE_PLACEMENTS = ("given", "all-nodes", "starting-node")
 _TEMPLATE_FIELD = re.compile(r"{([^{}]*)}")
 
 
@@ -253,6 +257,7 @@ class EngineProfile:
     numa_flag: str | None                     # the engine's own thread-placement flag (llama.cpp --numa)
     numa_flag_bare: str | None                # what that flag means given without a value
     numa_flag_spreads: tuple[tuple[str, str], ...]   # that flag's value -> how threads go to nodes
+    numa_flag_modes: tuple[tuple[str, str], ...]     # that flag's values -> NUMA_MODE_PLACEMENTS (searched)
     build_flag_spread: str | None             # how the build-flag (NUMA) build sends workers to nodes
     flags: tuple[TemplatedFlag, ...]
     env: tuple[TemplatedFlag, ...]
@@ -269,6 +274,11 @@ class EngineProfile:
 
     def placement_condition(self, policy: str) -> str:
         return dict(self.placements).get(policy, "never")
+
+    @property
+    def numa_mode_default(self) -> str | None:
+        """The value of the thread-placement flag that the profile's own flags always set."""
+        return next((f.value for f in self.flags if f.name == self.numa_flag and f.when == "always"), None)
 
 
 def _template(value: Any, where: str, field: str) -> str:
@@ -366,6 +376,14 @@ def parse_engine_profile(data: dict, where: str) -> EngineProfile:
     if not isinstance(numa_flag, dict) or (numa_flag and not _text(numa_flag.get("flag"))):
         raise ProfileError(f"{where}: field 'threads.numa_flag.flag' is missing")
     spreads = numa_flag.get("spreads") or {}
+    modes = numa_flag.get("modes") or {}
+    if not isinstance(modes, dict):
+        raise ProfileError(f"{where}: field 'threads.numa_flag.modes' must map each value to "
+                           f"{', '.join(NUMA_MODE_PLACEMENTS)}")
+    for mode, placement in modes.items():
+        if placement not in NUMA_MODE_PLACEMENTS:
+            raise ProfileError(f"{where}: field 'threads.numa_flag.modes.{mode}' must be one of "
+                               f"{', '.join(NUMA_MODE_PLACEMENTS)}, got {placement!r}")
     build_spread = threads.get("build_flag_spread")
     for field, spread in [(f"threads.numa_flag.spreads.{k}", v) for k, v in dict(spreads).items()] + \
             ([("threads.build_flag_spread", build_spread)] if build_spread is not None else []):
@@ -385,7 +403,8 @@ def parse_engine_profile(data: dict, where: str) -> EngineProfile:
         threads_counts=str(threads.get("counts", "")), reserved_threads=reserved, reserved_per=reserved_per,
         threads_aliases=tuple(aliases), default_cores_less=int(match.group(1) or 0) if match else None,
         numa_flag=numa_flag.get("flag"), numa_flag_bare=numa_flag.get("bare"),
-        numa_flag_spreads=tuple(dict(spreads).items()), build_flag_spread=build_spread,
+        numa_flag_spreads=tuple(dict(spreads).items()), numa_flag_modes=tuple((str(k), v) for k, v in modes.items()),
+        build_flag_spread=build_spread,
         flags=_templated_list(data, "flags", "flag", where), env=_templated_list(data, "env", "name", where),
         numactl=numactl, notes=tuple(str(n) for n in data.get("notes") or ()), source=where,
         benchmark=_benchmark(data, where), sync=_sync(data, where))

@@ -129,8 +129,10 @@ def _without_local_memory(t: Topology, profile: EngineProfile,
 def _from_saved(t: Topology, profile: EngineProfile, saved: TuneResult, model, numa_build):
     winner = saved.winner.config
     if _can(profile, winner.policy, numa_build):
-        reasons = [f"measured best on this host ({saved.winner.tokens_per_s.describe()} on the bundled "
-                   f"engine): {winner.label()}"]
+        measured_on = (f"{saved.engine.name} itself" if saved.engine is not None and saved.engine.external
+                       else "the bundled engine")
+        reasons = [f"measured best on this host ({saved.winner.tokens_per_s.describe()} on {measured_on}): "
+                   f"{winner.label()}"]
         return winner, reasons
     config, reasons = _from_topology(t, profile, model, numa_build)
     reasons.insert(0, f"the measured best ({winner.policy}) is not something {profile.name} can do; "

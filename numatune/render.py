@@ -241,6 +241,9 @@ class TuneProgress:
     def start(self, space) -> None:
         console.print(f"search space: {len(space.candidates)} configurations "
                       f"({len(space.pruned)} pruned); budget {self.budget_s:.0f} s")
+        for choice in space.numa_modes:
+            console.print(f"  {choice.flag} {choice.mode}: tried on {choice.tried}"
+                          + (f"; not elsewhere: {choice.why_not}" if choice.why_not else ""))
         self.steps.start(self.budget_s)
 
     def trial(self, state, trial, left_s: float) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Optional, Sequence
 
 from .capacity import HEADROOM_PERCENT, bytes_per_node, shortfalls
@@ -24,13 +24,14 @@ from .config import Configuration
 from .errors import NumatuneError
 from .policy import Policy
 from .profiles import EngineProfile
-from .store import Trial
+from .store import NumaModeChoice, Trial
 from .topology.model import Topology
 
 @dataclass(frozen=True)
 class Space:
     candidates: tuple[Configuration, ...]
     pruned: tuple[tuple[str, str], ...]          # (configuration label, why it was left out)
+    numa_modes: tuple[NumaModeChoice, ...] = ()  # the engine's --numa values tried (with_numa_modes)
 
 
 def thread_ladder(cores: int) -> list[int]:
@@ -130,6 +131,65 @@ def _prune_reason(t, config: Configuration, weight_bytes: int, profile, numa_bui
 
 
 # ---------------------------------------------------------------------------------------------
+# The engine's own thread-placement mode (llama.cpp --numa) as a dimension
+
+
+def numa_mode_why_not(t: Topology, config: Configuration, profile: EngineProfile, mode: str) -> Optional[str]:
+    """Why `mode` of the profile's thread-placement flag is not tried on `config` (None: tried).
+
+    A mode is tried only where it can differ from the profile's default and still runs the
+    configuration's threads on the configuration's CPUs (one thread per CPU given):
+    - on a one-node machine every mode places threads as the default does (llama.cpp:
+      ggml_is_numa() is false with one node, and the flag changes nothing);
+    - `all-nodes` (distribute) puts thread i on every CPU of node i mod N, N being all the
+      machine's nodes: only a configuration given every CPU of every node, the nodes having CPUs
+      in equal numbers, runs where it says; it then differs from the default, under which every
+      thread floats over all the nodes' CPUs;
+    - `starting-node` (isolate) puts every thread on every CPU of the node it started on: the
+      default's CPUs when the configuration is that whole node, CPUs not given otherwise;
+    - `given` is the default's placement.
+    """
+    flag, default = profile.numa_flag, profile.numa_mode_default
+    placement = dict(profile.numa_flag_modes)[mode]
+    if mode == default:
+        return None
+    if config.instances > 1:
+        return f"{flag} {mode}: one instance per node is measured with the bundled engine only"
+    if len(t.nodes) <= 1:
+        return f"{flag} {mode}: the machine has one NUMA node, where every mode places threads as {default} does"
+    if placement == "given":
+        return f"{flag} {mode}: threads stay on the CPUs given, as with {default}"
+    if placement == "starting-node":
+        return (f"{flag} {mode}: every thread runs on every CPU of the node it started on: {default}'s CPUs when "
+                "the configuration is one whole node, CPUs it does not give otherwise")
+    empty = [n.id for n in t.nodes if not n.cpus]
+    if empty:
+        return f"{flag} {mode}: node {empty[0]} has no CPUs, the threads it would send there have none"
+    if len({len(n.cpus) for n in t.nodes}) > 1:
+        return f"{flag} {mode}: the nodes have unequal CPU counts, and it sends each node the same number of threads"
+    if set(config.cpus) != {c for n in t.nodes for c in n.cpus}:
+        return (f"{flag} {mode}: thread i runs on every CPU of node i mod {len(t.nodes)}: tried only on the "
+                "configurations given every CPU of every node")
+    return None
+
+
+def with_numa_modes(t: Topology, space: Space, profile: Optional[EngineProfile]) -> Space:
+    """The space with the engine's thread-placement modes (profile `threads.numa_flag.modes`) as a
+    dimension: each candidate once per mode that applies to it (numa_mode_why_not), the default
+    mode on all of them; a profile without modes leaves the space as it is."""
+    if profile is None or not profile.numa_flag_modes or profile.numa_mode_default is None:
+        return space
+    candidates: list[Configuration] = []
+    choices = []
+    for mode, _ in profile.numa_flag_modes:
+        reasons = [numa_mode_why_not(t, config, profile, mode) for config in space.candidates]
+        candidates += [replace(config, numa_mode=mode) for config, why in zip(space.candidates, reasons) if why is None]
+        why_not = "; ".join(dict.fromkeys(why for why in reasons if why)) or None
+        choices.append(NumaModeChoice(profile.numa_flag, mode, reasons.count(None), why_not))
+    return replace(space, candidates=tuple(candidates), numa_modes=tuple(choices))
+
+
+# ---------------------------------------------------------------------------------------------
 # Successive halving
 
 @dataclass(frozen=True)
@@ -211,7 +271,7 @@ def search(candidates: Sequence[Configuration], measure: Measure, budget_s: floa
     remaining = lambda: budget_s - (clock() - start)  # noqa: E731
     groups: dict[tuple, list[Configuration]] = {}
     for config in order_for_budget(candidates):
-        groups.setdefault((config.nodes, config.policy, config.instances), []).append(config)
+        groups.setdefault((config.nodes, config.policy, config.instances, config.numa_mode), []).append(config)
     if len(groups) > 1:
         scouts = [members[0] for members in groups.values()]
         successive_halving(scouts, measure, remaining(), state=state, clock=clock, on_trial=on_trial, max_stage=0)
@@ -219,7 +279,7 @@ def search(candidates: Sequence[Configuration], measure: Measure, budget_s: floa
             return state
         ranked = rank(t for t in state.trials if t.stage == 0 and t.config in scouts)
         best = ranked[0].tokens_per_s if ranked else None
-        chosen = [(t.config.nodes, t.config.policy, t.config.instances) for i, t in enumerate(ranked)
+        chosen = [(t.config.nodes, t.config.policy, t.config.instances, t.config.numa_mode) for i, t in enumerate(ranked)
                   if i < 2 or t.tokens_per_s.ties_with(best)]
     else:
         chosen = list(groups)
@@ -314,4 +374,5 @@ def successive_halving(candidates: Sequence[Configuration], measure: Measure, bu
 def order_for_budget(candidates: Sequence[Configuration]) -> list[Configuration]:
     """Most promising first, so a budget that ends early has measured what matters: every node
     set and policy at its most threads first, then the lower thread counts, higher first."""
-    return sorted(candidates, key=lambda c: (-c.threads, len(c.nodes) == 1, c.policy, c.nodes, c.instances))
+    return sorted(candidates, key=lambda c: (-c.threads, len(c.nodes) == 1, c.policy, c.nodes, c.instances,
+                                             c.numa_mode or ""))

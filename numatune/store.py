@@ -159,6 +159,24 @@ class TargetEngine:
 
 
 @dataclass(frozen=True)
+class NumaModeChoice:
+    """One value of the engine's thread-placement flag (llama.cpp --numa) in a search: on how many
+    configurations it was tried, and why not on the others (None: on all of them)."""
+
+    flag: str
+    mode: str
+    tried: int
+    why_not: Optional[str]
+
+    def to_json(self) -> dict:
+        return {"flag": self.flag, "mode": self.mode, "tried": self.tried, "why_not": self.why_not}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "NumaModeChoice":
+        return cls(str(data["flag"]), str(data["mode"]), int(data["tried"]), data.get("why_not"))
+
+
+@dataclass(frozen=True)
 class TuneResult:
     """What `numatune tune` saves: the host, the model measured, every trial, and the winner."""
 
@@ -172,6 +190,7 @@ class TuneResult:
     engine: Optional[TargetEngine] = None    # None: the bundled engine, placed for no particular target
     executed_share: Optional[float] = None   # share of a real decode step's weight bytes the engine runs
     step_bytes_per_token: int = 0            # weight bytes of that real decode step
+    numa_modes: tuple[NumaModeChoice, ...] = ()   # the engine's --numa values the search tried, or why not
 
     def to_json(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "host_id": self.fingerprint.host_id,
@@ -181,7 +200,8 @@ class TuneResult:
                 "runner_up": self.runner_up.to_json() if self.runner_up else None,
                 "complete": self.complete, "created": self.created,
                 "engine": self.engine.to_json() if self.engine else None,
-                "executed_share": self.executed_share, "step_bytes_per_token": self.step_bytes_per_token}
+                "executed_share": self.executed_share, "step_bytes_per_token": self.step_bytes_per_token,
+                "numa_modes": [m.to_json() for m in self.numa_modes]}
 
     @classmethod
     def from_json(cls, data: dict) -> "TuneResult":
@@ -198,7 +218,8 @@ class TuneResult:
         return cls(Fingerprint.from_json(data["fingerprint"]), data["model"], tuple(trials), opt("winner"),
                    opt("runner_up"), bool(data["complete"]), data["created"],
                    TargetEngine.from_json(data["engine"]) if data.get("engine") else None,
-                   data.get("executed_share"), int(data.get("step_bytes_per_token") or 0))
+                   data.get("executed_share"), int(data.get("step_bytes_per_token") or 0),
+                   tuple(NumaModeChoice.from_json(m) for m in data.get("numa_modes") or ()))
 
 
 class OtherVersion(ValueError):

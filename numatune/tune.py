@@ -11,7 +11,7 @@ from typing import Callable, Optional
 from . import store
 from .errors import NumatuneError
 from .profiles import EngineProfile
-from .search import SearchState, Space, build_space, search, stage_plan
+from .search import SearchState, Space, build_space, search, stage_plan, with_numa_modes
 from .store import TargetEngine, Trial, TuneResult
 from .topology.model import Topology
 from .trial import ModelChoice, run_trial
@@ -24,13 +24,14 @@ def _now() -> str:
 
 
 def _result(topology: Topology, model: ModelChoice, state: SearchState, complete: bool,
-            engine: Optional[TargetEngine] = None) -> TuneResult:
+            engine: Optional[TargetEngine] = None, space: Optional[Space] = None) -> TuneResult:
     from .gguf_moe import read_moe_model
     ranked = state.final()
     moe = read_moe_model(model.path)
     return TuneResult(store.fingerprint(topology), model.label, tuple(state.trials),
                       ranked[0] if ranked else None, ranked[1] if len(ranked) > 1 else None,
-                      complete, _now(), engine, moe.executed_share, moe.step_bytes_per_token)
+                      complete, _now(), engine, moe.executed_share, moe.step_bytes_per_token,
+                      space.numa_modes if space else ())
 
 
 @dataclass
@@ -52,6 +53,8 @@ def tune(topology: Topology, model: ModelChoice, budget_s: float, target: Option
     measure = measure or partial(run_trial, topology=topology)
     weight_bytes = model.path.stat().st_size
     space = build_space(topology, weight_bytes, target, numa_build, objective)
+    if engine is not None and engine.external:      # the engine's own --numa modes: only it has them
+        space = with_numa_modes(topology, space, target)
     if not space.candidates:
         reasons = "; ".join(f"{label}: {why}" for label, why in space.pruned[:3])
         raise NumatuneError(f"tune: nothing to measure, every configuration was pruned ({reasons})")
@@ -71,7 +74,7 @@ def tune(topology: Topology, model: ModelChoice, budget_s: float, target: Option
         search(space.candidates, measure_one, budget_s, state=state, on_trial=on_trial)
     except KeyboardInterrupt:
         interrupted = True
-    result = _result(topology, model, state, complete=not interrupted, engine=engine)
+    result = _result(topology, model, state, complete=not interrupted, engine=engine, space=space)
     if result.trials:
         store.save_result(result, path)
     if interrupted:

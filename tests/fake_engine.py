@@ -6,7 +6,8 @@ in the format of the parser named by --format. It appends what it saw (argv, CPU
 thread count) as one JSON line to --log, so that tests can check how it was placed.
 
 --fail-at N / --silent-at N / --hang-at N: with N threads, exit 3 with an error on stderr, print
-no rate, or sleep far past any budget.
+no rate, or sleep far past any budget. --allocate MIB: touch that much anonymous memory first
+(the peak resident set a trial records), in a forked child with --allocate-in-child.
 """
 import argparse
 import json
@@ -27,7 +28,11 @@ def main() -> int:
     parser.add_argument("--fail-at", type=int, default=-1)
     parser.add_argument("--silent-at", type=int, default=-1)
     parser.add_argument("--hang-at", type=int, default=-1)
+    parser.add_argument("--allocate", type=int, default=0)
+    parser.add_argument("--allocate-in-child", action="store_true")
     args = parser.parse_args()
+    if args.allocate:
+        allocate(args.allocate << 20, args.allocate_in_child)
     threads = args.t or (args.cpu_infer - 1 if args.cpu_infer else None) or int(os.environ.get("OMP_NUM_THREADS", "0"))
     if args.log:
         with open(args.log, "a") as log:
@@ -53,6 +58,20 @@ def main() -> int:
     elif args.format == "custom":
         print(f"decode: {rate:.3f} tok/s")
     return 0
+
+
+def allocate(size: int, in_child: bool) -> None:
+    """Writes every page of `size` bytes of anonymous memory (resident until freed)."""
+    if in_child:
+        pid = os.fork()
+        if pid:
+            os.waitpid(pid, 0)
+            return
+    block = bytearray(size)
+    for offset in range(0, size, 4096):
+        block[offset] = 1
+    if in_child:
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from numatune.external import PARSERS, NoMetric, regex_parser
 from numatune.profiles import parse_engine_profile, read_yaml
 from numatune.store import load_result
 from numatune.synth import PRESETS
+from numatune.trial import ModelChoice
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = Path(__file__).resolve().parent / "fake_engine.py"
@@ -236,9 +237,66 @@ def test_tune_runs_llama_bench_as_the_trial_and_check_remeasures_it(tmp_path, sm
     assert ok and data["winner"], data
     for t in ok:          # llama-bench's own repetitions are the samples
         assert t["tokens_per_s"]["n"] == 3 + 2 * t["stage"] and t["tokens_per_s"]["median"] > 0
-    saved = load_result(out).engine
+        assert t["resident_bytes"] > small_model.stat().st_size        # llama-bench holds the weights
+    # the --numa mode is set on every trial: on a one-node host only numactl, the others said why not
+    assert {t["config"].get("numa_mode") for t in data["trials"]} == {"numactl"}
+    modes = {m["mode"]: m for m in data["numa_modes"]}
+    assert modes["numactl"]["tried"] > 0 and modes["distribute"]["tried"] == modes["isolate"]["tried"] == 0
+    assert "one NUMA node" in modes["isolate"]["why_not"]
+    # and a trial with another mode set runs llama-bench with it (ggml ignores it on one node)
+    from numatune.external import trials_for_record
+    from numatune.search import stage_plan
+    from numatune.sysfs import Root
+    from numatune.topology import probe
+    result = load_result(out)
+    isolated = replace(result.winner.config, numa_mode="isolate")
+    trial = trials_for_record(result.engine, probe(Root.open("/")))(
+        isolated, ModelChoice.from_file(small_model), 0, stage_plan(0))
+    assert trial.error is None and trial.tokens_per_s.median > 0 and trial.config.numa_mode == "isolate"
+    saved = result.engine
     assert saved.command[0] == str(binary) and "-o" in saved.command and saved.parser == "llama-bench-json"
     assert dict(saved.binary.build).get("GGML_NATIVE") == "ON" and "version" in saved.binary.version
     assert main(["check", str(out), "--tolerance", "0.9", "--json"]) in (0, 1)
     verdict = json.loads(capsys.readouterr()[0])
     assert verdict["current"]["error"] is None and verdict["current"]["tokens_per_s"]["median"] > 0
+
+
+@pytest.mark.parametrize("where", ["engine", "child"])
+def test_a_trial_records_the_peak_resident_set_of_its_process_tree(tmp_path, small_model, capsys, where):
+    """The fake engine touches 256 MiB (itself, or in a child it forks and reaps): the trial's
+    memory is that peak, not 0, and not numatune's own resident set either (this process holds
+    384 MiB more while it tunes: a child forked straight from it would report at least that)."""
+    size = 256 << 20
+    extra = ["--allocate-in-child"] if where == "child" else []
+    ballast = bytearray(384 << 20)
+    ballast[::4096] = b"\1" * len(range(0, len(ballast), 4096))
+    code, data, err = tune_json(capsys, "--engine", "llama.cpp", "--model", str(small_model), "--budget", "60",
+                                "--out", str(tmp_path / "r.json"), "--json", "--",
+                                str(fake_as(tmp_path, "llama-cli")), "--allocate", "256", *extra)
+    assert code == 0, err
+    ok = [t for t in data["trials"] if t["error"] is None]
+    assert ok
+    for t in ok:           # the interpreter itself adds some tens of MiB, never hundreds
+        assert size <= t["resident_bytes"] < size + (96 << 20), t["resident_bytes"]
+    assert ballast[4096] == 1
+
+
+def test_auto_tunes_an_installed_llama_bench_directly_and_says_so(tmp_path, small_model, capsys, monkeypatch):
+    """`auto --engine llama.cpp` with llama-bench on PATH: the trials run it (not the bundled
+    engine), stderr says so, and llama.cpp's recommendation is its measured winner."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "llama-bench").symlink_to(llama_bench())
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    code = main(["auto", "--engine", "llama.cpp", "--model", str(small_model), "--budget", "60",
+                 "--out", str(tmp_path / "auto.json"), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"trials: llama.cpp itself, {llama_bench()}" in err
+    data = json.loads(out)
+    result = data["result"]
+    assert result["engine"]["name"] == "llama.cpp" and result["engine"]["binary"]["path"] == str(llama_bench())
+    assert result["winner"] and all(t["config"]["numa_mode"] == "numactl" for t in result["trials"])
+    recommended = data["recommendations"]["llama.cpp"]
+    assert recommended["config"]["cpus"] == result["winner"]["config"]["cpus"]
+    assert any("llama.cpp itself" in reason for reason in recommended["reasons"])

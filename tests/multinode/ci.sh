@@ -23,6 +23,8 @@ command -v qemu-system-x86_64 >/dev/null || packages+=(qemu-system-x86)
 command -v numactl >/dev/null || packages+=(numactl)
 command -v lstopo-no-graphics >/dev/null || packages+=(hwloc)
 command -v gcc >/dev/null || packages+=(gcc)
+command -v cmake >/dev/null || packages+=(cmake)
+command -v c++ >/dev/null || packages+=(g++)
 if [ ${#packages[@]} -gt 0 ]; then
   echo "multinode: installing ${packages[*]}"
   apt-get update -qq
@@ -39,11 +41,18 @@ command -v vng >/dev/null || missing+=(vng)
 command -v numactl >/dev/null || missing+=(numactl)
 command -v lstopo-no-graphics >/dev/null || missing+=(lstopo-no-graphics)
 command -v gcc >/dev/null || missing+=(gcc)
+command -v cmake >/dev/null || missing+=(cmake)
+command -v c++ >/dev/null || missing+=(c++)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "multinode: still missing after the install: ${missing[*]}" >&2
   exit 4
 fi
 [ -e /dev/kvm ] || echo "multinode: no /dev/kvm; the guests run under TCG emulation anyway"
 echo "multinode: kernel $kernel, $(qemu-system-x86_64 --version | head -1), $(vng --version)"
+
+# The guests' CPU has no AVX-512: the llama.cpp guest tests run a portable llama-bench (AVX2, FMA,
+# F16C), built here only (cached; about 25 min on 2 busy cores the first time, nothing after).
+echo "multinode: portable llama-bench (tools/build-llama-bench.sh --portable)"
+bash "$here/../../tools/build-llama-bench.sh" --portable >/dev/null
 
 exec "$python" "$here/guest.py" --quiet "$@"

@@ -125,3 +125,16 @@ def models(tmp_path_factory) -> dict[str, str]:
     return out
 
 
+
+
+@pytest.fixture(scope="session")
+def llama(models) -> dict[str, str]:
+    """The portable llama-bench (its path) and a complete model it decodes, made on the host by
+    guest.py; a missing llama-bench fails the tests that need it (ci.sh builds it)."""
+    made = os.environ.get(MODELS_ENV)
+    binary = os.path.join(made, "llama-bench-portable") if made else None
+    model = os.path.join(made, "tiny-complete-q8_0.gguf") if made else None
+    if not (binary and os.path.exists(binary) and model and os.path.exists(model)):
+        pytest.fail("no portable llama-bench or complete model from the host: run tests/multinode/ci.sh, "
+                    "which builds it (tools/build-llama-bench.sh --portable)")
+    return {"binary": binary, "model": model}

@@ -84,13 +84,31 @@ def missing_tools(kernel: str | None) -> list[str]:
     return missing
 
 
+def portable_llama_bench() -> str | None:
+    """The llama-bench built for machines without the host's ISA (the guests have AVX2 at most),
+    if tools/build-llama-bench.sh --portable has built it (ci.sh does)."""
+    found = subprocess.run(["bash", str(REPO / "tools" / "build-llama-bench.sh"), "--portable", "--cached-only"],
+                           capture_output=True, text=True)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
 def make_fixtures(directory: Path) -> None:
-    """Writes the guest tests' GGUF files with the host's numatune (about a second) and builds
-    the OpenMP program of the launch tests (compiling in the emulated guest would take long)."""
+    """Writes the guest tests' GGUF files with the host's numatune (about a second) — the tiny
+    shape also as a complete model llama.cpp decodes — links the portable llama-bench when it is
+    built, and builds the OpenMP program of the launch tests (compiling in the emulated guest
+    would take long)."""
+    from numatune.fullmodel import synthesize_complete
     from numatune.synth import PRESETS, synthesize
     directory.mkdir(parents=True, exist_ok=True)
     for name, shape in MODELS.items():
         synthesize(directory / f"{name}-q8_0.gguf", dataclasses.replace(PRESETS["default"], **shape), "Q8_0")
+    synthesize_complete(directory / "tiny-complete-q8_0.gguf",
+                        dataclasses.replace(PRESETS["default"], **MODELS["tiny"]), "Q8_0")
+    link = directory / "llama-bench-portable"
+    link.unlink(missing_ok=True)
+    binary = portable_llama_bench()
+    if binary:
+        link.symlink_to(binary)
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     built = subprocess.run([compiler or "gcc", "-O1", "-Wall", "-fopenmp", str(HERE / "omp_threads.c"),
                             "-o", str(directory / "omp-threads")], capture_output=True, text=True)

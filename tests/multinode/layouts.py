@@ -102,7 +102,7 @@ class Layout:
             raise ValueError(f"layout {self.name}: suites must be some of {', '.join(SUITES)}, got {unknown or 'none'}")
 
 
-SUITES = ("setup", "probe", "bandwidth", "engine", "audit", "launch", "tune", "numa_balancing")
+SUITES = ("setup", "probe", "bandwidth", "engine", "audit", "launch", "tune", "numa_balancing", "llama")
 
 LAYOUTS = {
     # The 2-node machine of the motivating case: everything, launch and tune included.
