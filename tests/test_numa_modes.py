@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
-import jsonschema
 import pytest
 
 from numatune.command import build_command, parse_command
 from numatune.config import Configuration
 from numatune.errors import ProfileError
-from numatune.profiles import find_engine_profile, parse_engine_profile, read_yaml
+from numatune.profiles import PROFILES_DIR, find_engine_profile, parse_engine_profile, read_yaml
 from numatune.recommend import recommend
 from numatune.search import build_space, with_numa_modes
 from numatune.stats import Measurement
@@ -23,7 +21,6 @@ from numatune.tune import tune
 from test_schemas import validator as tune_validator
 from treegen import FakeMachine, probe_tree
 
-import numatune
 
 LLAMA = find_engine_profile("llama.cpp")
 GIB = 1 << 30
@@ -89,7 +86,7 @@ def test_profiles_without_modes_are_left_alone(tmp_path):
 
 
 def test_a_mode_placement_outside_the_vocabulary_is_refused():
-    data = read_yaml(Path(numatune.__file__).parent.parent / "profiles" / "engines" / "llama.cpp.yaml")
+    data = read_yaml(PROFILES_DIR / "engines" / "llama.cpp.yaml")
     data["threads"]["numa_flag"] = dict(data["threads"]["numa_flag"], modes={"distribute": "everywhere"})
     with pytest.raises(ProfileError, match=r"threads.numa_flag.modes.distribute.*everywhere"):
         parse_engine_profile(data, "x.yaml")
