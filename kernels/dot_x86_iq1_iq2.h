@@ -19,17 +19,25 @@
 // includes iq1_iq2.h and iq_grids.h at the top.
 #pragma once
 
-// Per 7-bit sign index, 8 bytes of +1 or −1 (−1 where iq_ksigns' bit is set): vpsignb's operand.
+// Per 7-bit sign index, 8 bytes of +1 or −1 (−1 where the sign bit is set): vpsignb's operand.
+// The 8 sign bits of index i are iq_ksigns[i] (iq_grids.h): i itself, with bit 7 making the count
+// of set bits even. Built at compile time: this header is compiled with AVX2/AVX-512 flags, and a
+// table filled when the library loads would run those instructions on any CPU (SIGILL without
+// them); tests/test_quant.py checks that no ISA-specific file has a load-time initializer.
 struct IqSignMasks {
     uint64_t masks[128];
-    IqSignMasks() {
-        for (int i = 0; i < 128; ++i) {
-            masks[i] = 0;
-            for (int k = 0; k < 8; ++k) masks[i] |= static_cast<uint64_t>((iq_ksigns[i] >> k) & 1 ? 0xff : 0x01) << (8 * k);
-        }
-    }
 };
-const IqSignMasks iq_sign_masks;
+constexpr IqSignMasks make_iq_sign_masks() {
+    IqSignMasks table{};
+    for (int i = 0; i < 128; ++i) {
+        int set = 0;
+        for (int k = 0; k < 7; ++k) set += (i >> k) & 1;
+        const int bits = i | ((set & 1) << 7);
+        for (int k = 0; k < 8; ++k) table.masks[i] |= static_cast<uint64_t>((bits >> k) & 1 ? 0xff : 0x01) << (8 * k);
+    }
+    return table;
+}
+constexpr IqSignMasks iq_sign_masks = make_iq_sign_masks();
 
 // Four 64-bit table entries, the first in the lowest lane.
 inline __m256i four_entries(const uint64_t* table, unsigned a, unsigned b, unsigned c, unsigned d) {
