@@ -147,6 +147,12 @@ class MoeModel:
         return self.executed_bytes_per_token / self.step_bytes_per_token if self.step_bytes_per_token else 1.0
 
 
+def model_architecture(path: str | Path) -> str | None:
+    """The file's `general.architecture`, without reading its tensors' layout."""
+    path = Path(path)
+    return _meta(_open(path, check=False), path, "general.architecture", str, None)
+
+
 def read_moe_model(path: str | Path) -> MoeModel:
     path = Path(path)
     reader = _open(path)
@@ -251,7 +257,8 @@ def _step_bytes(reader, tensors: dict, arch: str, top_k: int, experts: int) -> i
     return total
 
 
-def _open(path: Path):
+def _open(path: Path, check: bool = True):
+    """The file's reader; `check`: its tensors' offsets are checked too."""
     if not path.is_file():
         raise ModelError(f"{path}: no such GGUF file")
     import gguf
@@ -261,7 +268,8 @@ def _open(path: Path):
         _refuse_block_misfit(path)
         detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise ModelError(f"{path}: not a readable GGUF file ({detail})") from None
-    check_layout(path, reader)
+    if check:
+        check_layout(path, reader)
     return reader
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -235,7 +235,13 @@ class SyncSpec:
     bundled engine stands in for this engine in `tune`, it runs that many real barriers per layer."""
 
     per: str                                   # graph-node | moe-layer
-    barriers_per_layer: int
+    barriers_per_layer: int                    # any architecture not in by_arch
+    by_arch: tuple[tuple[str, int], ...] = ()  # general.architecture -> barriers per layer
+
+    def barriers_for(self, arch: str | None) -> int:
+        """Barriers per layer of a model of this architecture (a graph's node count depends on
+        its layers: a deepseek2 layer has more nodes than a qwen3moe one)."""
+        return dict(self.by_arch).get(arch or "", self.barriers_per_layer)
 
 
 @dataclass(frozen=True)
@@ -271,6 +277,12 @@ class EngineProfile:
     def sync_barriers(self) -> int:
         """Barriers per layer the bundled engine runs when it stands in for this engine."""
         return self.sync.barriers_per_layer if self.sync else 0
+
+    def for_arch(self, arch: str | None) -> "EngineProfile":
+        """This profile with its synchronisation counted for a model of architecture `arch`."""
+        if self.sync is None or not self.sync.by_arch:
+            return self
+        return replace(self, sync=SyncSpec(self.sync.per, self.sync.barriers_for(arch)))
 
     def placement_condition(self, policy: str) -> str:
         return dict(self.placements).get(policy, "never")
@@ -335,10 +347,12 @@ def _sync(data: dict, where: str) -> SyncSpec | None:
     if spec is None:
         return None
     if not isinstance(spec, dict):
-        raise ProfileError(f"{where}: field 'sync' must be a mapping (per, barriers_per_layer)")
-    f = lambda name, check, expected: _field(spec, name, f"{where}: sync", check, expected)  # noqa: E731
+        raise ProfileError(f"{where}: field 'sync' must be a mapping (per, barriers_per_layer, by_arch)")
+    f = lambda name, check, expected, default=...: _field(spec, name, f"{where}: sync", check, expected, default)  # noqa: E731
+    counts = lambda v: isinstance(v, dict) and all(_text(k) and _count(x) for k, x in v.items())  # noqa: E731
     return SyncSpec(per=f("per", lambda v: v in SYNC_UNITS, " or ".join(SYNC_UNITS)),
-                    barriers_per_layer=f("barriers_per_layer", _count, "an integer ≥ 0"))
+                    barriers_per_layer=f("barriers_per_layer", _count, "an integer ≥ 0"),
+                    by_arch=tuple(f("by_arch", counts, "a mapping of architecture to an integer ≥ 0", {}).items()))
 
 
 def parse_engine_profile(data: dict, where: str) -> EngineProfile:

@@ -170,10 +170,11 @@ def runs_engine(engine: Optional[str], engine_bin: Optional[Path], bundled: bool
 
 
 def trials_for(topology, engine: Optional[str], engine_bin: Optional[Path], command: tuple,
-               metric: Optional[str], bundled: bool, cold_cache: bool):
+               metric: Optional[str], bundled: bool, cold_cache: bool, arch: Optional[str] = None):
     """(measure, what the result records, one line saying what the trials run): the engine
     itself when it can be run (its benchmark found, or the user's command), else the bundled
-    engine placed as the target is placed."""
+    engine placed as the target is placed, meeting at the target's barriers for a model of
+    architecture `arch`."""
     from .profiles import find_engine_profile
     from .store import TargetEngine
     from .trial import run_trial
@@ -192,8 +193,19 @@ def trials_for(topology, engine: Optional[str], engine_bin: Optional[Path], comm
     spec = target.benchmark
     why = ("--bundled" if bundled else f"{spec.command[0]} not found on PATH; --engine-bin FILE to tune it directly"
            if spec and spec.command else f"give {target.name}'s benchmark command after -- to tune it directly")
-    return bundled_measure, TargetEngine(target.name, sync_barriers=target.sync_barriers), \
+    return bundled_measure, TargetEngine(target.name, sync_barriers=target.for_arch(arch).sync_barriers), \
         f"trials: the bundled engine, placed as {target.name} is placed ({why})"
+
+
+def _architecture(path: Path) -> Optional[str]:
+    """The model's `general.architecture`; None for a file that is not GGUF (an external engine's
+    own format): its trials say what is wrong with it, not this."""
+    from .errors import ModelError
+    from .gguf_moe import model_architecture
+    try:
+        return model_architecture(path)
+    except ModelError:
+        return None
 
 
 def run_tune(topology, model, budget: float, engine: Optional[str], engine_bin: Optional[Path],
@@ -205,9 +217,10 @@ def run_tune(topology, model, budget: float, engine: Optional[str], engine_bin: 
     from .engines import ENGINES, inspect_engine
     from .profiles import find_engine_profile
     from .tune import TuneInterrupted, tune
-    target = find_engine_profile(engine or "openmp") if engine or command else None
+    arch = _architecture(model.path)
+    target = find_engine_profile(engine or "openmp").for_arch(arch) if engine or command else None
     numa_build = inspect_engine(engine, engine_bin).numa_aware if engine in ENGINES else None
-    measure, record, what = trials_for(topology, engine, engine_bin, tuple(command), metric, bundled, cold_cache)
+    measure, record, what = trials_for(topology, engine, engine_bin, tuple(command), metric, bundled, cold_cache, arch)
     if engine or command:       # which engine the trials run is worth a line only when one was named
         say(what)
     hooks = {"on_start": progress.start, "on_trial": progress.trial} if progress is not None else {}

@@ -102,6 +102,46 @@ def test_a_good_sync_field_is_read(tmp_path):
     assert engine_profiles(tmp_path)["demo"].sync_barriers == 2
 
 
+def test_barriers_are_counted_per_architecture_where_the_profile_says(tmp_path):
+    (tmp_path / "demo.yaml").write_text(VALID + "sync: {per: graph-node, barriers_per_layer: 4, by_arch: {deepseek2: 9}}\n")
+    demo = engine_profiles(tmp_path)["demo"]
+    assert demo.for_arch("deepseek2").sync_barriers == 9
+    assert demo.for_arch("qwen3moe").sync_barriers == 4 and demo.for_arch(None).sync_barriers == 4
+    llama = find_engine_profile("llama.cpp")
+    assert llama.for_arch("deepseek2").sync_barriers > llama.for_arch("qwen3moe").sync_barriers == llama.sync_barriers
+    assert find_engine_profile("ktransformers").for_arch("deepseek2").sync == SyncSpec("moe-layer", 1)
+
+
+@pytest.mark.parametrize("by_arch", ["[deepseek2]", "{deepseek2: -3}", "{deepseek2: lots}"])
+def test_a_bad_per_architecture_count_is_one_line(tmp_path, by_arch):
+    (tmp_path / "demo.yaml").write_text(VALID + f"sync: {{per: graph-node, barriers_per_layer: 4, by_arch: {by_arch}}}\n")
+    with pytest.raises(ProfileError) as info:
+        engine_profiles(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and "sync: field 'by_arch' must be a mapping of architecture" in message
+
+
+@pytest.mark.parametrize("preset", ["deepseek-v3", "default"])
+def test_tune_emulates_the_barriers_of_the_models_architecture(tmp_path, host, preset, monkeypatch):
+    """run_tune reads the model's architecture: a deepseek2 file is emulated with deepseek2's count."""
+    import numatune.tune as tune_module
+    from numatune import workflow
+    shape = replace(PRESETS[preset], hidden=256, intermediate=128, experts=8, top_k=2, layers=2)
+    synthesize(tmp_path / "m.gguf", shape, "Q8_0")
+    seen = {}
+
+    def fake_tune(topology, model, budget, target, numa_build, out, resume, **kwargs):
+        seen.update(target=target, engine=kwargs["engine"])
+        raise SystemExit(0)
+    monkeypatch.setattr(tune_module, "tune", fake_tune)
+    with pytest.raises(SystemExit):
+        workflow.run_tune(host, ModelChoice.from_file(tmp_path / "m.gguf"), 10, "llama.cpp", None, None, False,
+                          bundled=True)
+    expected = find_engine_profile("llama.cpp").for_arch(shape.architecture).sync_barriers
+    assert expected == (65 if preset == "deepseek-v3" else 42)
+    assert seen["target"].sync_barriers == seen["engine"].sync_barriers == expected
+
+
 # ----- trials, results, check ------------------------------------------------------------------
 
 def test_the_trial_child_is_told_the_targets_barriers(model, tmp_path):
