@@ -36,7 +36,7 @@ from typing import Callable, Optional, Sequence
 
 from .config import Configuration
 from .errors import NumatuneError
-from .command import build_command
+from .command import LaunchPlan, build_command
 from .launch import apply_placement
 from .profiles import BENCHMARK_PARSERS, EngineProfile
 from .search import Stage
@@ -346,12 +346,17 @@ class ExternalTrials:
     def share(self, stage_index: int) -> float:
         return max(MIN_TRIAL_SECONDS, min(self.base_share_s * 2 ** stage_index, self.cap_s))
 
-    def __call__(self, config: Configuration, model: ModelChoice, stage_index: int, stage: Stage,
-                 target: Optional[EngineProfile] = None) -> Trial:
+    def plans(self, config: Configuration, model: ModelChoice, stage: Stage) -> list[LaunchPlan]:
+        """The placed commands of a trial, one per instance: `launch --instance i`'s (the
+        engine's benchmark command in place of its server)."""
         profile = _benchmark_profile(self.engine.profile, self.engine.command[0])
         argv = _fill(self.engine.command, model, stage)
+        return [build_command(part, profile, self.topology, argv) for part in config.split(self.topology.node_of_cpu)]
+
+    def __call__(self, config: Configuration, model: ModelChoice, stage_index: int, stage: Stage,
+                 target: Optional[EngineProfile] = None) -> Trial:
         parts = config.split(self.topology.node_of_cpu)
-        plans = [build_command(part, profile, self.topology, argv) for part in parts]
+        plans = self.plans(config, model, stage)
         names = [f"instance {i} (node {part.nodes[0]}): " if len(parts) > 1 else "" for i, part in enumerate(parts)]
         runs = 1 if self.engine.repeats == "engine" else stage.repeats
         deadline = self.share(stage_index)

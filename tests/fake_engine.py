@@ -13,9 +13,10 @@ For one instance per node: --by-cpu FILE (JSON) gives each instance its own beha
 the lowest CPU it may run on: {"0": {"samples": [..], "allocate": MIB, "fail": true, "hang": true}};
 the samples are printed as "decode: X tok/s" lines. --peers DIR:N writes DIR/<pid> at start and
 waits (up to 30 s) until N such files exist, so that instances started one after the other never
-all see each other. The log line then also has the pid, start and end times, the peers seen, the
-kernel's view of the placement (/proc/self/status Cpus_allowed_list, Mems_allowed_list) and the
-memory policy (get_mempolicy(2): mode and nodes).
+all see each other. Such an instance logs a line as it starts (pid, start time, the kernel's view
+of its placement: /proc/self/status Cpus_allowed_list and Mems_allowed_list, and its memory policy:
+get_mempolicy(2) mode and nodes) and another once its peers are there (the same, with the peers
+seen and the end time).
 """
 import argparse
 import ctypes
@@ -79,17 +80,16 @@ def main() -> int:
 
 def instance(args) -> int:
     """One instance of several: its behaviour from --by-cpu, its placement and peers logged."""
-    started = time.time()
     behaviour = json.loads(open(args.by_cpu).read())[str(min(os.sched_getaffinity(0)))]
-    seen = wait_for_peers(args.peers) if args.peers else 0
+    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+    record = {"argv": sys.argv[1:], "pid": os.getpid(), "threads": args.t, "start": time.time(),
+              "cpus_allowed": status["Cpus_allowed_list"].strip(), "mems_allowed": status["Mems_allowed_list"].strip(),
+              "mempolicy": mempolicy()}
+    log_line(args.log, record)          # at once: a test can find (and kill) a process it started
+    record["peers_seen"] = wait_for_peers(args.peers) if args.peers else 0
     if behaviour.get("allocate"):
         allocate(behaviour["allocate"] << 20, False)
-    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
-    record = {"argv": sys.argv[1:], "pid": os.getpid(), "threads": args.t, "start": started, "peers_seen": seen,
-              "cpus_allowed": status["Cpus_allowed_list"].strip(), "mems_allowed": status["Mems_allowed_list"].strip(),
-              "mempolicy": mempolicy(), "end": time.time()}
-    with open(args.log, "a") as log:
-        log.write(json.dumps(record) + "\n")
+    log_line(args.log, dict(record, end=time.time()))
     if behaviour.get("fail"):
         print("loading model\nerror: failed to allocate 12 GiB on this node", file=sys.stderr)
         return 3
@@ -98,6 +98,11 @@ def instance(args) -> int:
     for sample in behaviour["samples"]:
         print(f"decode: {sample} tok/s")
     return 0
+
+
+def log_line(path: str, record: dict) -> None:
+    with open(path, "a") as log:
+        log.write(json.dumps(record) + "\n")
 
 
 def wait_for_peers(spec: str) -> int:

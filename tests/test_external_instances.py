@@ -84,7 +84,7 @@ def trial_with(setup, by_cpu: dict, share_s: float = 120.0):
 
 
 def runs(setup) -> dict[int, dict]:
-    """Each instance's log line, by the CPU it ran on."""
+    """Each instance's last log line, by the CPU it ran on."""
     lines = [json.loads(line) for line in (setup["dir"] / "runs.jsonl").read_text().splitlines()]
     return {int(r["cpus_allowed"]): r for r in lines}
 
@@ -114,7 +114,7 @@ def test_instances_run_at_once_placed_on_their_nodes_and_add_up(setup):
     by_cpu, calls = runs(setup), numactl_calls(setup)
     assert sorted(by_cpu) == [0, 1]
     # both ran at the same time: each saw the other's pid file, and their lifetimes overlap
-    assert all(r["peers_seen"] == 2 for r in by_cpu.values())
+    assert all(r.get("peers_seen") == 2 for r in by_cpu.values())
     assert max(r["start"] for r in by_cpu.values()) < min(r["end"] for r in by_cpu.values())
     for i, part in enumerate(CONFIG.split(setup["topology"].node_of_cpu)):
         run = by_cpu[i]
@@ -183,7 +183,7 @@ except KeyboardInterrupt:
     try:
         log = folder / "runs.jsonl"
         for _ in range(600):
-            if log.exists() and len(log.read_text().splitlines()) == 2:
+            if log.exists() and len(log.read_text().splitlines()) == 4:
                 break
             time.sleep(0.1)
         started = runs(setup)
