@@ -214,7 +214,14 @@ def numa_mode_why_not(t: Topology, config: Configuration, profile: EngineProfile
 def with_numa_modes(t: Topology, space: Space, profile: Optional[EngineProfile]) -> Space:
     """The space with the engine's thread-placement modes (profile `threads.numa_flag.modes`) as a
     dimension: each candidate once per mode that applies to it (numa_mode_why_not), the default
-    mode on all of them; a profile without modes leaves the space as it is."""
+    mode on all of them; a profile without modes leaves the space as it is.
+
+    The rule, for llama.cpp's --numa: `numactl` everywhere; `distribute` only on a configuration
+    of one process given every CPU of the nodes ggml counts (node0, node1, … at most 8: on more
+    nodes, or on nodes of unequal CPU counts, it puts threads where the configuration has none);
+    `isolate` nowhere. With one instance per node the rule holds inside each instance (confined to
+    its node's CPUs, bound to its node): `isolate` is then `numactl`'s CPUs or CPUs not given,
+    `distribute` sends each instance's threads to every node, so both stay untried."""
     if profile is None or not profile.numa_flag_modes or profile.numa_mode_default is None:
         return space
     candidates: list[Configuration] = []
