@@ -21,11 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,14 +36,14 @@ from typing import Callable, Optional, Sequence
 
 from .config import Configuration
 from .errors import NumatuneError
-from .command import build_command
+from .command import LaunchPlan, build_command
 from .launch import apply_placement
 from .profiles import BENCHMARK_PARSERS, EngineProfile
 from .search import Stage
 from .stats import Measurement
 from .store import EngineBinary, TargetEngine, Trial
 from .topology.model import Topology
-from .trial import ModelChoice, _failed, _kill
+from .trial import ModelChoice, _failed
 
 STDERR_TAIL_LINES = 3
 MIN_TRIAL_SECONDS = 5.0     # a share shorter than this could not even load a model
@@ -300,9 +303,34 @@ def _read_peak(fd: int) -> int:
     return int(text) * 1024 if text.isdigit() else 0
 
 
+@dataclass(frozen=True)
+class _Finished:
+    """One instance's run: what it printed, its peak resident set (bytes)."""
+
+    out: str
+    err: str
+    peak: int
+
+
+def _pair_samples(per_instance: Sequence[Sequence[float]]) -> list[float]:
+    """The configuration's throughput from its instances' samples of one run: the sum of their
+    i-th samples (repetition i of each instance ran at the same time as repetition i of the
+    others). When instances report different sample counts, the repetitions beyond the shortest
+    have no partner running beside them and are left out (a lone instance's rate is not the
+    group's)."""
+    return [sum(values) for values in zip(*per_instance)]
+
+
 class ExternalTrials:
     """The `measure` of `tune`/`check` for an external engine: one placed run of its command
-    (or `repeats` runs, when the engine does not repeat by itself) per trial."""
+    (or `repeats` runs, when the engine does not repeat by itself) per trial.
+
+    A configuration of several instances (one per node) runs its instances' commands at the same
+    time, instance i placed and threaded as `launch --instance i` places it (each its node's CPUs,
+    bound to its node). Its throughput is the sum of the instances' samples, repetition by
+    repetition (`_pair_samples`); its memory the sum of their peaks. One instance failing, printing
+    no throughput or the group running past the trial's share of the budget fails the trial,
+    naming the instance, and stops the others."""
 
     def __init__(self, engine: ExternalEngine, topology: Topology, share_s: Optional[float] = None) -> None:
         self.engine, self.topology = engine, topology
@@ -318,62 +346,138 @@ class ExternalTrials:
     def share(self, stage_index: int) -> float:
         return max(MIN_TRIAL_SECONDS, min(self.base_share_s * 2 ** stage_index, self.cap_s))
 
+    def plans(self, config: Configuration, model: ModelChoice, stage: Stage) -> list[LaunchPlan]:
+        """The placed commands of a trial, one per instance: `launch --instance i`'s (the
+        engine's benchmark command in place of its server)."""
+        profile = _benchmark_profile(self.engine.profile, self.engine.command[0])
+        argv = _fill(self.engine.command, model, stage)
+        return [build_command(part, profile, self.topology, argv) for part in config.split(self.topology.node_of_cpu)]
+
     def __call__(self, config: Configuration, model: ModelChoice, stage_index: int, stage: Stage,
                  target: Optional[EngineProfile] = None) -> Trial:
-        if config.instances > 1:
-            return _failed(config, stage_index, "one instance per node is only measured with the bundled engine")
-        profile = _benchmark_profile(self.engine.profile, self.engine.command[0])
-        plan = build_command(config, profile, self.topology, _fill(self.engine.command, model, stage))
+        parts = config.split(self.topology.node_of_cpu)
+        plans = self.plans(config, model, stage)
+        names = [f"instance {i} (node {part.nodes[0]}): " if len(parts) > 1 else "" for i, part in enumerate(parts)]
         runs = 1 if self.engine.repeats == "engine" else stage.repeats
         deadline = self.share(stage_index)
         samples: list[float] = []
         peak = 0
         for _ in range(runs):
-            outcome = self._run(plan, deadline)
+            began = time.monotonic()
+            outcome = _run_group(plans, names, deadline)
             if isinstance(outcome, str):
                 return _failed(config, stage_index, outcome)
-            out, err, seconds, rss = outcome
-            deadline -= seconds
-            peak = max(peak, rss)
-            try:
-                samples += self.engine.parse(out + "\n" + err if self.engine.parser != "llama-bench-json" else out,
-                                             config.threads)
-            except NoMetric as exc:
-                return _failed(config, stage_index, f"{exc}: {_tail(err)}")
+            deadline -= time.monotonic() - began
+            peak = max(peak, sum(done.peak for done in outcome))
+            per_instance = []
+            for index, (part, done) in enumerate(zip(parts, outcome)):
+                try:
+                    per_instance.append(self.engine.parse(
+                        done.out + "\n" + done.err if self.engine.parser != "llama-bench-json" else done.out,
+                        part.threads))
+                except NoMetric as exc:
+                    return _failed(config, stage_index, names[index] + f"{exc}: {_tail(done.err)}")
+            samples += _pair_samples(per_instance)
         return Trial(config, Measurement.of(samples, "tok/s"), None, peak, stage_index)
 
-    def _run(self, plan, timeout: float):
-        env = dict(os.environ)
-        env.update(dict(plan.env))
-        preexec = None if plan.uses_numactl else (lambda: apply_placement(plan.placement))
-        began = time.monotonic()
-        readable, writable = os.pipe()
-        try:
-            child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _REAPER, str(writable), *plan.argv], env=env,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, errors="replace", preexec_fn=preexec, start_new_session=True,
-                                     pass_fds=(writable,))
-        except (OSError, subprocess.SubprocessError) as exc:
-            os.close(readable)
-            return f"could not start {shlex.join(plan.argv[:1])}: {exc}"
-        finally:
-            os.close(writable)
-        try:
-            out, err = child.communicate(timeout=max(timeout, 0.1))
-        except subprocess.TimeoutExpired:
-            _kill(child)
-            out, err = child.communicate()
-            os.close(readable)
-            return f"ran past its share of the budget ({timeout:.0f} s): {_tail(err)}"
-        except BaseException:          # Ctrl-C: the child is in its own session; stop it too
-            _kill(child)
-            os.close(readable)
-            raise
-        peak = _read_peak(readable)
-        if child.returncode != 0:
-            status = f"killed by signal {-child.returncode}" if child.returncode < 0 else f"exit status {child.returncode}"
-            return f"{status}: {_tail(err)}"
-        return out, err, time.monotonic() - began, peak
+
+def _start(plan):
+    """The placed program under the reaper, in its own session; (process, report fd) or why not."""
+    env = dict(os.environ)
+    env.update(dict(plan.env))
+    preexec = None if plan.uses_numactl else (lambda: apply_placement(plan.placement))
+    readable, writable = os.pipe()
+    try:
+        child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _REAPER, str(writable), *plan.argv], env=env,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, errors="replace", preexec_fn=preexec, start_new_session=True,
+                                 pass_fds=(writable,))
+    except (OSError, subprocess.SubprocessError) as exc:
+        os.close(readable)
+        return f"could not start {shlex.join(plan.argv[:1])}: {exc}"
+    finally:
+        os.close(writable)
+    return child, readable
+
+
+def _stop(child: subprocess.Popen) -> None:
+    """Kills the child's session (the reaper and the engine under it); its reader thread reaps it."""
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _run_group(plans, names: Sequence[str], timeout: float):
+    """Runs the plans at the same time: each instance's output and peak, or why the group failed
+    (the first instance to fail, named by `names`, or the group past `timeout` seconds; the others
+    are killed)."""
+    started = []
+    try:
+        for plan, name in zip(plans, names):
+            begun = _start(plan)
+            if isinstance(begun, str):
+                raise _GroupFailed(name + begun)
+            started.append(begun)
+        return _wait_group([child for child, _ in started], [fd for _, fd in started], names, timeout)
+    except _GroupFailed as exc:
+        return str(exc)
+    finally:
+        for child, _ in started:
+            if child.poll() is None:     # Ctrl-C or a failure: every instance is in its own session
+                _stop(child)
+                child.wait()
+
+
+class _GroupFailed(Exception):
+    pass
+
+
+def _wait_group(children: list, report_fds: list[int], names: Sequence[str], timeout: float) -> list[_Finished]:
+    """Waits for every child: their outputs as they end (one reader thread each, so that one
+    child's full pipe never holds up another), the first non-zero exit or the deadline failing
+    the group at once."""
+    ended: queue.Queue = queue.Queue()
+    outputs: dict[int, tuple[str, str]] = {}
+
+    def read(index: int) -> None:
+        outputs[index] = children[index].communicate()
+        ended.put(index)
+
+    readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(len(children))]
+    for reader in readers:
+        reader.start()
+    deadline = time.monotonic() + max(timeout, 0.1)
+    peaks = [0] * len(children)
+    try:
+        for _ in children:
+            try:
+                index = ended.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                late = [i for i in range(len(children)) if children[i].poll() is None]
+                for child in children:
+                    _stop(child)
+                for reader in readers:
+                    reader.join()
+                first = late[0] if late else 0
+                raise _GroupFailed(f"{names[first]}ran past its share of the budget ({timeout:.0f} s): "
+                                   f"{_tail(outputs[first][1])}") from None
+            peaks[index] = _read_peak(report_fds[index])
+            report_fds[index] = -1
+            code = children[index].returncode
+            if code != 0:
+                status = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+                raise _GroupFailed(names[index] + f"{status}: {_tail(outputs[index][1])}")
+    finally:
+        for fd in report_fds:
+            if fd >= 0:
+                os.close(fd)
+        for child in children:
+            if child.poll() is None:
+                _stop(child)
+        for reader in readers:
+            reader.join()
+    return [_Finished(outputs[i][0], outputs[i][1], peaks[i]) for i in range(len(children))]
 
 
 def trials_for_record(record: TargetEngine, topology: Topology) -> ExternalTrials:

@@ -264,6 +264,7 @@ class EngineProfile:
     numa_flag_bare: str | None                # what that flag means given without a value
     numa_flag_spreads: tuple[tuple[str, str], ...]   # that flag's value -> how threads go to nodes
     numa_flag_modes: tuple[tuple[str, str], ...]     # that flag's values -> NUMA_MODE_PLACEMENTS (searched)
+    numa_flag_max_nodes: int | None           # nodes its NUMA code counts: node0, node1, … up to this many
     build_flag_spread: str | None             # how the build-flag (NUMA) build sends workers to nodes
     flags: tuple[TemplatedFlag, ...]
     env: tuple[TemplatedFlag, ...]
@@ -398,6 +399,9 @@ def parse_engine_profile(data: dict, where: str) -> EngineProfile:
         if placement not in NUMA_MODE_PLACEMENTS:
             raise ProfileError(f"{where}: field 'threads.numa_flag.modes.{mode}' must be one of "
                                f"{', '.join(NUMA_MODE_PLACEMENTS)}, got {placement!r}")
+    max_nodes = numa_flag.get("max_nodes")
+    if max_nodes is not None and (not isinstance(max_nodes, int) or isinstance(max_nodes, bool) or max_nodes < 1):
+        raise ProfileError(f"{where}: field 'threads.numa_flag.max_nodes' must be an integer >= 1, got {max_nodes!r}")
     build_spread = threads.get("build_flag_spread")
     for field, spread in [(f"threads.numa_flag.spreads.{k}", v) for k, v in dict(spreads).items()] + \
             ([("threads.build_flag_spread", build_spread)] if build_spread is not None else []):
@@ -418,6 +422,7 @@ def parse_engine_profile(data: dict, where: str) -> EngineProfile:
         threads_aliases=tuple(aliases), default_cores_less=int(match.group(1) or 0) if match else None,
         numa_flag=numa_flag.get("flag"), numa_flag_bare=numa_flag.get("bare"),
         numa_flag_spreads=tuple(dict(spreads).items()), numa_flag_modes=tuple((str(k), v) for k, v in modes.items()),
+        numa_flag_max_nodes=max_nodes,
         build_flag_spread=build_spread,
         flags=_templated_list(data, "flags", "flag", where), env=_templated_list(data, "env", "name", where),
         numactl=numactl, notes=tuple(str(n) for n in data.get("notes") or ()), source=where,

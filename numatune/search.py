@@ -134,41 +134,79 @@ def _prune_reason(t, config: Configuration, weight_bytes: int, profile, numa_bui
 # The engine's own thread-placement mode (llama.cpp --numa) as a dimension
 
 
+def engine_numa_nodes(t: Topology, profile: EngineProfile):
+    """The nodes the engine's NUMA code counts. With the profile's `max_nodes` (llama.cpp: ggml's
+    GGML_NUMA_MAX_NODES, 8), as ggml_numa_init counts them: node0, node1, … while each exists in
+    sysfs, at most that many (a machine of 16 nodes is 8 to it; nodes 0 and 2 are one); without
+    it, every node of the machine."""
+    limit = profile.numa_flag_max_nodes
+    if limit is None:
+        return t.nodes
+    by_id = {n.id: n for n in t.nodes}
+    counted = []
+    while len(counted) < limit and len(counted) in by_id:
+        counted.append(by_id[len(counted)])
+    return tuple(counted)
+
+
 def numa_mode_why_not(t: Topology, config: Configuration, profile: EngineProfile, mode: str) -> Optional[str]:
     """Why `mode` of the profile's thread-placement flag is not tried on `config` (None: tried).
 
     A mode is tried only where it can differ from the profile's default and still runs the
-    configuration's threads on the configuration's CPUs (one thread per CPU given):
-    - on a one-node machine every mode places threads as the default does (llama.cpp:
-      ggml_is_numa() is false with one node, and the flag changes nothing);
-    - `all-nodes` (distribute) puts thread i on every CPU of node i mod N, N being all the
-      machine's nodes: only a configuration given every CPU of every node, the nodes having CPUs
-      in equal numbers, runs where it says; it then differs from the default, under which every
-      thread floats over all the nodes' CPUs;
+    configuration's threads on the configuration's CPUs (one thread per CPU given). N below is
+    the number of nodes the engine counts (engine_numa_nodes: ggml counts node0, node1, … up to
+    the first id missing, at most 8):
+    - with N ≤ 1 (a one-node machine, or node ids not starting 0, 1) every mode places threads as
+      the default does (llama.cpp: ggml_is_numa() is false, the flag changes nothing);
+    - `all-nodes` (distribute) puts thread i on every CPU of node i mod N: only a configuration
+      given every CPU of those N nodes, all having CPUs in equal numbers, runs where it says; it
+      then differs from the default, under which every thread floats over all the CPUs given. On
+      a machine of more than 8 nodes ggml sends threads to nodes 0-7 only, so a configuration of
+      every node's CPUs would run twice its threads per CPU on nodes 0-7 and none on the rest:
+      not tried (the space has no configuration of exactly nodes 0-7);
     - `starting-node` (isolate) puts every thread on every CPU of the node it started on: the
       default's CPUs when the configuration is that whole node, CPUs not given otherwise;
     - `given` is the default's placement.
+    One instance per node (`instances` > 1) applies the rule to each instance, confined to its
+    node's CPUs and bound to its node: `given` keeps each instance's threads on its CPUs (the
+    default, always tried); `starting-node` starts on the instance's node and spreads its threads
+    over every CPU of that node, the default's CPUs when the instance has its whole node and CPUs
+    it is not given otherwise: never tried; `all-nodes` sends thread i of every instance to node
+    i mod N, out of the instance's node and away from its bound memory: never tried.
     """
     flag, default = profile.numa_flag, profile.numa_mode_default
     placement = dict(profile.numa_flag_modes)[mode]
     if mode == default:
         return None
-    if config.instances > 1:
-        return f"{flag} {mode}: one instance per node is measured with the bundled engine only"
     if len(t.nodes) <= 1:
         return f"{flag} {mode}: the machine has one NUMA node, where every mode places threads as {default} does"
+    counted = engine_numa_nodes(t, profile)
+    if len(counted) <= 1:
+        return (f"{flag} {mode}: {profile.name} counts {len(counted)} node(s) here (node0, node1, … up to the first "
+                f"id missing), where every mode places threads as {default} does")
     if placement == "given":
         return f"{flag} {mode}: threads stay on the CPUs given, as with {default}"
+    if config.instances > 1:
+        if placement == "starting-node":
+            return (f"{flag} {mode}: each instance's threads run on every CPU of its node: {default}'s CPUs when "
+                    "the instance is given its whole node, CPUs it is not given otherwise")
+        return (f"{flag} {mode}: thread i of each instance runs on node i mod {len(counted)}, out of the instance's "
+                "node and away from the memory bound to it")
     if placement == "starting-node":
         return (f"{flag} {mode}: every thread runs on every CPU of the node it started on: {default}'s CPUs when "
                 "the configuration is one whole node, CPUs it does not give otherwise")
-    empty = [n.id for n in t.nodes if not n.cpus]
+    empty = [n.id for n in counted if not n.cpus]
     if empty:
         return f"{flag} {mode}: node {empty[0]} has no CPUs, the threads it would send there have none"
-    if len({len(n.cpus) for n in t.nodes}) > 1:
+    if len({len(n.cpus) for n in counted}) > 1:
         return f"{flag} {mode}: the nodes have unequal CPU counts, and it sends each node the same number of threads"
-    if set(config.cpus) != {c for n in t.nodes for c in n.cpus}:
-        return (f"{flag} {mode}: thread i runs on every CPU of node i mod {len(t.nodes)}: tried only on the "
+    if set(config.cpus) != {c for n in counted for c in n.cpus}:
+        if len(counted) < len(t.nodes):
+            return (f"{flag} {mode}: {profile.name} counts nodes 0-{len(counted) - 1} only (at most "
+                    f"{profile.numa_flag_max_nodes}): thread i runs on every CPU of node i mod {len(counted)}, the "
+                    f"other {len(t.nodes) - len(counted)} nodes get none; tried only on a configuration given every "
+                    f"CPU of nodes 0-{len(counted) - 1}")
+        return (f"{flag} {mode}: thread i runs on every CPU of node i mod {len(counted)}: tried only on the "
                 "configurations given every CPU of every node")
     return None
 
@@ -176,7 +214,14 @@ def numa_mode_why_not(t: Topology, config: Configuration, profile: EngineProfile
 def with_numa_modes(t: Topology, space: Space, profile: Optional[EngineProfile]) -> Space:
     """The space with the engine's thread-placement modes (profile `threads.numa_flag.modes`) as a
     dimension: each candidate once per mode that applies to it (numa_mode_why_not), the default
-    mode on all of them; a profile without modes leaves the space as it is."""
+    mode on all of them; a profile without modes leaves the space as it is.
+
+    The rule, for llama.cpp's --numa: `numactl` everywhere; `distribute` only on a configuration
+    of one process given every CPU of the nodes ggml counts (node0, node1, … at most 8: on more
+    nodes, or on nodes of unequal CPU counts, it puts threads where the configuration has none);
+    `isolate` nowhere. With one instance per node the rule holds inside each instance (confined to
+    its node's CPUs, bound to its node): `isolate` is then `numactl`'s CPUs or CPUs not given,
+    `distribute` sends each instance's threads to every node, so both stay untried."""
     if profile is None or not profile.numa_flag_modes or profile.numa_mode_default is None:
         return space
     candidates: list[Configuration] = []

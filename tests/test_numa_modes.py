@@ -13,7 +13,7 @@ from numatune.config import Configuration
 from numatune.errors import ProfileError
 from numatune.profiles import PROFILES_DIR, find_engine_profile, parse_engine_profile, read_yaml
 from numatune.recommend import recommend
-from numatune.search import build_space, with_numa_modes
+from numatune.search import build_space, engine_numa_nodes, numa_mode_why_not, with_numa_modes
 from numatune.stats import Measurement
 from numatune.store import EngineBinary, TargetEngine, Trial, load_result
 from numatune.trial import ModelChoice
@@ -135,3 +135,57 @@ def test_tune_records_the_modes_and_recommend_emits_the_winning_one(tmp_path, mo
     chosen = recommend(t, "llama.cpp", None, load_result(tmp_path / "r.json"), user_argv=("llama-server",))
     assert chosen.plan.argv[chosen.plan.argv.index("--numa") + 1] == "distribute"
     assert "llama.cpp itself" in " ".join(chosen.reasons)
+
+
+def test_one_instance_per_node_runs_the_default_mode_only_and_says_why_per_instance(tmp_path):
+    """Throughput's configurations of one instance per node are in the space with numactl; the
+    other modes are left out for what they would do inside an instance confined to its node."""
+    t = probe_tree(tmp_path, FakeMachine(sockets=2, cores_per_node=4, threads_per_core=2))
+    base = build_space(t, GIB, LLAMA, objective="throughput")
+    space = with_numa_modes(t, base, LLAMA)
+    instances = [c for c in base.candidates if c.instances > 1]
+    assert instances
+    assert [c for c in space.candidates if c.instances > 1] == [replace(c, numa_mode="numactl") for c in instances]
+    whole_nodes = next(c for c in instances if set(c.cpus) == all_cpus(t))
+    isolate = numa_mode_why_not(t, whole_nodes, LLAMA, "isolate")
+    assert "each instance's threads run on every CPU of its node" in isolate
+    distribute = numa_mode_why_not(t, whole_nodes, LLAMA, "distribute")
+    assert "thread i of each instance runs on node i mod 2" in distribute and "out of the instance's node" in distribute
+    assert numa_mode_why_not(t, whole_nodes, LLAMA, "numactl") is None
+    # the same CPUs as one process are tried with distribute: the refusal is the instances'
+    assert numa_mode_why_not(t, replace(whole_nodes, instances=1, policy="interleave"), LLAMA, "distribute") is None
+
+
+def test_distribute_counts_the_nodes_ggml_counts(tmp_path):
+    """ggml counts node0, node1, … up to 8 (GGML_NUMA_MAX_NODES) and stops at the first id missing:
+    on 16 nodes thread i goes to node i mod 8, so the configuration of every CPU of the 16 nodes
+    is not tried with distribute, while one of every CPU of nodes 0-7 would be."""
+    t = probe_tree(tmp_path, FakeMachine(sockets=2, nodes_per_socket=8, cores_per_node=2))
+    assert [n.id for n in engine_numa_nodes(t, LLAMA)] == list(range(8)) and len(t.nodes) == 16
+    space, modes = modes_of(t)
+    assert not [c for c in space.candidates if c.numa_mode == "distribute"]
+    assert "counts nodes 0-7 only (at most 8)" in modes["distribute"].why_not
+    assert "the other 8 nodes get none" in modes["distribute"].why_not
+    everything = next(c for c in space.candidates if set(c.cpus) == all_cpus(t) and c.policy == "interleave")
+    assert numa_mode_why_not(t, everything, LLAMA, "distribute") is not None
+    first_eight = tuple(c for n in t.nodes[:8] for c in n.cpus)
+    assert numa_mode_why_not(t, Configuration(first_eight, "interleave", tuple(range(8))), LLAMA, "distribute") is None
+    # a profile without the limit counts every node
+    unlimited = replace(LLAMA, numa_flag_max_nodes=None)
+    assert len(engine_numa_nodes(t, unlimited)) == 16
+    assert numa_mode_why_not(t, everything, unlimited, "distribute") is None
+
+
+def test_node_ids_that_ggml_stops_counting_at_leave_every_mode_alike(tmp_path):
+    t = probe_tree(tmp_path, FakeMachine(sockets=2, cores_per_node=4, node_ids=[0, 2]))
+    assert [n.id for n in engine_numa_nodes(t, LLAMA)] == [0]
+    _, modes = modes_of(t)
+    for mode in ("distribute", "isolate"):
+        assert modes[mode].tried == 0 and "llama.cpp counts 1 node(s) here" in modes[mode].why_not
+
+
+def test_a_bad_max_nodes_is_refused():
+    data = read_yaml(PROFILES_DIR / "engines" / "llama.cpp.yaml")
+    data["threads"]["numa_flag"] = dict(data["threads"]["numa_flag"], max_nodes=0)
+    with pytest.raises(ProfileError, match=r"threads.numa_flag.max_nodes.*>= 1"):
+        parse_engine_profile(data, "x.yaml")
