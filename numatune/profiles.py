@@ -273,6 +273,7 @@ class EngineProfile:
     source: str
     benchmark: BenchmarkSpec | None = None
     sync: SyncSpec | None = None               # None: nothing to emulate (the bundled engine's own)
+    maps_model: str | None = None              # the engine maps the model file by default; how to load a private copy
 
     @property
     def sync_barriers(self) -> int:
@@ -426,7 +427,8 @@ def parse_engine_profile(data: dict, where: str) -> EngineProfile:
         build_flag_spread=build_spread,
         flags=_templated_list(data, "flags", "flag", where), env=_templated_list(data, "env", "name", where),
         numactl=numactl, notes=tuple(str(n) for n in data.get("notes") or ()), source=where,
-        benchmark=_benchmark(data, where), sync=_sync(data, where))
+        benchmark=_benchmark(data, where), sync=_sync(data, where),
+        maps_model=f("maps_model", _text, "a non-empty string (how to load a private copy)", None))
 
 
 def engine_profiles(directory: Path | None = None) -> dict[str, EngineProfile]:

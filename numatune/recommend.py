@@ -231,6 +231,10 @@ def recommend(topology: Topology, engine: str, model: Optional[ModelFootprint] =
     for built in instance_plans or (plan,):
         warnings += [w for w in _warnings(topology, profile, config, built, model, install, numa_build)
                      if w not in warnings]
+    if config.instances > 1 and profile.maps_model:
+        warnings.append(f"{profile.name} maps the model file: the page cache holds one copy, on the node that "
+                        "read it first, and every other instance reads it across nodes; give each instance its "
+                        f"own copy on its node with {profile.maps_model}")
     if config.instances > 1 and model is not None:
         warnings.append(f"memory: {config.instances} instances each hold a copy: "
                         f"{config.instances} × {model.weight_bytes / GIB:.0f} GiB")

@@ -73,6 +73,7 @@ numactl: true
     ('threads: {flag: "-t", build_flag_spread: evenly}', "field 'threads.build_flag_spread'"),
     ('threads: {flag: "-t", numa_flag: {flag: "--numa", spreads: {distribute: scatter}}}',
      "field 'threads.numa_flag.spreads.distribute'"),
+    ('maps_model: ""', "field 'maps_model' must be a non-empty string"),
 ])
 def test_bad_engine_profile_is_one_line_naming_file_and_field(tmp_path, change, needle):
     key = change.split(":")[0]
@@ -231,6 +232,12 @@ def test_throughput_recommendation_is_one_command_per_node(seed, seed_root, caps
     assert r.config.instances == 2 and len(r.plans) == 2
     assert [p.placement.memory_nodes for p in r.plans] == [(0,), (1,)]
     assert r.plans[1].placement.cpus == tuple(range(32, 64))
+    # llama.cpp maps the file: one page-cache copy for all instances unless each loads its own
+    shared = [w for w in r.warnings if "maps the model file" in w]
+    assert len(shared) == 1 and "--load-mode none" in shared[0]
+    assert not any("maps the model file" in w for w in recommend(seed, "llama.cpp").warnings)   # one instance
+    assert not any("maps the model file" in w
+                   for w in recommend(seed, "ktransformers", objective="throughput").warnings)
     root = str(seed_root)
     code, out, err = cli(capsys, "launch", "--root", root, "--engine", "llama.cpp", "--model", "qwen3-30b-a3b:Q4_K_M",
                          "--dry-run", "--", "llama-server")
