@@ -67,9 +67,9 @@ float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
 __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
 
-// Q2_K, Q3_K, Q5_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS: the 256-bit kernels shared with
-// dot_avx2.cpp, here
-// with vpdpbusd/vpdpwssd (AVX512-VL VNNI) for the products.
+// The 256-bit kernels shared with dot_avx2.cpp, here with vpdpbusd/vpdpwssd (AVX512-VL VNNI) for
+// the products; only IQ4_XS still runs them here (Q2_K, Q3_K, Q5_K and the legacy types have
+// 512-bit kernels below).
 #define NUMATUNE_DOT_VNNI 1
 #include "dot_x86_blocks.h"
 #include "dot_x86_iq1_iq2.h"   // IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS
@@ -179,11 +179,20 @@ __m512i scale_pair_mask(int a, int b) {
 // m[0..7] widened to eight 16-bit words.
 __m128i min_words_mask() { return _mm_setr_epi8(8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15, -1); }
 
-struct Q4KAccumulator {
+// Q4_K, and Q5_K (the same layout with a fifth bit per weight in qh; same activation layout).
+// Q5_K's fifth bits are set by vptestmb on qh (in both 256-bit halves) and a byte-masked add of
+// 16: a vpdpbusd lane then sums at most 4·31·127, still its own low 16 bits.
+template <class Block>
+struct Q4KLikeAccumulator {
     __m512 scaled = _mm512_setzero_ps();   // d·Σ sc·(q·x)
     __m128 mins = _mm_setzero_ps();        // dmin·Σ m·(Σx)
 
-    void add(const BlockQ4K& w, const Q4KActivation& x) {
+    // Byte pattern: bit a in the low 256 bits, bit b in the high ones.
+    static __m512i bit_pair(int a, int b) {
+        return _mm512_inserti64x4(_mm512_set1_epi8(static_cast<char>(1 << a)), _mm256_set1_epi8(static_cast<char>(1 << b)), 1);
+    }
+
+    void add(const Block& w, const Q4KActivation& x) {
         const __m128i packed = q4k_scales_and_mins(w);   // bytes 0-7: sc, 8-15: m
         uint32_t both;
         std::memcpy(&both, &w.d, sizeof both);
@@ -199,8 +208,14 @@ struct Q4KAccumulator {
         for (int half = 0; half < 2; ++half) {
             // Sub-blocks 4·half .. 4·half+3: low nibbles hold 4h and 4h+2, high nibbles 4h+1 and 4h+3.
             const __m512i q = load512(w.qs + 64 * half);
-            const __m512i lo = _mm512_and_si512(q, low_nibbles);
-            const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low_nibbles);
+            __m512i lo = _mm512_and_si512(q, low_nibbles);
+            __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low_nibbles);
+            if constexpr (std::is_same_v<Block, BlockQ5K>) {
+                const __m512i qh = _mm512_broadcast_i64x4(load256(w.qh));
+                const __m512i fifth = _mm512_set1_epi8(0x10);
+                lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(qh, bit_pair(4 * half, 4 * half + 2)), lo, fifth);
+                hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(qh, bit_pair(4 * half + 1, 4 * half + 3)), hi, fifth);
+            }
             const __m512i dot_lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512(x.qs + 128 * half));
             const __m512i dot_hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, _mm512_load_si512(x.qs + 128 * half + 64));
             // Each lane of a vpdpbusd sum is within ±4·15·127, so it is its own low 16 bits.
@@ -212,6 +227,7 @@ struct Q4KAccumulator {
 
     float total() const { return hsum(scaled) - hsum(mins); }
 };
+
 
 // ---- Q6_K × Q8_K
 
@@ -248,6 +264,76 @@ struct Q6KAccumulator {
             const __m512i dot_second = _mm512_dpbusd_epi32(_mm512_setzero_si512(), second, load512(x.qs + 128 * h + 64));
             sum = _mm512_dpwssd_epi32(sum, dot_first, _mm512_permutexvar_epi32(group_quad(2 * h), scales));
             sum = _mm512_dpwssd_epi32(sum, dot_second, _mm512_permutexvar_epi32(group_quad(2 * h + 1), scales));
+        }
+        scaled = _mm512_fmadd_ps(_mm512_set1_ps(x.d * f16_scalar(w.d)), _mm512_cvtepi32_ps(sum), scaled);
+    }
+
+    float total() const { return hsum(scaled); }
+};
+
+// ---- Q2_K and Q3_K × Q8_K, 64 weights per vpdpbusd
+
+// A 512-bit vector of 2-bit runs j = 2p (low 256 bits) and 2p + 1 (high): the 32 bytes of qs of
+// half h broadcast to both halves and shifted by 2j each, so that it meets x.qs + 128h + 64p, 64
+// contiguous activation bytes. Lane t of the vpdpbusd sum covers weights 4t..4t+3 of those 64,
+// i.e. group 8h + 4p + t/4: vpermd (group_quad, as Q6_K) brings each lane its group's scale.
+inline __m512i two_bit_runs(__m512i q, int p) {
+    const __m512i counts = _mm512_inserti64x4(_mm512_set1_epi16(static_cast<short>(4 * p)), _mm256_set1_epi16(static_cast<short>(4 * p + 2)), 1);
+    return _mm512_and_si512(_mm512_srlv_epi16(q, counts), _mm512_set1_epi8(3));
+}
+
+struct Q2KAccumulator512 {
+    __m512 scaled = _mm512_setzero_ps();   // d·Σ sc·(q·x)
+    __m256 mins = _mm256_setzero_ps();     // dmin·Σ m·(Σx)
+
+    void add(const BlockQ2K& w, const BlockQ8K& x) {
+        const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales));
+        const __m128i low_nibbles = _mm_set1_epi8(0x0f);
+        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles));
+        uint32_t both;
+        std::memcpy(&both, &w.d, sizeof both);
+        const __m128 block_scales = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(both))), _mm_set1_ps(x.d));
+        mins = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_shuffle_ps(block_scales, block_scales, 0x55)),
+                               _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, load256(x.bsums))), mins);
+
+        const __m512i scales = _mm512_cvtepu8_epi32(_mm_and_si128(packed, low_nibbles));
+        __m512i sum = _mm512_setzero_si512();
+        for (int h = 0; h < 2; ++h) {
+            const __m512i q = _mm512_broadcast_i64x4(load256(w.qs + 32 * h));
+            for (int p = 0; p < 2; ++p) {
+                const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), two_bit_runs(q, p), load512(x.qs + 128 * h + 64 * p));
+                sum = _mm512_dpwssd_epi32(sum, dot, _mm512_permutexvar_epi32(group_quad(2 * h + p), scales));
+            }
+        }
+        scaled = _mm512_fmadd_ps(_mm512_broadcastss_ps(block_scales), _mm512_cvtepi32_ps(sum), scaled);
+    }
+
+    float total() const { return hsum(scaled) - hsum(mins); }
+};
+
+// Q3_K as Q2_K, dotted as unsigned u = q + 4 in 0..7 (its third bit from hmask by vptestmb and a
+// byte-masked add of 4): Σ sc·(u − 4)·x = Σ sc·u·x − 4·Σ sc·bsum. A lane sums at most 4·7·127.
+struct Q3KAccumulator512 {
+    __m512 scaled = _mm512_setzero_ps();
+
+    void add(const BlockQ3K& w, const BlockQ8K& x) {
+        const __m256i scales16 = _mm256_cvtepi8_epi16(q3k_scales(w));
+        const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, load256(x.bsums)), 2);
+        __m512i sum = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_sub_epi32(_mm256_setzero_si256(), offset), 0);
+        const __m512i scales = _mm512_cvtepu16_epi32(scales16);   // signed scale in the low half, 0 above
+        const __m512i hmask = _mm512_broadcast_i64x4(load256(w.hmask));
+        const __m512i four = _mm512_set1_epi8(4);
+        for (int h = 0; h < 2; ++h) {
+            const __m512i q = _mm512_broadcast_i64x4(load256(w.qs + 32 * h));
+            for (int p = 0; p < 2; ++p) {
+                const int k = 4 * h + 2 * p;   // hmask bit of run j = 2p; k + 1 for run 2p + 1
+                const __m512i bits = _mm512_inserti64x4(_mm512_set1_epi8(static_cast<char>(1 << k)),
+                                                        _mm256_set1_epi8(static_cast<char>(1 << (k + 1))), 1);
+                const __m512i low = two_bit_runs(q, p);
+                const __m512i values = _mm512_mask_add_epi8(low, _mm512_test_epi8_mask(hmask, bits), low, four);
+                const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), values, load512(x.qs + 128 * h + 64 * p));
+                sum = _mm512_dpwssd_epi32(sum, dot, _mm512_permutexvar_epi32(group_quad(2 * h + p), scales));
+            }
         }
         scaled = _mm512_fmadd_ps(_mm512_set1_ps(x.d * f16_scalar(w.d)), _mm512_cvtepi32_ps(sum), scaled);
     }
@@ -391,6 +477,8 @@ void gemv_blocks(const uint8_t* weights, size_t row_stride, int rows, const Acti
         [](Acc& acc, int) { return acc.total(); }, y);
 }
 
+// Q4_K and Q5_K rows, against the activation laid out for them.
+template <class Block>
 void gemv_q4_k(const uint8_t* weights, size_t row_stride, int rows, const BlockQ8K* x, int blocks, float* y) {
     thread_local LastActivation last;
     thread_local std::vector<Q4KActivation> laid_out;   // grows once per thread
@@ -398,7 +486,7 @@ void gemv_q4_k(const uint8_t* weights, size_t row_stride, int rows, const BlockQ
         laid_out.resize(static_cast<size_t>(blocks));
         lay_out_q4k_activation(x, blocks, laid_out.data());
     }
-    gemv_blocks<Q4KAccumulator, BlockQ4K>(weights, row_stride, rows, laid_out.data(), blocks, y);
+    gemv_blocks<Q4KLikeAccumulator<Block>, Block>(weights, row_stride, rows, laid_out.data(), blocks, y);
 }
 
 // ---- legacy blocks (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), two per step
@@ -630,7 +718,13 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
         case GgmlType::Q4_1: return gemv_legacy<BlockQ4_1>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
         case GgmlType::Q5_1: return gemv_legacy<BlockQ5_1>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
         case GgmlType::Q4_K:
-            return gemv_q4_k(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+            return gemv_q4_k<BlockQ4K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+        case GgmlType::Q5_K:
+            return gemv_q4_k<BlockQ5K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+        case GgmlType::Q2_K:
+            return gemv_blocks<Q2KAccumulator512, BlockQ2K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+        case GgmlType::Q3_K:
+            return gemv_blocks<Q3KAccumulator512, BlockQ3K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q6_K:
             return gemv_blocks<Q6KAccumulator, BlockQ6K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q8_0:
