@@ -489,7 +489,7 @@ void gemv_q4_k(const uint8_t* weights, size_t row_stride, int rows, const BlockQ
     gemv_blocks<Q4KLikeAccumulator<Block>, Block>(weights, row_stride, rows, laid_out.data(), blocks, y);
 }
 
-// ---- legacy blocks (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), two per step
+// ---- legacy blocks (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), two per step (without AVX512-VBMI)
 
 // The 256-bit kernels of dot_x86_blocks.h spend, per 32-weight block, as much on its two f16
 // scales, conversion and float accumulation as on its products. Here two blocks share one 512-bit
@@ -587,7 +587,7 @@ struct LegacyPairAccumulator {
 };
 
 template <class Block, class Activation>
-void gemv_legacy(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
+void gemv_legacy_pairs(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
     thread_local LastActivation last;                          // one per type: the layout depends on its bias
     thread_local std::vector<LegacyPairActivation> laid_out;   // grows once per thread
     if (last.changed(x, sizeof(Activation) * blocks)) {
@@ -614,6 +614,226 @@ void gemv_legacy(const uint8_t* weights, size_t row_stride, int rows, const Acti
         },
         y);
 }
+
+// ---- legacy blocks (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), four per step (with AVX512-VBMI)
+//
+// Compiled for AVX512-VBMI in this region only, and run only where CPUID reports it (the
+// "-vbmi" variants): Cascade Lake and Cooper Lake have AVX-512 VNNI without VBMI.
+// (Not under the tests' SIMDe emulation, built for AVX2: its portable code must not turn native.)
+#if defined(__AVX512F__)
+#pragma GCC push_options
+#pragma GCC target("avx512vbmi")
+#endif
+
+// Per 32-weight block, these types carry one or two f16 scales: dotted a block or two at a time,
+// the scale conversion, float multiply-add and the gathering of the block's bytes cost as much as
+// the products. Here four consecutive blocks (72-96 bytes) are read with two overlapping 512-bit
+// loads, and vpermt2b (AVX512-VBMI) gathers from them in one instruction each: the four blocks'
+// nibbles (128-bit lane t = block t), their d words (each four times, so that one vcvtph2ps gives
+// every lane its block's scale) with m beside them, and for Q5_0/Q5_1 the qh byte that holds
+// each weight's fifth bit (vptestmb against that bit, then a byte-masked add of 16). Every
+// weight is dotted as an unsigned byte u = q + bias, where q is the weight's integer (q − 8 for
+// Q4_0, a grid value for IQ4_NL): Σ q·x = Σ u·x − bias·Σx, and −bias·Σx of a block starts its
+// four lanes (bias/4·Σx each). The activation is laid out once per gemv to match: the low 16 and
+// high 16 activation bytes of each of the four blocks, the starts, dx in each block's lanes, and
+// dx·Σx for Q4_1's and Q5_1's m·dx·Σx. Blocks past the last four (rows of n % 128 ≠ 0) are
+// dotted by the 256-bit kernels of dot_x86_blocks.h against the activation as it is.
+struct alignas(64) ByteTable {
+    uint8_t bytes[64];
+};
+
+// vpermt2b indices over the bytes of four blocks: table byte i < 64 is byte i of the first load
+// (at the quad's start), i ≥ 64 byte i − 64 of the second (at kSecond, so that it ends with the
+// quad: nothing past the four blocks is read). Byte offsets within a block: d at 0, m at 2
+// (Q4_1, Q5_1), qh before qs, qs the last 16 bytes.
+template <class Block>
+struct LegacyQuadLayout {
+    static constexpr int kSize = static_cast<int>(sizeof(Block));
+    static constexpr int kSecond = 4 * kSize - 64;
+    static constexpr int kQs = kSize - 16;
+    static constexpr int kQh = kQs - 4;
+
+    static constexpr uint8_t at(int address) { return static_cast<uint8_t>(address < 64 ? address : 64 + address - kSecond); }
+
+    static constexpr ByteTable nibbles() {   // byte 16t + i: qs[i] of block t
+        ByteTable table{};
+        for (int t = 0; t < 4; ++t)
+            for (int i = 0; i < 16; ++i) table.bytes[16 * t + i] = at(kSize * t + kQs + i);
+        return table;
+    }
+    static constexpr ByteTable scales() {    // words 4t..4t+3: d of block t; words 16 + t: m of block t
+        ByteTable table{};
+        for (int t = 0; t < 4; ++t) {
+            for (int k = 0; k < 4; ++k) {
+                table.bytes[8 * t + 2 * k] = at(kSize * t);
+                table.bytes[8 * t + 2 * k + 1] = at(kSize * t + 1);
+            }
+            table.bytes[32 + 2 * t] = at(kSize * t + (kHasMin<Block> ? 2 : 0));
+            table.bytes[33 + 2 * t] = at(kSize * t + (kHasMin<Block> ? 3 : 1));
+        }
+        return table;
+    }
+    static constexpr ByteTable fifth_bytes(int part) {   // byte 16t + i: the qh byte of weight 16·part + i
+        ByteTable table{};
+        for (int t = 0; t < 4; ++t)
+            for (int i = 0; i < 16; ++i) table.bytes[16 * t + i] = at(kSize * t + (kHasFifthBit<Block> ? kQh + 2 * part + i / 8 : 0));
+        return table;
+    }
+    static constexpr ByteTable fifth_bits() {            // byte 16t + i: the bit of weight i within it
+        ByteTable table{};
+        for (int i = 0; i < 64; ++i) table.bytes[i] = static_cast<uint8_t>(1 << (i % 8));
+        return table;
+    }
+
+    static constexpr ByteTable kNibbles = nibbles();
+    static constexpr ByteTable kScales = scales();
+    static constexpr ByteTable kFifthLow = fifth_bytes(0);
+    static constexpr ByteTable kFifthHigh = fifth_bytes(1);
+    static constexpr ByteTable kFifthBits = fifth_bits();
+};
+
+struct alignas(64) LegacyQuadActivation {
+    int8_t low[64];      // bytes 16t..16t+15: x[0..15] of block t
+    int8_t high[64];     // x[16..31] of block t
+    int32_t start[16];   // lanes 4t..4t+3: −bias/4 · Σx of block t
+    float scales[16];    // lanes 4t..4t+3: dx of block t
+    float sums[4];       // dx·Σx of block t
+};
+
+// One step's activation in registers, loaded once for both streams' rows (GCC otherwise reads
+// it from memory once per row, as instruction operands: 512-bit loads were what bound the loop).
+struct LegacyQuadX {
+    __m512i start, low, high;
+    __m512 scales;
+    __m128 sums;
+
+    explicit LegacyQuadX(const LegacyQuadActivation& x)
+        : start(_mm512_load_si512(x.start)), low(_mm512_load_si512(x.low)), high(_mm512_load_si512(x.high)),
+          scales(_mm512_load_ps(x.scales)), sums(_mm_load_ps(x.sums)) {}
+};
+
+template <class Block, class Activation>
+void lay_out_legacy_activation(const Activation* x, int quads, LegacyQuadActivation* out) {
+    for (int q = 0; q < quads; ++q) {
+        for (int t = 0; t < 4; ++t) {
+            const Activation& block = x[4 * q + t];
+            std::memcpy(out[q].low + 16 * t, block.qs, 16);
+            std::memcpy(out[q].high + 16 * t, block.qs + 16, 16);
+            int sum = 0;
+            for (int i = 0; i < kQ8; ++i) sum += block.qs[i];
+            const float dx = f16_scalar(block.d);
+            for (int k = 0; k < 4; ++k) {
+                out[q].start[4 * t + k] = -legacy_bias<Block>() / 4 * sum;
+                out[q].scales[4 * t + k] = dx;
+            }
+            out[q].sums[t] = dx * static_cast<float>(sum);
+        }
+    }
+}
+
+template <class Block>
+struct LegacyQuadAccumulator {
+    using Layout = LegacyQuadLayout<Block>;
+    __m512 scaled = _mm512_setzero_ps();
+    __m128 offsets = _mm_setzero_ps();   // m·dx·Σx (Q4_1, Q5_1)
+
+    static __m512i table(const ByteTable& t) { return _mm512_load_si512(t.bytes); }
+
+    // Blocks 4q..4q+3 of a row (w points at the first).
+    void add(const Block* w, const LegacyQuadX& x) {
+        const auto* bytes = reinterpret_cast<const uint8_t*>(w);
+        const __m512i first = load512(bytes), second = load512(bytes + Layout::kSecond);
+        const __m512i qs = _mm512_permutex2var_epi8(first, table(Layout::kNibbles), second);
+        const __m512i low_nibbles = _mm512_set1_epi8(0x0f);
+        __m512i low = _mm512_and_si512(qs, low_nibbles);
+        __m512i high = _mm512_and_si512(_mm512_srli_epi16(qs, 4), low_nibbles);
+        if constexpr (std::is_same_v<Block, BlockIQ4NL>) {
+            const __m512i grid = _mm512_broadcast_i32x4(_mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)),
+                                                                      _mm_set1_epi8(static_cast<char>(0x80))));
+            low = _mm512_shuffle_epi8(grid, low);
+            high = _mm512_shuffle_epi8(grid, high);
+        }
+        if constexpr (kHasFifthBit<Block>) {
+            const __m512i bits = table(Layout::kFifthBits), sixteen = _mm512_set1_epi8(0x10);
+            const __m512i qh_low = _mm512_permutex2var_epi8(first, table(Layout::kFifthLow), second);
+            const __m512i qh_high = _mm512_permutex2var_epi8(first, table(Layout::kFifthHigh), second);
+            low = _mm512_mask_add_epi8(low, _mm512_test_epi8_mask(qh_low, bits), low, sixteen);
+            high = _mm512_mask_add_epi8(high, _mm512_test_epi8_mask(qh_high, bits), high, sixteen);
+        }
+        __m512i dot = _mm512_dpbusd_epi32(x.start, low, x.low);
+        dot = _mm512_dpbusd_epi32(dot, high, x.high);
+        const __m512i words = _mm512_permutex2var_epi8(first, table(Layout::kScales), second);
+        const __m512 factors = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(words)), x.scales);
+        scaled = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), factors, scaled);
+        if constexpr (kHasMin<Block>) {
+            offsets = _mm_fmadd_ps(_mm_cvtph_ps(_mm512_extracti32x4_epi32(words, 2)), x.sums, offsets);
+        }
+    }
+
+    float total() const { return kHasMin<Block> ? hsum(scaled) + hsum(offsets) : hsum(scaled); }
+};
+
+// The 256-bit kernel of dot_x86_blocks.h for the blocks past the last four of a row.
+template <class Block>
+auto legacy_tail_accumulator() {
+    if constexpr (std::is_same_v<Block, BlockQ4_0>) return Q4_0Accumulator{};
+    else if constexpr (std::is_same_v<Block, BlockQ5_0>) return Q5_0Accumulator{};
+    else if constexpr (std::is_same_v<Block, BlockIQ4NL>) return IQ4NLAccumulator{};
+    else if constexpr (std::is_same_v<Block, BlockQ4_1>) return Q4_1Accumulator{};
+    else return Q5_1Accumulator{};
+}
+
+template <class Block, class Activation>
+void gemv_legacy_quads(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
+    const int quads = blocks / 4;
+    thread_local LastActivation last;                          // one per type: the layout depends on its bias
+    thread_local std::vector<LegacyQuadActivation> laid_out;   // grows once per thread
+    if (last.changed(x, sizeof(Activation) * blocks)) {
+        laid_out.resize(static_cast<size_t>(quads));
+        lay_out_legacy_activation<Block>(x, quads, laid_out.data());
+    }
+    const LegacyQuadActivation* activation = laid_out.data();
+    auto row = [&](int r) { return reinterpret_cast<const Block*>(weights + r * row_stride); };
+    using Acc = LegacyQuadAccumulator<Block>;
+    auto step = [&](Acc& acc, int r, int q, const LegacyQuadX& xq) {
+        const Block* w = row(r) + 4 * q;
+        // Four blocks span 72-96 bytes: two lines ahead cover every line they touch.
+        const char* ahead = reinterpret_cast<const char*>(w) + kPrefetchBytes;
+        _mm_prefetch(ahead, _MM_HINT_T0);
+        _mm_prefetch(ahead + 64, _MM_HINT_T0);
+        acc.add(w, xq);
+    };
+    auto finish = [&](const Acc& acc, int r) {
+        float sum = acc.total();
+        if (4 * quads < blocks) {
+            auto tail = legacy_tail_accumulator<Block>();
+            for (int b = 4 * quads; b < blocks; ++b) tail.add(row(r)[b], x[b]);
+            sum += tail.total();
+        }
+        return sum;
+    };
+    // Two streams as gemv_two_streams, sharing each step's activation registers.
+    const int half = rows / 2;
+    for (int r = 0; r < half; ++r) {
+        Acc first, second;
+        for (int q = 0; q < quads; ++q) {
+            const LegacyQuadX xq(activation[q]);
+            step(first, r, q, xq);
+            step(second, r + half, q, xq);
+        }
+        y[r] = finish(first, r);
+        y[r + half] = finish(second, r + half);
+    }
+    if (rows % 2 != 0) {
+        Acc last;
+        for (int q = 0; q < quads; ++q) step(last, rows - 1, q, LegacyQuadX(activation[q]));
+        y[rows - 1] = finish(last, rows - 1);
+    }
+}
+
+#if defined(__AVX512F__)
+#pragma GCC pop_options
+#endif
 
 // ---- float rows (kFloatRows at a time: see dot_avx2.cpp)
 
@@ -702,7 +922,14 @@ void gemv_bf16_dot(const uint8_t* weights, size_t row_stride, int rows, const fl
 
 // ---- entry points
 
-template <bool kBf16Dot>
+// The legacy types four blocks per step where the CPU has AVX512-VBMI, else two.
+template <class Block, bool kVbmi, class Activation>
+void gemv_legacy(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
+    if constexpr (kVbmi) gemv_legacy_quads<Block>(weights, row_stride, rows, x, blocks, y);
+    else gemv_legacy_pairs<Block>(weights, row_stride, rows, x, blocks, y);
+}
+
+template <bool kBf16Dot, bool kVbmi>
 void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const void* xq, int n, float* y) {
     const auto* base = static_cast<const uint8_t*>(weights);
     auto blocks_of = [&](auto accumulator, auto block, auto x, int blocks) {
@@ -712,11 +939,11 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
     if (run_iq1_iq2_type(type, xq, n, blocks_of)) return;   // the types of dot_x86_iq1_iq2.h
     if (run_iq_b_type(type, xq, n, blocks_of)) return;   // the types of dot_iq_b.h
     switch (type) {
-        case GgmlType::Q4_0: return gemv_legacy<BlockQ4_0>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
-        case GgmlType::Q5_0: return gemv_legacy<BlockQ5_0>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
-        case GgmlType::IQ4_NL: return gemv_legacy<BlockIQ4NL>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
-        case GgmlType::Q4_1: return gemv_legacy<BlockQ4_1>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
-        case GgmlType::Q5_1: return gemv_legacy<BlockQ5_1>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
+        case GgmlType::Q4_0: return gemv_legacy<BlockQ4_0, kVbmi>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+        case GgmlType::Q5_0: return gemv_legacy<BlockQ5_0, kVbmi>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+        case GgmlType::IQ4_NL: return gemv_legacy<BlockIQ4NL, kVbmi>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+        case GgmlType::Q4_1: return gemv_legacy<BlockQ4_1, kVbmi>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
+        case GgmlType::Q5_1: return gemv_legacy<BlockQ5_1, kVbmi>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
         case GgmlType::Q4_K:
             return gemv_q4_k<BlockQ4K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q5_K:
@@ -740,23 +967,25 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
     }
 }
 
-template <bool kBf16Dot>
+template <bool kBf16Dot, bool kVbmi>
 float vec_dot(GgmlType type, const void* row, const void* xq, int n) {
     float y = 0;
-    gemv<kBf16Dot>(type, row, 0, 1, xq, n, &y);
+    gemv<kBf16Dot, kVbmi>(type, row, 0, 1, xq, n, &y);
     return y;
 }
 
 }  // namespace
 
-const QuantKernels& avx512_quant_kernels() {
-    static const QuantKernels kernels{"avx512-vnni", Isa::avx512, quantize_activation, vec_dot<false>, gemv<false>};
-    return kernels;
-}
-
-const QuantKernels& avx512_bf16_quant_kernels() {
-    static const QuantKernels kernels{"avx512-vnni-bf16", Isa::avx512, quantize_activation, vec_dot<true>, gemv<true>};
-    return kernels;
+const QuantKernels& avx512_quant_kernels(bool bf16_dot, bool vbmi) {
+    static const QuantKernels plain{"avx512-vnni", Isa::avx512, quantize_activation, vec_dot<false, false>, gemv<false, false>};
+    static const QuantKernels with_vbmi{"avx512-vnni-vbmi", Isa::avx512, quantize_activation, vec_dot<false, true>,
+                                        gemv<false, true>};
+    static const QuantKernels with_bf16{"avx512-vnni-bf16", Isa::avx512, quantize_activation, vec_dot<true, false>,
+                                        gemv<true, false>};
+    static const QuantKernels with_both{"avx512-vnni-bf16-vbmi", Isa::avx512, quantize_activation, vec_dot<true, true>,
+                                        gemv<true, true>};
+    if (bf16_dot) return vbmi ? with_both : with_bf16;
+    return vbmi ? with_vbmi : plain;
 }
 
 }  // namespace numatune
