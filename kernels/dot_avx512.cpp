@@ -68,8 +68,8 @@ __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m
 __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
 
 // The 256-bit kernels shared with dot_avx2.cpp, here with vpdpbusd/vpdpwssd (AVX512-VL VNNI) for
-// the products; only IQ4_XS still runs them here (Q2_K, Q3_K, Q5_K and the legacy types have
-// 512-bit kernels below).
+// the products; none of them runs here any more (Q2_K, Q3_K, Q5_K, IQ4_XS and the legacy types
+// have 512-bit kernels below), but for the tail blocks of legacy rows (n % 128 ≠ 0).
 #define NUMATUNE_DOT_VNNI 1
 #include "dot_x86_blocks.h"
 #include "dot_x86_iq1_iq2.h"   // IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS
@@ -487,6 +487,86 @@ void gemv_q4_k(const uint8_t* weights, size_t row_stride, int rows, const BlockQ
         lay_out_q4k_activation(x, blocks, laid_out.data());
     }
     gemv_blocks<Q4KLikeAccumulator<Block>, Block>(weights, row_stride, rows, laid_out.data(), blocks, y);
+}
+
+// ---- IQ4_XS × Q8_K
+
+// 64 bytes of IQ4_XS nibbles hold four sub-blocks of 32 weights, 16 bytes each: weights 0-15 of a
+// sub-block in the low nibbles, 16-31 in the high ones. The activation is laid out once per gemv
+// so that each nibble half meets x with one load (128-bit lane t: sub-block 4h + t). Grid values
+// g are dotted as unsigned u = g + 128 (the grid's bytes with the sign bit flipped), and
+// −128·Σx of a sub-block starts its four lanes (−32·Σx each). A lane then sums eight products up
+// to 127·127 in magnitude, more than vpdpwssd's 16 bits: the sub-block scale is applied by vpmulld.
+struct alignas(64) IQ4XSActivation {
+    int8_t low[2][64];     // [h] bytes 16t..16t+15: x[32(4h + t) + 0..15]
+    int8_t high[2][64];    // x[32(4h + t) + 16..31]
+    int32_t start[2][16];  // lanes 4t..4t+3: −32·Σx over sub-block 4h + t
+    float d;
+};
+
+void lay_out_iq4xs_activation(const BlockQ8K* x, int blocks, IQ4XSActivation* out) {
+    for (int b = 0; b < blocks; ++b) {
+        for (int sub = 0; sub < 8; ++sub) {
+            const int h = sub / 4, t = sub % 4;
+            std::memcpy(out[b].low[h] + 16 * t, x[b].qs + 32 * sub, 16);
+            std::memcpy(out[b].high[h] + 16 * t, x[b].qs + 32 * sub + 16, 16);
+            const int sum = x[b].bsums[2 * sub] + x[b].bsums[2 * sub + 1];
+            for (int k = 0; k < 4; ++k) out[b].start[h][4 * t + k] = -32 * sum;
+        }
+        out[b].d = x[b].d;
+    }
+}
+
+// The eight 6-bit scales of an IQ4_XS block, one byte per sub-block: the low four bits from the
+// nibbles of scales_l, the top two from the bit pairs of scales_h, each spread to bytes by three
+// shift-or-mask steps (what pdep does, without BMI2).
+inline uint64_t iq4xs_scale_bytes(uint32_t low_nibbles, uint16_t high_pairs) {
+    uint64_t low = low_nibbles, high = high_pairs;
+    low = (low | low << 16) & 0x0000ffff0000ffffull;
+    low = (low | low << 8) & 0x00ff00ff00ff00ffull;
+    low = (low | low << 4) & 0x0f0f0f0f0f0f0f0full;
+    high = (high | high << 24) & 0x000000ff000000ffull;
+    high = (high | high << 12) & 0x000f000f000f000full;
+    high = (high | high << 6) & 0x0303030303030303ull;
+    return low | high << 4;
+}
+
+struct IQ4XSAccumulator512 {
+    __m512 scaled = _mm512_setzero_ps();
+
+    void add(const BlockIQ4XS& w, const IQ4XSActivation& x) {
+        uint32_t low_bits;
+        std::memcpy(&low_bits, w.scales_l, sizeof low_bits);
+        const uint64_t scale_bytes = iq4xs_scale_bytes(low_bits, w.scales_h);
+        const __m128i scales8 = _mm_sub_epi8(_mm_cvtsi64_si128(static_cast<long long>(scale_bytes)), _mm_set1_epi8(32));
+        const __m512i scales32 = _mm512_castsi256_si512(_mm256_cvtepi8_epi32(scales8));
+        const __m512i grid = _mm512_broadcast_i32x4(_mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)),
+                                                                  _mm_set1_epi8(static_cast<char>(0x80))));
+        const __m512i low_nibbles = _mm512_set1_epi8(0x0f);
+        __m512i sum = _mm512_setzero_si512();
+        for (int h = 0; h < 2; ++h) {
+            const __m512i q = load512(w.qs + 64 * h);
+            const __m512i low = _mm512_shuffle_epi8(grid, _mm512_and_si512(q, low_nibbles));
+            const __m512i high = _mm512_shuffle_epi8(grid, _mm512_and_si512(_mm512_srli_epi16(q, 4), low_nibbles));
+            __m512i dot = _mm512_dpbusd_epi32(_mm512_load_si512(x.start[h]), low, _mm512_load_si512(x.low[h]));
+            dot = _mm512_dpbusd_epi32(dot, high, _mm512_load_si512(x.high[h]));
+            // lanes 4t..4t+3: the scale of sub-block 4h + t
+            sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(dot, _mm512_permutexvar_epi32(group_quad(h), scales32)));
+        }
+        scaled = _mm512_fmadd_ps(_mm512_set1_ps(x.d * f16_scalar(w.d)), _mm512_cvtepi32_ps(sum), scaled);
+    }
+
+    float total() const { return hsum(scaled); }
+};
+
+void gemv_iq4_xs(const uint8_t* weights, size_t row_stride, int rows, const BlockQ8K* x, int blocks, float* y) {
+    thread_local LastActivation last;
+    thread_local std::vector<IQ4XSActivation> laid_out;   // grows once per thread
+    if (last.changed(x, sizeof(BlockQ8K) * blocks)) {
+        laid_out.resize(static_cast<size_t>(blocks));
+        lay_out_iq4xs_activation(x, blocks, laid_out.data());
+    }
+    gemv_blocks<IQ4XSAccumulator512, BlockIQ4XS>(weights, row_stride, rows, laid_out.data(), blocks, y);
 }
 
 // ---- legacy blocks (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), two per step (without AVX512-VBMI)
@@ -948,6 +1028,8 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
             return gemv_q4_k<BlockQ4K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q5_K:
             return gemv_q4_k<BlockQ5K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+        case GgmlType::IQ4_XS:
+            return gemv_iq4_xs(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q2_K:
             return gemv_blocks<Q2KAccumulator512, BlockQ2K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q3_K:
