@@ -273,20 +273,39 @@ struct Q6KAccumulator {
 
 // ---- Q2_K and Q3_K × Q8_K, 64 weights per vpdpbusd
 
-// A 512-bit vector of 2-bit runs j = 2p (low 256 bits) and 2p + 1 (high): the 32 bytes of qs of
-// half h broadcast to both halves and shifted by 2j each, so that it meets x.qs + 128h + 64p, 64
-// contiguous activation bytes. Lane t of the vpdpbusd sum covers weights 4t..4t+3 of those 64,
-// i.e. group 8h + 4p + t/4: vpermd (group_quad, as Q6_K) brings each lane its group's scale.
-inline __m512i two_bit_runs(__m512i q, int p) {
-    const __m512i counts = _mm512_inserti64x4(_mm512_set1_epi16(static_cast<short>(4 * p)), _mm256_set1_epi16(static_cast<short>(4 * p + 2)), 1);
-    return _mm512_and_si512(_mm512_srlv_epi16(q, counts), _mm512_set1_epi8(3));
+// Q2_K reads all 64 bytes of qs with one load: run j of both halves (weights 32j.. and
+// 128 + 32j..) per vector, against an activation laid out once per gemv in that order. Runs 2
+// and 3 are not shifted down but masked in place (bits 4-5 of a byte: 16·q, a vpdpbusd lane then
+// sums at most 4·48·127, still within 16 bits), and runs 0 and 1 get 16× their scales instead:
+// everything is 16× the sum, undone by the float scale (exact, a power of two).
+struct alignas(64) Q2KActivation {   // (Q3_K's too)
+    int8_t qs[kQK];       // run j: bytes 64j..64j+31 = x[32j..], 64j+32..64j+63 = x[128 + 32j..]
+    int16_t bsums[16];
+    float d;
+};
+
+void lay_out_q2k_activation(const BlockQ8K* x, int blocks, Q2KActivation* out) {
+    for (int b = 0; b < blocks; ++b) {
+        for (int j = 0; j < 4; ++j) {
+            std::memcpy(out[b].qs + 64 * j, x[b].qs + 32 * j, 32);
+            std::memcpy(out[b].qs + 64 * j + 32, x[b].qs + 128 + 32 * j, 32);
+        }
+        std::memcpy(out[b].bsums, x[b].bsums, sizeof out[b].bsums);
+        out[b].d = x[b].d;
+    }
+}
+
+// vpermd indices of run j's scales: lanes 0-3 group 2j, 4-7 group 2j + 1, 8-11 group 8 + 2j,
+// 12-15 group 9 + 2j.
+inline __m512i run_groups(int j) {
+    return _mm512_add_epi32(_mm512_set1_epi32(2 * j), _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 8, 8, 8, 8, 9, 9, 9, 9));
 }
 
 struct Q2KAccumulator512 {
     __m512 scaled = _mm512_setzero_ps();   // d·Σ sc·(q·x)
     __m256 mins = _mm256_setzero_ps();     // dmin·Σ m·(Σx)
 
-    void add(const BlockQ2K& w, const BlockQ8K& x) {
+    void add(const BlockQ2K& w, const Q2KActivation& x) {
         const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales));
         const __m128i low_nibbles = _mm_set1_epi8(0x0f);
         const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles));
@@ -297,43 +316,44 @@ struct Q2KAccumulator512 {
                                _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, load256(x.bsums))), mins);
 
         const __m512i scales = _mm512_cvtepu8_epi32(_mm_and_si128(packed, low_nibbles));
+        const __m512i scales_x16 = _mm512_slli_epi32(scales, 4);
+        const __m512i q = load512(w.qs), shifted = _mm512_srli_epi16(q, 2);
+        const __m512i low_pair = _mm512_set1_epi8(0x03), high_pair = _mm512_set1_epi8(0x30);
+        const __m512i runs[4] = {_mm512_and_si512(q, low_pair), _mm512_and_si512(shifted, low_pair),
+                                 _mm512_and_si512(q, high_pair), _mm512_and_si512(shifted, high_pair)};
         __m512i sum = _mm512_setzero_si512();
-        for (int h = 0; h < 2; ++h) {
-            const __m512i q = _mm512_broadcast_i64x4(load256(w.qs + 32 * h));
-            for (int p = 0; p < 2; ++p) {
-                const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), two_bit_runs(q, p), load512(x.qs + 128 * h + 64 * p));
-                sum = _mm512_dpwssd_epi32(sum, dot, _mm512_permutexvar_epi32(group_quad(2 * h + p), scales));
-            }
+        for (int j = 0; j < 4; ++j) {
+            const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), runs[j], _mm512_load_si512(x.qs + 64 * j));
+            sum = _mm512_dpwssd_epi32(sum, dot, _mm512_permutexvar_epi32(run_groups(j), j < 2 ? scales_x16 : scales));
         }
-        scaled = _mm512_fmadd_ps(_mm512_broadcastss_ps(block_scales), _mm512_cvtepi32_ps(sum), scaled);
+        scaled = _mm512_fmadd_ps(_mm512_set1_ps(_mm_cvtss_f32(block_scales) * 0.0625f), _mm512_cvtepi32_ps(sum), scaled);
     }
 
     float total() const { return hsum(scaled) - hsum(mins); }
 };
 
-// Q3_K as Q2_K, dotted as unsigned u = q + 4 in 0..7 (its third bit from hmask by vptestmb and a
-// byte-masked add of 4): Σ sc·(u − 4)·x = Σ sc·u·x − 4·Σ sc·bsum. A lane sums at most 4·7·127.
+// Q3_K as Q2_K (one load of qs, the same activation layout), dotted as unsigned u = q + 4 in
+// 0..7: its third bit from hmask (bit j of byte l for run j of the first half, bit 4 + j for the
+// second) by vptestmb and a byte-masked add of 4; Σ sc·(u − 4)·x = Σ sc·u·x − 4·Σ sc·bsum. A lane
+// sums at most 4·7·127, so all four runs are shifted down (no 16× trick as for Q2_K).
 struct Q3KAccumulator512 {
     __m512 scaled = _mm512_setzero_ps();
 
-    void add(const BlockQ3K& w, const BlockQ8K& x) {
+    void add(const BlockQ3K& w, const Q2KActivation& x) {
         const __m256i scales16 = _mm256_cvtepi8_epi16(q3k_scales(w));
         const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, load256(x.bsums)), 2);
         __m512i sum = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_sub_epi32(_mm256_setzero_si256(), offset), 0);
         const __m512i scales = _mm512_cvtepu16_epi32(scales16);   // signed scale in the low half, 0 above
         const __m512i hmask = _mm512_broadcast_i64x4(load256(w.hmask));
-        const __m512i four = _mm512_set1_epi8(4);
-        for (int h = 0; h < 2; ++h) {
-            const __m512i q = _mm512_broadcast_i64x4(load256(w.qs + 32 * h));
-            for (int p = 0; p < 2; ++p) {
-                const int k = 4 * h + 2 * p;   // hmask bit of run j = 2p; k + 1 for run 2p + 1
-                const __m512i bits = _mm512_inserti64x4(_mm512_set1_epi8(static_cast<char>(1 << k)),
-                                                        _mm256_set1_epi8(static_cast<char>(1 << (k + 1))), 1);
-                const __m512i low = two_bit_runs(q, p);
-                const __m512i values = _mm512_mask_add_epi8(low, _mm512_test_epi8_mask(hmask, bits), low, four);
-                const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), values, load512(x.qs + 128 * h + 64 * p));
-                sum = _mm512_dpwssd_epi32(sum, dot, _mm512_permutexvar_epi32(group_quad(2 * h + p), scales));
-            }
+        const __m512i q = load512(w.qs);
+        const __m512i two_bits = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4);
+        for (int j = 0; j < 4; ++j) {
+            const __m512i bits = _mm512_inserti64x4(_mm512_set1_epi8(static_cast<char>(1 << j)),
+                                                    _mm256_set1_epi8(static_cast<char>(1 << (4 + j))), 1);
+            const __m512i low = _mm512_and_si512(_mm512_srli_epi16(q, 2 * j), two_bits);
+            const __m512i values = _mm512_mask_add_epi8(low, _mm512_test_epi8_mask(hmask, bits), low, four);
+            const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), values, _mm512_load_si512(x.qs + 64 * j));
+            sum = _mm512_dpwssd_epi32(sum, dot, _mm512_permutexvar_epi32(run_groups(j), scales));
         }
         scaled = _mm512_fmadd_ps(_mm512_set1_ps(x.d * f16_scalar(w.d)), _mm512_cvtepi32_ps(sum), scaled);
     }
@@ -567,6 +587,19 @@ void gemv_iq4_xs(const uint8_t* weights, size_t row_stride, int rows, const Bloc
         lay_out_iq4xs_activation(x, blocks, laid_out.data());
     }
     gemv_blocks<IQ4XSAccumulator512, BlockIQ4XS>(weights, row_stride, rows, laid_out.data(), blocks, y);
+}
+
+// Q2_K and Q3_K rows, against the activation laid out for them.
+template <class Block>
+void gemv_q2_k(const uint8_t* weights, size_t row_stride, int rows, const BlockQ8K* x, int blocks, float* y) {
+    using Acc = std::conditional_t<std::is_same_v<Block, BlockQ2K>, Q2KAccumulator512, Q3KAccumulator512>;
+    thread_local LastActivation last;
+    thread_local std::vector<Q2KActivation> laid_out;   // grows once per thread
+    if (last.changed(x, sizeof(BlockQ8K) * blocks)) {
+        laid_out.resize(static_cast<size_t>(blocks));
+        lay_out_q2k_activation(x, blocks, laid_out.data());
+    }
+    gemv_blocks<Acc, Block>(weights, row_stride, rows, laid_out.data(), blocks, y);
 }
 
 // ---- legacy blocks (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), two per step (without AVX512-VBMI)
@@ -1031,9 +1064,9 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
         case GgmlType::IQ4_XS:
             return gemv_iq4_xs(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q2_K:
-            return gemv_blocks<Q2KAccumulator512, BlockQ2K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+            return gemv_q2_k<BlockQ2K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q3_K:
-            return gemv_blocks<Q3KAccumulator512, BlockQ3K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+            return gemv_q2_k<BlockQ3K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q6_K:
             return gemv_blocks<Q6KAccumulator, BlockQ6K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q8_0:
