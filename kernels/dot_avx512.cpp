@@ -15,6 +15,11 @@
 //    process, Q4_K 0.69 → 0.81, Q8_0 0.79 → 0.84 (one stream; see gemv_two_streams for more).
 //  * Q6_K joins a pair of 32-byte runs into one 512-bit vector that lines up with 64 contiguous
 //    activation bytes.
+//  * Q2_K, Q3_K, Q5_K and IQ4_XS: 64 weights per vpdpbusd as well, against activations laid out
+//    once per call (Q5_K on Q4_K's); the legacy types and IQ4_NL four blocks per step where the
+//    CPU has AVX512-VBMI (vpermt2b gathers their bytes; the "-vbmi" variants), else two. In L2,
+//    one core of the AMD VM of docs/benchmarks.md (2026-12-07): Q2_K 13.7 → 18.2, Q5_K 22 → 27,
+//    IQ4_XS 15 → 30, Q4_1 21 → 28 GB/s; from memory see that page.
 //  * BF16 rows: with avx512_bf16, vdpbf16ps. It takes both operands in bf16, so x is split once
 //    per gemv into x_hi = bf16(x) and x_lo = bf16(x − x_hi) and each row is dotted with both:
 //    products of bf16 values are exact in f32, and x keeps about 16 significant bits, so the
@@ -227,7 +232,6 @@ struct Q4KLikeAccumulator {
 
     float total() const { return hsum(scaled) - hsum(mins); }
 };
-
 
 // ---- Q6_K × Q8_K
 
@@ -497,16 +501,17 @@ void gemv_blocks(const uint8_t* weights, size_t row_stride, int rows, const Acti
         [](Acc& acc, int) { return acc.total(); }, y);
 }
 
-// Q4_K and Q5_K rows, against the activation laid out for them.
-template <class Block>
-void gemv_q4_k(const uint8_t* weights, size_t row_stride, int rows, const BlockQ8K* x, int blocks, float* y) {
+// Rows of a K-quant type whose kernel reads the Q8_K activation as lay_out writes it (one LaidOut
+// per block), kept per thread and per kernel for as long as the same activation comes back.
+template <class Acc, class Block, class LaidOut, void (*kLayOut)(const BlockQ8K*, int, LaidOut*)>
+void gemv_laid_out(const uint8_t* weights, size_t row_stride, int rows, const BlockQ8K* x, int blocks, float* y) {
     thread_local LastActivation last;
-    thread_local std::vector<Q4KActivation> laid_out;   // grows once per thread
+    thread_local std::vector<LaidOut> laid_out;   // grows once per thread
     if (last.changed(x, sizeof(BlockQ8K) * blocks)) {
         laid_out.resize(static_cast<size_t>(blocks));
-        lay_out_q4k_activation(x, blocks, laid_out.data());
+        kLayOut(x, blocks, laid_out.data());
     }
-    gemv_blocks<Q4KLikeAccumulator<Block>, Block>(weights, row_stride, rows, laid_out.data(), blocks, y);
+    gemv_blocks<Acc, Block>(weights, row_stride, rows, laid_out.data(), blocks, y);
 }
 
 // ---- IQ4_XS × Q8_K
@@ -578,29 +583,6 @@ struct IQ4XSAccumulator512 {
 
     float total() const { return hsum(scaled); }
 };
-
-void gemv_iq4_xs(const uint8_t* weights, size_t row_stride, int rows, const BlockQ8K* x, int blocks, float* y) {
-    thread_local LastActivation last;
-    thread_local std::vector<IQ4XSActivation> laid_out;   // grows once per thread
-    if (last.changed(x, sizeof(BlockQ8K) * blocks)) {
-        laid_out.resize(static_cast<size_t>(blocks));
-        lay_out_iq4xs_activation(x, blocks, laid_out.data());
-    }
-    gemv_blocks<IQ4XSAccumulator512, BlockIQ4XS>(weights, row_stride, rows, laid_out.data(), blocks, y);
-}
-
-// Q2_K and Q3_K rows, against the activation laid out for them.
-template <class Block>
-void gemv_q2_k(const uint8_t* weights, size_t row_stride, int rows, const BlockQ8K* x, int blocks, float* y) {
-    using Acc = std::conditional_t<std::is_same_v<Block, BlockQ2K>, Q2KAccumulator512, Q3KAccumulator512>;
-    thread_local LastActivation last;
-    thread_local std::vector<Q2KActivation> laid_out;   // grows once per thread
-    if (last.changed(x, sizeof(BlockQ8K) * blocks)) {
-        laid_out.resize(static_cast<size_t>(blocks));
-        lay_out_q2k_activation(x, blocks, laid_out.data());
-    }
-    gemv_blocks<Acc, Block>(weights, row_stride, rows, laid_out.data(), blocks, y);
-}
 
 // ---- legacy blocks (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), two per step (without AVX512-VBMI)
 
@@ -1058,15 +1040,20 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
         case GgmlType::Q4_1: return gemv_legacy<BlockQ4_1, kVbmi>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
         case GgmlType::Q5_1: return gemv_legacy<BlockQ5_1, kVbmi>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
         case GgmlType::Q4_K:
-            return gemv_q4_k<BlockQ4K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+            return gemv_laid_out<Q4KLikeAccumulator<BlockQ4K>, BlockQ4K, Q4KActivation, lay_out_q4k_activation>(
+                base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q5_K:
-            return gemv_q4_k<BlockQ5K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+            return gemv_laid_out<Q4KLikeAccumulator<BlockQ5K>, BlockQ5K, Q4KActivation, lay_out_q4k_activation>(
+                base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::IQ4_XS:
-            return gemv_iq4_xs(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+            return gemv_laid_out<IQ4XSAccumulator512, BlockIQ4XS, IQ4XSActivation, lay_out_iq4xs_activation>(
+                base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q2_K:
-            return gemv_q2_k<BlockQ2K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+            return gemv_laid_out<Q2KAccumulator512, BlockQ2K, Q2KActivation, lay_out_q2k_activation>(
+                base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q3_K:
-            return gemv_q2_k<BlockQ3K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+            return gemv_laid_out<Q3KAccumulator512, BlockQ3K, Q2KActivation, lay_out_q2k_activation>(
+                base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q6_K:
             return gemv_blocks<Q6KAccumulator, BlockQ6K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q8_0:
