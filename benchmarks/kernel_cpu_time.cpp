@@ -10,7 +10,7 @@
 //   [quants.quantize(rng.standard_normal((64, 7168)).astype(np.float32), t).tofile(f'/tmp/{t}.bin')
 //    for t in _kernels.supported_types()]"
 //   g++ -O2 -mavx2 -DNUMATUNE_X86_VARIANTS=1 -Ikernels benchmarks/kernel_cpu_time.cpp \
-//       build/temp.*/kernels/{dot_avx2,dot_avx512,quant_ref,quant_dispatch,cpu_features}.o -o /tmp/kernel_cpu_time
+//       build/temp.*/kernels/{dot_avx2,dot_avx512,quant_ref,quant_dispatch,cpu_features,quant_iq_b,quant_ref_iq1_iq2}.o -o /tmp/kernel_cpu_time
 //   /tmp/kernel_cpu_time /tmp Q4_0,Q3_K avx2,avx512-vnni 384 50 7        # in L2
 //   /tmp/kernel_cpu_time /tmp Q4_0,Q3_K avx2,avx512-vnni 262144 1 5      # from memory
 // (after `python setup.py build_ext --inplace`, from the repository root)

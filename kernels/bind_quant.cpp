@@ -134,7 +134,7 @@ void register_quant(py::module_& m) {
         for (const QuantKernels* variant : quant_kernel_variants()) names.emplace_back(variant->name);
         return names;
     }, "Row-kernel variants this CPU and build can run, slowest first ('scalar', 'avx2', "
-       "'avx512-vnni', 'avx512-vnni-bf16').");
+       "'avx512-vnni', 'avx512-vnni-vbmi', 'avx512-vnni-bf16', 'avx512-vnni-bf16-vbmi').");
     m.def("supported_types", [] {
         std::vector<std::string> names;
         for (const TypeInfo& t : supported_types()) names.emplace_back(t.name);

@@ -27,6 +27,7 @@ void register_system(py::module_& m) {
         d["avx512dq"] = f.avx512dq;
         d["avx512vnni"] = f.avx512vnni;
         d["avx512bf16"] = f.avx512bf16;
+        d["avx512vbmi"] = f.avx512vbmi;
         d["amx_tile"] = f.amx_tile;
         d["amx_int8"] = f.amx_int8;
         d["amx_bf16"] = f.amx_bf16;

@@ -35,6 +35,7 @@ CpuFeatures detect() {
     f.avx512dq = f.avx512f && (ebx & (1u << 17));
     f.avx512bw = f.avx512f && (ebx & (1u << 30));
     f.avx512vl = f.avx512f && (ebx & (1u << 31));
+    f.avx512vbmi = f.avx512f && (ecx & (1u << 1));
     f.avx512vnni = f.avx512f && (ecx & (1u << 11));
     f.amx_bf16 = tile_state && (edx & (1u << 22));
     f.amx_tile = tile_state && (edx & (1u << 24));

@@ -15,6 +15,11 @@
 //    process, Q4_K 0.69 → 0.81, Q8_0 0.79 → 0.84 (one stream; see gemv_two_streams for more).
 //  * Q6_K joins a pair of 32-byte runs into one 512-bit vector that lines up with 64 contiguous
 //    activation bytes.
+//  * Q2_K, Q3_K, Q5_K and IQ4_XS: 64 weights per vpdpbusd as well, against activations laid out
+//    once per call (Q5_K on Q4_K's); the legacy types and IQ4_NL four blocks per step where the
+//    CPU has AVX512-VBMI (vpermt2b gathers their bytes; the "-vbmi" variants), else two. In L2,
+//    one core of the AMD VM of docs/benchmarks.md (2026-12-07): Q2_K 13.7 → 18.2, Q5_K 22 → 27,
+//    IQ4_XS 15 → 30, Q4_1 21 → 28 GB/s; from memory see that page.
 //  * BF16 rows: with avx512_bf16, vdpbf16ps. It takes both operands in bf16, so x is split once
 //    per gemv into x_hi = bf16(x) and x_lo = bf16(x − x_hi) and each row is dotted with both:
 //    products of bf16 values are exact in f32, and x keeps about 16 significant bits, so the
@@ -67,9 +72,9 @@ float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
 __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
 
-// Q2_K, Q3_K, Q5_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS: the 256-bit kernels shared with
-// dot_avx2.cpp, here
-// with vpdpbusd/vpdpwssd (AVX512-VL VNNI) for the products.
+// The 256-bit kernels shared with dot_avx2.cpp, here with vpdpbusd/vpdpwssd (AVX512-VL VNNI) for
+// the products; none of them runs here any more (Q2_K, Q3_K, Q5_K, IQ4_XS and the legacy types
+// have 512-bit kernels below), but for the tail blocks of legacy rows (n % 128 ≠ 0).
 #define NUMATUNE_DOT_VNNI 1
 #include "dot_x86_blocks.h"
 #include "dot_x86_iq1_iq2.h"   // IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS
@@ -179,11 +184,20 @@ __m512i scale_pair_mask(int a, int b) {
 // m[0..7] widened to eight 16-bit words.
 __m128i min_words_mask() { return _mm_setr_epi8(8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15, -1); }
 
-struct Q4KAccumulator {
+// Q4_K, and Q5_K (the same layout with a fifth bit per weight in qh; same activation layout).
+// Q5_K's fifth bits are set by vptestmb on qh (in both 256-bit halves) and a byte-masked add of
+// 16: a vpdpbusd lane then sums at most 4·31·127, still its own low 16 bits.
+template <class Block>
+struct Q4KLikeAccumulator {
     __m512 scaled = _mm512_setzero_ps();   // d·Σ sc·(q·x)
     __m128 mins = _mm_setzero_ps();        // dmin·Σ m·(Σx)
 
-    void add(const BlockQ4K& w, const Q4KActivation& x) {
+    // Byte pattern: bit a in the low 256 bits, bit b in the high ones.
+    static __m512i bit_pair(int a, int b) {
+        return _mm512_inserti64x4(_mm512_set1_epi8(static_cast<char>(1 << a)), _mm256_set1_epi8(static_cast<char>(1 << b)), 1);
+    }
+
+    void add(const Block& w, const Q4KActivation& x) {
         const __m128i packed = q4k_scales_and_mins(w);   // bytes 0-7: sc, 8-15: m
         uint32_t both;
         std::memcpy(&both, &w.d, sizeof both);
@@ -199,8 +213,14 @@ struct Q4KAccumulator {
         for (int half = 0; half < 2; ++half) {
             // Sub-blocks 4·half .. 4·half+3: low nibbles hold 4h and 4h+2, high nibbles 4h+1 and 4h+3.
             const __m512i q = load512(w.qs + 64 * half);
-            const __m512i lo = _mm512_and_si512(q, low_nibbles);
-            const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low_nibbles);
+            __m512i lo = _mm512_and_si512(q, low_nibbles);
+            __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low_nibbles);
+            if constexpr (std::is_same_v<Block, BlockQ5K>) {
+                const __m512i qh = _mm512_broadcast_i64x4(load256(w.qh));
+                const __m512i fifth = _mm512_set1_epi8(0x10);
+                lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(qh, bit_pair(4 * half, 4 * half + 2)), lo, fifth);
+                hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(qh, bit_pair(4 * half + 1, 4 * half + 3)), hi, fifth);
+            }
             const __m512i dot_lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512(x.qs + 128 * half));
             const __m512i dot_hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, _mm512_load_si512(x.qs + 128 * half + 64));
             // Each lane of a vpdpbusd sum is within ±4·15·127, so it is its own low 16 bits.
@@ -248,6 +268,96 @@ struct Q6KAccumulator {
             const __m512i dot_second = _mm512_dpbusd_epi32(_mm512_setzero_si512(), second, load512(x.qs + 128 * h + 64));
             sum = _mm512_dpwssd_epi32(sum, dot_first, _mm512_permutexvar_epi32(group_quad(2 * h), scales));
             sum = _mm512_dpwssd_epi32(sum, dot_second, _mm512_permutexvar_epi32(group_quad(2 * h + 1), scales));
+        }
+        scaled = _mm512_fmadd_ps(_mm512_set1_ps(x.d * f16_scalar(w.d)), _mm512_cvtepi32_ps(sum), scaled);
+    }
+
+    float total() const { return hsum(scaled); }
+};
+
+// ---- Q2_K and Q3_K × Q8_K, 64 weights per vpdpbusd
+
+// Q2_K reads all 64 bytes of qs with one load: run j of both halves (weights 32j.. and
+// 128 + 32j..) per vector, against an activation laid out once per gemv in that order. Runs 2
+// and 3 are not shifted down but masked in place (bits 4-5 of a byte: 16·q, a vpdpbusd lane then
+// sums at most 4·48·127, still within 16 bits), and runs 0 and 1 get 16× their scales instead:
+// everything is 16× the sum, undone by the float scale (exact, a power of two).
+struct alignas(64) Q2KActivation {   // (Q3_K's too)
+    int8_t qs[kQK];       // run j: bytes 64j..64j+31 = x[32j..], 64j+32..64j+63 = x[128 + 32j..]
+    int16_t bsums[16];
+    float d;
+};
+
+void lay_out_q2k_activation(const BlockQ8K* x, int blocks, Q2KActivation* out) {
+    for (int b = 0; b < blocks; ++b) {
+        for (int j = 0; j < 4; ++j) {
+            std::memcpy(out[b].qs + 64 * j, x[b].qs + 32 * j, 32);
+            std::memcpy(out[b].qs + 64 * j + 32, x[b].qs + 128 + 32 * j, 32);
+        }
+        std::memcpy(out[b].bsums, x[b].bsums, sizeof out[b].bsums);
+        out[b].d = x[b].d;
+    }
+}
+
+// vpermd indices of run j's scales: lanes 0-3 group 2j, 4-7 group 2j + 1, 8-11 group 8 + 2j,
+// 12-15 group 9 + 2j.
+inline __m512i run_groups(int j) {
+    return _mm512_add_epi32(_mm512_set1_epi32(2 * j), _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 8, 8, 8, 8, 9, 9, 9, 9));
+}
+
+struct Q2KAccumulator512 {
+    __m512 scaled = _mm512_setzero_ps();   // d·Σ sc·(q·x)
+    __m256 mins = _mm256_setzero_ps();     // dmin·Σ m·(Σx)
+
+    void add(const BlockQ2K& w, const Q2KActivation& x) {
+        const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales));
+        const __m128i low_nibbles = _mm_set1_epi8(0x0f);
+        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles));
+        uint32_t both;
+        std::memcpy(&both, &w.d, sizeof both);
+        const __m128 block_scales = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(both))), _mm_set1_ps(x.d));
+        mins = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_shuffle_ps(block_scales, block_scales, 0x55)),
+                               _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, load256(x.bsums))), mins);
+
+        const __m512i scales = _mm512_cvtepu8_epi32(_mm_and_si128(packed, low_nibbles));
+        const __m512i scales_x16 = _mm512_slli_epi32(scales, 4);
+        const __m512i q = load512(w.qs), shifted = _mm512_srli_epi16(q, 2);
+        const __m512i low_pair = _mm512_set1_epi8(0x03), high_pair = _mm512_set1_epi8(0x30);
+        const __m512i runs[4] = {_mm512_and_si512(q, low_pair), _mm512_and_si512(shifted, low_pair),
+                                 _mm512_and_si512(q, high_pair), _mm512_and_si512(shifted, high_pair)};
+        __m512i sum = _mm512_setzero_si512();
+        for (int j = 0; j < 4; ++j) {
+            const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), runs[j], _mm512_load_si512(x.qs + 64 * j));
+            sum = _mm512_dpwssd_epi32(sum, dot, _mm512_permutexvar_epi32(run_groups(j), j < 2 ? scales_x16 : scales));
+        }
+        scaled = _mm512_fmadd_ps(_mm512_set1_ps(_mm_cvtss_f32(block_scales) * 0.0625f), _mm512_cvtepi32_ps(sum), scaled);
+    }
+
+    float total() const { return hsum(scaled) - hsum(mins); }
+};
+
+// Q3_K as Q2_K (one load of qs, the same activation layout), dotted as unsigned u = q + 4 in
+// 0..7: its third bit from hmask (bit j of byte l for run j of the first half, bit 4 + j for the
+// second) by vptestmb and a byte-masked add of 4; Σ sc·(u − 4)·x = Σ sc·u·x − 4·Σ sc·bsum. A lane
+// sums at most 4·7·127, so all four runs are shifted down (no 16× trick as for Q2_K).
+struct Q3KAccumulator512 {
+    __m512 scaled = _mm512_setzero_ps();
+
+    void add(const BlockQ3K& w, const Q2KActivation& x) {
+        const __m256i scales16 = _mm256_cvtepi8_epi16(q3k_scales(w));
+        const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, load256(x.bsums)), 2);
+        __m512i sum = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_sub_epi32(_mm256_setzero_si256(), offset), 0);
+        const __m512i scales = _mm512_cvtepu16_epi32(scales16);   // signed scale in the low half, 0 above
+        const __m512i hmask = _mm512_broadcast_i64x4(load256(w.hmask));
+        const __m512i q = load512(w.qs);
+        const __m512i two_bits = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4);
+        for (int j = 0; j < 4; ++j) {
+            const __m512i bits = _mm512_inserti64x4(_mm512_set1_epi8(static_cast<char>(1 << j)),
+                                                    _mm256_set1_epi8(static_cast<char>(1 << (4 + j))), 1);
+            const __m512i low = _mm512_and_si512(_mm512_srli_epi16(q, 2 * j), two_bits);
+            const __m512i values = _mm512_mask_add_epi8(low, _mm512_test_epi8_mask(hmask, bits), low, four);
+            const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), values, _mm512_load_si512(x.qs + 64 * j));
+            sum = _mm512_dpwssd_epi32(sum, dot, _mm512_permutexvar_epi32(run_groups(j), scales));
         }
         scaled = _mm512_fmadd_ps(_mm512_set1_ps(x.d * f16_scalar(w.d)), _mm512_cvtepi32_ps(sum), scaled);
     }
@@ -391,17 +501,90 @@ void gemv_blocks(const uint8_t* weights, size_t row_stride, int rows, const Acti
         [](Acc& acc, int) { return acc.total(); }, y);
 }
 
-void gemv_q4_k(const uint8_t* weights, size_t row_stride, int rows, const BlockQ8K* x, int blocks, float* y) {
+// Rows of a K-quant type whose kernel reads the Q8_K activation as lay_out writes it (one LaidOut
+// per block), kept per thread and per kernel for as long as the same activation comes back.
+template <class Acc, class Block, class LaidOut, void (*kLayOut)(const BlockQ8K*, int, LaidOut*)>
+void gemv_laid_out(const uint8_t* weights, size_t row_stride, int rows, const BlockQ8K* x, int blocks, float* y) {
     thread_local LastActivation last;
-    thread_local std::vector<Q4KActivation> laid_out;   // grows once per thread
+    thread_local std::vector<LaidOut> laid_out;   // grows once per thread
     if (last.changed(x, sizeof(BlockQ8K) * blocks)) {
         laid_out.resize(static_cast<size_t>(blocks));
-        lay_out_q4k_activation(x, blocks, laid_out.data());
+        kLayOut(x, blocks, laid_out.data());
     }
-    gemv_blocks<Q4KAccumulator, BlockQ4K>(weights, row_stride, rows, laid_out.data(), blocks, y);
+    gemv_blocks<Acc, Block>(weights, row_stride, rows, laid_out.data(), blocks, y);
 }
 
-// ---- legacy blocks (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), two per step
+// ---- IQ4_XS × Q8_K
+
+// 64 bytes of IQ4_XS nibbles hold four sub-blocks of 32 weights, 16 bytes each: weights 0-15 of a
+// sub-block in the low nibbles, 16-31 in the high ones. The activation is laid out once per gemv
+// so that each nibble half meets x with one load (128-bit lane t: sub-block 4h + t). Grid values
+// g are dotted as unsigned u = g + 128 (the grid's bytes with the sign bit flipped), and
+// −128·Σx of a sub-block starts its four lanes (−32·Σx each). A lane then sums eight products up
+// to 127·127 in magnitude, more than vpdpwssd's 16 bits: the sub-block scale is applied by vpmulld.
+struct alignas(64) IQ4XSActivation {
+    int8_t low[2][64];     // [h] bytes 16t..16t+15: x[32(4h + t) + 0..15]
+    int8_t high[2][64];    // x[32(4h + t) + 16..31]
+    int32_t start[2][16];  // lanes 4t..4t+3: −32·Σx over sub-block 4h + t
+    float d;
+};
+
+void lay_out_iq4xs_activation(const BlockQ8K* x, int blocks, IQ4XSActivation* out) {
+    for (int b = 0; b < blocks; ++b) {
+        for (int sub = 0; sub < 8; ++sub) {
+            const int h = sub / 4, t = sub % 4;
+            std::memcpy(out[b].low[h] + 16 * t, x[b].qs + 32 * sub, 16);
+            std::memcpy(out[b].high[h] + 16 * t, x[b].qs + 32 * sub + 16, 16);
+            const int sum = x[b].bsums[2 * sub] + x[b].bsums[2 * sub + 1];
+            for (int k = 0; k < 4; ++k) out[b].start[h][4 * t + k] = -32 * sum;
+        }
+        out[b].d = x[b].d;
+    }
+}
+
+// The eight 6-bit scales of an IQ4_XS block, one byte per sub-block: the low four bits from the
+// nibbles of scales_l, the top two from the bit pairs of scales_h, each spread to bytes by three
+// shift-or-mask steps (what pdep does, without BMI2).
+inline uint64_t iq4xs_scale_bytes(uint32_t low_nibbles, uint16_t high_pairs) {
+    uint64_t low = low_nibbles, high = high_pairs;
+    low = (low | low << 16) & 0x0000ffff0000ffffull;
+    low = (low | low << 8) & 0x00ff00ff00ff00ffull;
+    low = (low | low << 4) & 0x0f0f0f0f0f0f0f0full;
+    high = (high | high << 24) & 0x000000ff000000ffull;
+    high = (high | high << 12) & 0x000f000f000f000full;
+    high = (high | high << 6) & 0x0303030303030303ull;
+    return low | high << 4;
+}
+
+struct IQ4XSAccumulator512 {
+    __m512 scaled = _mm512_setzero_ps();
+
+    void add(const BlockIQ4XS& w, const IQ4XSActivation& x) {
+        uint32_t low_bits;
+        std::memcpy(&low_bits, w.scales_l, sizeof low_bits);
+        const uint64_t scale_bytes = iq4xs_scale_bytes(low_bits, w.scales_h);
+        const __m128i scales8 = _mm_sub_epi8(_mm_cvtsi64_si128(static_cast<long long>(scale_bytes)), _mm_set1_epi8(32));
+        const __m512i scales32 = _mm512_castsi256_si512(_mm256_cvtepi8_epi32(scales8));
+        const __m512i grid = _mm512_broadcast_i32x4(_mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)),
+                                                                  _mm_set1_epi8(static_cast<char>(0x80))));
+        const __m512i low_nibbles = _mm512_set1_epi8(0x0f);
+        __m512i sum = _mm512_setzero_si512();
+        for (int h = 0; h < 2; ++h) {
+            const __m512i q = load512(w.qs + 64 * h);
+            const __m512i low = _mm512_shuffle_epi8(grid, _mm512_and_si512(q, low_nibbles));
+            const __m512i high = _mm512_shuffle_epi8(grid, _mm512_and_si512(_mm512_srli_epi16(q, 4), low_nibbles));
+            __m512i dot = _mm512_dpbusd_epi32(_mm512_load_si512(x.start[h]), low, _mm512_load_si512(x.low[h]));
+            dot = _mm512_dpbusd_epi32(dot, high, _mm512_load_si512(x.high[h]));
+            // lanes 4t..4t+3: the scale of sub-block 4h + t
+            sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(dot, _mm512_permutexvar_epi32(group_quad(h), scales32)));
+        }
+        scaled = _mm512_fmadd_ps(_mm512_set1_ps(x.d * f16_scalar(w.d)), _mm512_cvtepi32_ps(sum), scaled);
+    }
+
+    float total() const { return hsum(scaled); }
+};
+
+// ---- legacy blocks (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), two per step (without AVX512-VBMI)
 
 // The 256-bit kernels of dot_x86_blocks.h spend, per 32-weight block, as much on its two f16
 // scales, conversion and float accumulation as on its products. Here two blocks share one 512-bit
@@ -499,7 +682,7 @@ struct LegacyPairAccumulator {
 };
 
 template <class Block, class Activation>
-void gemv_legacy(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
+void gemv_legacy_pairs(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
     thread_local LastActivation last;                          // one per type: the layout depends on its bias
     thread_local std::vector<LegacyPairActivation> laid_out;   // grows once per thread
     if (last.changed(x, sizeof(Activation) * blocks)) {
@@ -526,6 +709,226 @@ void gemv_legacy(const uint8_t* weights, size_t row_stride, int rows, const Acti
         },
         y);
 }
+
+// ---- legacy blocks (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), four per step (with AVX512-VBMI)
+//
+// Compiled for AVX512-VBMI in this region only, and run only where CPUID reports it (the
+// "-vbmi" variants): Cascade Lake and Cooper Lake have AVX-512 VNNI without VBMI.
+// (Not under the tests' SIMDe emulation, built for AVX2: its portable code must not turn native.)
+#if defined(__AVX512F__)
+#pragma GCC push_options
+#pragma GCC target("avx512vbmi")
+#endif
+
+// Per 32-weight block, these types carry one or two f16 scales: dotted a block or two at a time,
+// the scale conversion, float multiply-add and the gathering of the block's bytes cost as much as
+// the products. Here four consecutive blocks (72-96 bytes) are read with two overlapping 512-bit
+// loads, and vpermt2b (AVX512-VBMI) gathers from them in one instruction each: the four blocks'
+// nibbles (128-bit lane t = block t), their d words (each four times, so that one vcvtph2ps gives
+// every lane its block's scale) with m beside them, and for Q5_0/Q5_1 the qh byte that holds
+// each weight's fifth bit (vptestmb against that bit, then a byte-masked add of 16). Every
+// weight is dotted as an unsigned byte u = q + bias, where q is the weight's integer (q − 8 for
+// Q4_0, a grid value for IQ4_NL): Σ q·x = Σ u·x − bias·Σx, and −bias·Σx of a block starts its
+// four lanes (bias/4·Σx each). The activation is laid out once per gemv to match: the low 16 and
+// high 16 activation bytes of each of the four blocks, the starts, dx in each block's lanes, and
+// dx·Σx for Q4_1's and Q5_1's m·dx·Σx. Blocks past the last four (rows of n % 128 ≠ 0) are
+// dotted by the 256-bit kernels of dot_x86_blocks.h against the activation as it is.
+struct alignas(64) ByteTable {
+    uint8_t bytes[64];
+};
+
+// vpermt2b indices over the bytes of four blocks: table byte i < 64 is byte i of the first load
+// (at the quad's start), i ≥ 64 byte i − 64 of the second (at kSecond, so that it ends with the
+// quad: nothing past the four blocks is read). Byte offsets within a block: d at 0, m at 2
+// (Q4_1, Q5_1), qh before qs, qs the last 16 bytes.
+template <class Block>
+struct LegacyQuadLayout {
+    static constexpr int kSize = static_cast<int>(sizeof(Block));
+    static constexpr int kSecond = 4 * kSize - 64;
+    static constexpr int kQs = kSize - 16;
+    static constexpr int kQh = kQs - 4;
+
+    static constexpr uint8_t at(int address) { return static_cast<uint8_t>(address < 64 ? address : 64 + address - kSecond); }
+
+    static constexpr ByteTable nibbles() {   // byte 16t + i: qs[i] of block t
+        ByteTable table{};
+        for (int t = 0; t < 4; ++t)
+            for (int i = 0; i < 16; ++i) table.bytes[16 * t + i] = at(kSize * t + kQs + i);
+        return table;
+    }
+    static constexpr ByteTable scales() {    // words 4t..4t+3: d of block t; words 16 + t: m of block t
+        ByteTable table{};
+        for (int t = 0; t < 4; ++t) {
+            for (int k = 0; k < 4; ++k) {
+                table.bytes[8 * t + 2 * k] = at(kSize * t);
+                table.bytes[8 * t + 2 * k + 1] = at(kSize * t + 1);
+            }
+            table.bytes[32 + 2 * t] = at(kSize * t + (kHasMin<Block> ? 2 : 0));
+            table.bytes[33 + 2 * t] = at(kSize * t + (kHasMin<Block> ? 3 : 1));
+        }
+        return table;
+    }
+    static constexpr ByteTable fifth_bytes(int part) {   // byte 16t + i: the qh byte of weight 16·part + i
+        ByteTable table{};
+        for (int t = 0; t < 4; ++t)
+            for (int i = 0; i < 16; ++i) table.bytes[16 * t + i] = at(kSize * t + (kHasFifthBit<Block> ? kQh + 2 * part + i / 8 : 0));
+        return table;
+    }
+    static constexpr ByteTable fifth_bits() {            // byte 16t + i: the bit of weight i within it
+        ByteTable table{};
+        for (int i = 0; i < 64; ++i) table.bytes[i] = static_cast<uint8_t>(1 << (i % 8));
+        return table;
+    }
+
+    static constexpr ByteTable kNibbles = nibbles();
+    static constexpr ByteTable kScales = scales();
+    static constexpr ByteTable kFifthLow = fifth_bytes(0);
+    static constexpr ByteTable kFifthHigh = fifth_bytes(1);
+    static constexpr ByteTable kFifthBits = fifth_bits();
+};
+
+struct alignas(64) LegacyQuadActivation {
+    int8_t low[64];      // bytes 16t..16t+15: x[0..15] of block t
+    int8_t high[64];     // x[16..31] of block t
+    int32_t start[16];   // lanes 4t..4t+3: −bias/4 · Σx of block t
+    float scales[16];    // lanes 4t..4t+3: dx of block t
+    float sums[4];       // dx·Σx of block t
+};
+
+// One step's activation in registers, loaded once for both streams' rows (GCC otherwise reads
+// it from memory once per row, as instruction operands: 512-bit loads were what bound the loop).
+struct LegacyQuadX {
+    __m512i start, low, high;
+    __m512 scales;
+    __m128 sums;
+
+    explicit LegacyQuadX(const LegacyQuadActivation& x)
+        : start(_mm512_load_si512(x.start)), low(_mm512_load_si512(x.low)), high(_mm512_load_si512(x.high)),
+          scales(_mm512_load_ps(x.scales)), sums(_mm_load_ps(x.sums)) {}
+};
+
+template <class Block, class Activation>
+void lay_out_legacy_activation(const Activation* x, int quads, LegacyQuadActivation* out) {
+    for (int q = 0; q < quads; ++q) {
+        for (int t = 0; t < 4; ++t) {
+            const Activation& block = x[4 * q + t];
+            std::memcpy(out[q].low + 16 * t, block.qs, 16);
+            std::memcpy(out[q].high + 16 * t, block.qs + 16, 16);
+            int sum = 0;
+            for (int i = 0; i < kQ8; ++i) sum += block.qs[i];
+            const float dx = f16_scalar(block.d);
+            for (int k = 0; k < 4; ++k) {
+                out[q].start[4 * t + k] = -legacy_bias<Block>() / 4 * sum;
+                out[q].scales[4 * t + k] = dx;
+            }
+            out[q].sums[t] = dx * static_cast<float>(sum);
+        }
+    }
+}
+
+template <class Block>
+struct LegacyQuadAccumulator {
+    using Layout = LegacyQuadLayout<Block>;
+    __m512 scaled = _mm512_setzero_ps();
+    __m128 offsets = _mm_setzero_ps();   // m·dx·Σx (Q4_1, Q5_1)
+
+    static __m512i table(const ByteTable& t) { return _mm512_load_si512(t.bytes); }
+
+    // Blocks 4q..4q+3 of a row (w points at the first).
+    void add(const Block* w, const LegacyQuadX& x) {
+        const auto* bytes = reinterpret_cast<const uint8_t*>(w);
+        const __m512i first = load512(bytes), second = load512(bytes + Layout::kSecond);
+        const __m512i qs = _mm512_permutex2var_epi8(first, table(Layout::kNibbles), second);
+        const __m512i low_nibbles = _mm512_set1_epi8(0x0f);
+        __m512i low = _mm512_and_si512(qs, low_nibbles);
+        __m512i high = _mm512_and_si512(_mm512_srli_epi16(qs, 4), low_nibbles);
+        if constexpr (std::is_same_v<Block, BlockIQ4NL>) {
+            const __m512i grid = _mm512_broadcast_i32x4(_mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)),
+                                                                      _mm_set1_epi8(static_cast<char>(0x80))));
+            low = _mm512_shuffle_epi8(grid, low);
+            high = _mm512_shuffle_epi8(grid, high);
+        }
+        if constexpr (kHasFifthBit<Block>) {
+            const __m512i bits = table(Layout::kFifthBits), sixteen = _mm512_set1_epi8(0x10);
+            const __m512i qh_low = _mm512_permutex2var_epi8(first, table(Layout::kFifthLow), second);
+            const __m512i qh_high = _mm512_permutex2var_epi8(first, table(Layout::kFifthHigh), second);
+            low = _mm512_mask_add_epi8(low, _mm512_test_epi8_mask(qh_low, bits), low, sixteen);
+            high = _mm512_mask_add_epi8(high, _mm512_test_epi8_mask(qh_high, bits), high, sixteen);
+        }
+        __m512i dot = _mm512_dpbusd_epi32(x.start, low, x.low);
+        dot = _mm512_dpbusd_epi32(dot, high, x.high);
+        const __m512i words = _mm512_permutex2var_epi8(first, table(Layout::kScales), second);
+        const __m512 factors = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(words)), x.scales);
+        scaled = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), factors, scaled);
+        if constexpr (kHasMin<Block>) {
+            offsets = _mm_fmadd_ps(_mm_cvtph_ps(_mm512_extracti32x4_epi32(words, 2)), x.sums, offsets);
+        }
+    }
+
+    float total() const { return kHasMin<Block> ? hsum(scaled) + hsum(offsets) : hsum(scaled); }
+};
+
+// The 256-bit kernel of dot_x86_blocks.h for the blocks past the last four of a row.
+template <class Block>
+auto legacy_tail_accumulator() {
+    if constexpr (std::is_same_v<Block, BlockQ4_0>) return Q4_0Accumulator{};
+    else if constexpr (std::is_same_v<Block, BlockQ5_0>) return Q5_0Accumulator{};
+    else if constexpr (std::is_same_v<Block, BlockIQ4NL>) return IQ4NLAccumulator{};
+    else if constexpr (std::is_same_v<Block, BlockQ4_1>) return Q4_1Accumulator{};
+    else return Q5_1Accumulator{};
+}
+
+template <class Block, class Activation>
+void gemv_legacy_quads(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
+    const int quads = blocks / 4;
+    thread_local LastActivation last;                          // one per type: the layout depends on its bias
+    thread_local std::vector<LegacyQuadActivation> laid_out;   // grows once per thread
+    if (last.changed(x, sizeof(Activation) * blocks)) {
+        laid_out.resize(static_cast<size_t>(quads));
+        lay_out_legacy_activation<Block>(x, quads, laid_out.data());
+    }
+    const LegacyQuadActivation* activation = laid_out.data();
+    auto row = [&](int r) { return reinterpret_cast<const Block*>(weights + r * row_stride); };
+    using Acc = LegacyQuadAccumulator<Block>;
+    auto step = [&](Acc& acc, int r, int q, const LegacyQuadX& xq) {
+        const Block* w = row(r) + 4 * q;
+        // Four blocks span 72-96 bytes: two lines ahead cover every line they touch.
+        const char* ahead = reinterpret_cast<const char*>(w) + kPrefetchBytes;
+        _mm_prefetch(ahead, _MM_HINT_T0);
+        _mm_prefetch(ahead + 64, _MM_HINT_T0);
+        acc.add(w, xq);
+    };
+    auto finish = [&](const Acc& acc, int r) {
+        float sum = acc.total();
+        if (4 * quads < blocks) {
+            auto tail = legacy_tail_accumulator<Block>();
+            for (int b = 4 * quads; b < blocks; ++b) tail.add(row(r)[b], x[b]);
+            sum += tail.total();
+        }
+        return sum;
+    };
+    // Two streams as gemv_two_streams, sharing each step's activation registers.
+    const int half = rows / 2;
+    for (int r = 0; r < half; ++r) {
+        Acc first, second;
+        for (int q = 0; q < quads; ++q) {
+            const LegacyQuadX xq(activation[q]);
+            step(first, r, q, xq);
+            step(second, r + half, q, xq);
+        }
+        y[r] = finish(first, r);
+        y[r + half] = finish(second, r + half);
+    }
+    if (rows % 2 != 0) {
+        Acc last;
+        for (int q = 0; q < quads; ++q) step(last, rows - 1, q, LegacyQuadX(activation[q]));
+        y[rows - 1] = finish(last, rows - 1);
+    }
+}
+
+#if defined(__AVX512F__)
+#pragma GCC pop_options
+#endif
 
 // ---- float rows (kFloatRows at a time: see dot_avx2.cpp)
 
@@ -614,7 +1017,14 @@ void gemv_bf16_dot(const uint8_t* weights, size_t row_stride, int rows, const fl
 
 // ---- entry points
 
-template <bool kBf16Dot>
+// The legacy types four blocks per step where the CPU has AVX512-VBMI, else two.
+template <class Block, bool kVbmi, class Activation>
+void gemv_legacy(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
+    if constexpr (kVbmi) gemv_legacy_quads<Block>(weights, row_stride, rows, x, blocks, y);
+    else gemv_legacy_pairs<Block>(weights, row_stride, rows, x, blocks, y);
+}
+
+template <bool kBf16Dot, bool kVbmi>
 void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const void* xq, int n, float* y) {
     const auto* base = static_cast<const uint8_t*>(weights);
     auto blocks_of = [&](auto accumulator, auto block, auto x, int blocks) {
@@ -624,13 +1034,26 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
     if (run_iq1_iq2_type(type, xq, n, blocks_of)) return;   // the types of dot_x86_iq1_iq2.h
     if (run_iq_b_type(type, xq, n, blocks_of)) return;   // the types of dot_iq_b.h
     switch (type) {
-        case GgmlType::Q4_0: return gemv_legacy<BlockQ4_0>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
-        case GgmlType::Q5_0: return gemv_legacy<BlockQ5_0>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
-        case GgmlType::IQ4_NL: return gemv_legacy<BlockIQ4NL>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
-        case GgmlType::Q4_1: return gemv_legacy<BlockQ4_1>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
-        case GgmlType::Q5_1: return gemv_legacy<BlockQ5_1>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
+        case GgmlType::Q4_0: return gemv_legacy<BlockQ4_0, kVbmi>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+        case GgmlType::Q5_0: return gemv_legacy<BlockQ5_0, kVbmi>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+        case GgmlType::IQ4_NL: return gemv_legacy<BlockIQ4NL, kVbmi>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+        case GgmlType::Q4_1: return gemv_legacy<BlockQ4_1, kVbmi>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
+        case GgmlType::Q5_1: return gemv_legacy<BlockQ5_1, kVbmi>(base, row_stride, rows, static_cast<const BlockQ8_1*>(xq), n / kQ8, y);
         case GgmlType::Q4_K:
-            return gemv_q4_k(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+            return gemv_laid_out<Q4KLikeAccumulator<BlockQ4K>, BlockQ4K, Q4KActivation, lay_out_q4k_activation>(
+                base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+        case GgmlType::Q5_K:
+            return gemv_laid_out<Q4KLikeAccumulator<BlockQ5K>, BlockQ5K, Q4KActivation, lay_out_q4k_activation>(
+                base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+        case GgmlType::IQ4_XS:
+            return gemv_laid_out<IQ4XSAccumulator512, BlockIQ4XS, IQ4XSActivation, lay_out_iq4xs_activation>(
+                base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+        case GgmlType::Q2_K:
+            return gemv_laid_out<Q2KAccumulator512, BlockQ2K, Q2KActivation, lay_out_q2k_activation>(
+                base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
+        case GgmlType::Q3_K:
+            return gemv_laid_out<Q3KAccumulator512, BlockQ3K, Q2KActivation, lay_out_q2k_activation>(
+                base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q6_K:
             return gemv_blocks<Q6KAccumulator, BlockQ6K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q8_0:
@@ -646,23 +1069,25 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
     }
 }
 
-template <bool kBf16Dot>
+template <bool kBf16Dot, bool kVbmi>
 float vec_dot(GgmlType type, const void* row, const void* xq, int n) {
     float y = 0;
-    gemv<kBf16Dot>(type, row, 0, 1, xq, n, &y);
+    gemv<kBf16Dot, kVbmi>(type, row, 0, 1, xq, n, &y);
     return y;
 }
 
 }  // namespace
 
-const QuantKernels& avx512_quant_kernels() {
-    static const QuantKernels kernels{"avx512-vnni", Isa::avx512, quantize_activation, vec_dot<false>, gemv<false>};
-    return kernels;
-}
-
-const QuantKernels& avx512_bf16_quant_kernels() {
-    static const QuantKernels kernels{"avx512-vnni-bf16", Isa::avx512, quantize_activation, vec_dot<true>, gemv<true>};
-    return kernels;
+const QuantKernels& avx512_quant_kernels(bool bf16_dot, bool vbmi) {
+    static const QuantKernels plain{"avx512-vnni", Isa::avx512, quantize_activation, vec_dot<false, false>, gemv<false, false>};
+    static const QuantKernels with_vbmi{"avx512-vnni-vbmi", Isa::avx512, quantize_activation, vec_dot<false, true>,
+                                        gemv<false, true>};
+    static const QuantKernels with_bf16{"avx512-vnni-bf16", Isa::avx512, quantize_activation, vec_dot<true, false>,
+                                        gemv<true, false>};
+    static const QuantKernels with_both{"avx512-vnni-bf16-vbmi", Isa::avx512, quantize_activation, vec_dot<true, true>,
+                                        gemv<true, true>};
+    if (bf16_dot) return vbmi ? with_both : with_bf16;
+    return vbmi ? with_vbmi : plain;
 }
 
 }  // namespace numatune

@@ -323,7 +323,7 @@ inline void q3k_unpack_scales(const uint8_t packed[12], uint32_t words[4]) {
 //    Every variant writes the same bytes, so xq from one variant may be used by another.
 // Nothing else is assumed: vector loads are unaligned, nothing reads past a row or past xq.
 struct QuantKernels {
-    const char* name;   // "scalar", "avx2", "avx512-vnni", "avx512-vnni-bf16"
+    const char* name;   // "scalar", "avx2", "avx512-vnni", "avx512-vnni-vbmi", "avx512-vnni-bf16", "avx512-vnni-bf16-vbmi"
     Isa isa;
     void (*quantize_activation)(GgmlType type, const float* x, int n, void* xq);
     float (*vec_dot)(GgmlType type, const void* row, const void* xq, int n);
@@ -353,8 +353,9 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
 const QuantKernels& scalar_quant_kernels();
 #if NUMATUNE_X86_VARIANTS
 const QuantKernels& avx2_quant_kernels();
-const QuantKernels& avx512_quant_kernels();        // VNNI; BF16 rows in f32 arithmetic
-const QuantKernels& avx512_bf16_quant_kernels();   // VNNI; BF16 rows with vdpbf16ps
+// VNNI; BF16 rows with vdpbf16ps (bf16_dot) or in f32 arithmetic; the legacy types four blocks
+// per step with AVX512-VBMI (vbmi), else two.
+const QuantKernels& avx512_quant_kernels(bool bf16_dot, bool vbmi);
 #endif
 
 }  // namespace numatune

@@ -15,7 +15,7 @@ const QuantKernels& quant_kernels(Isa isa) {
 #if NUMATUNE_X86_VARIANTS
         case Isa::avx2: return avx2_quant_kernels();
         case Isa::avx512:
-            return cpu_features().avx512bf16 ? avx512_bf16_quant_kernels() : avx512_quant_kernels();
+            return avx512_quant_kernels(cpu_features().avx512bf16, cpu_features().avx512vbmi);
 #else
         default: break;
 #endif
@@ -28,8 +28,14 @@ std::vector<const QuantKernels*> quant_kernel_variants() {
 #if NUMATUNE_X86_VARIANTS
     if (isa_supported(Isa::avx2)) variants.push_back(&avx2_quant_kernels());
     if (isa_supported(Isa::avx512)) {
-        variants.push_back(&avx512_quant_kernels());
-        if (cpu_features().avx512bf16) variants.push_back(&avx512_bf16_quant_kernels());
+        // every combination this CPU runs, so that tests cover each code path
+        for (bool bf16_dot : {false, true}) {
+            for (bool vbmi : {false, true}) {
+                if ((!bf16_dot || cpu_features().avx512bf16) && (!vbmi || cpu_features().avx512vbmi)) {
+                    variants.push_back(&avx512_quant_kernels(bf16_dot, vbmi));
+                }
+            }
+        }
     }
 #endif
     return variants;

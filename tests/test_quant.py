@@ -491,7 +491,8 @@ static int check(const QuantKernels& k, GgmlType t, int rows, int n) {
 }
 int main() {
   int failures = 0;
-  for (const QuantKernels* k : {&avx512_quant_kernels(), &avx512_bf16_quant_kernels()}) {
+  for (const QuantKernels* k : {&avx512_quant_kernels(false, false), &avx512_quant_kernels(false, true),
+                                &avx512_quant_kernels(true, false), &avx512_quant_kernels(true, true)}) {
     for (GgmlType t : {GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS,
                        GgmlType::IQ1_S, GgmlType::IQ1_M, GgmlType::IQ2_XXS, GgmlType::IQ2_XS,
                        GgmlType::IQ3_XXS, GgmlType::IQ2_S, GgmlType::IQ3_S})
