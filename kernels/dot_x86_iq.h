@@ -206,12 +206,122 @@ struct MXFP4Accumulator : IqAccumulatorBase {
     }
 };
 
+#if defined(NUMATUNE_DOT_VNNI)
+// ---- 512-bit kernels (AVX-512 BW + VNNI): 64 weights a step, codebooks and signs as bit masks
+//
+// The IQ2 codebook values are 8, 25 and 43: an entry is eight 2-bit codes, kept as two 8-bit
+// planes in one 16-bit word (low byte: bit 0 of each value's code, high byte: bit 1), so that a
+// codebook of 256 entries is 8 zmm registers. A block's 32 grid indices are looked up in one
+// vector (four vpermi2w of 64 words each, two blends), and one vpshufb lines the planes up as two
+// 64-bit masks per 64 weights: the weight bytes are then two masked moves of constants (8, 25,
+// 43), with no per-byte decoding. The signs (four 7-bit iq_ksigns indices per 32-bit word) become
+// the block's 32 sign bytes in a few 256-bit steps; 8 of them are the 64-bit mask that negates 64
+// activation bytes (vpsubb under the mask: AVX-512 has no vpsignb). What crosses from vectors to
+// masks goes through the stack (a store, then 64-bit mask loads; taking them out of the vectors
+// with vpextrq measured the same). No scalar codebook load is left; on the Zen 4 of
+// docs/benchmarks.md this took IQ2_XXS rows in L2 from 3.1 to 3.8 GB/s (a first version that
+// decoded codes and signs to bytes per step with vpermw, vpsrlvw and vpshufb: 3.3), so the
+// 13 shuffles and ~60 other 512-bit operations of a block still bound it.
+
+// A codebook of 8-value entries as code planes, by the index of each value in `values` (built at
+// compile time, see IqSignMasks for why; a value not in `values` fails to compile).
+struct IqCodes {
+    alignas(64) uint16_t words[256];
+};
+constexpr IqCodes make_iq_codes(const uint64_t* grid, const uint8_t (&values)[3]) {
+    IqCodes table{};
+    for (int e = 0; e < 256; ++e) {
+        unsigned planes = 0;
+        for (int k = 0; k < 8; ++k) {
+            const unsigned v = (grid[e] >> (8 * k)) & 0xff;
+            unsigned c = 0;
+            while (values[c] != v) ++c;
+            planes |= (c & 1) << k | (c >> 1) << (8 + k);
+        }
+        table.words[e] = static_cast<uint16_t>(planes);
+    }
+    return table;
+}
+constexpr uint8_t kIq2Values[3] = {8, 25, 43};
+constexpr IqCodes iq2xxs_codes = make_iq_codes(iq2xxs_grid, kIq2Values);
+
+// The words of a 256-word table at the 32 word indices idx (0..255).
+inline __m512i lookup_codes(const IqCodes& table, __m512i idx) {
+    const __m512i* t = reinterpret_cast<const __m512i*>(table.words);
+    const __m512i q0 = _mm512_permutex2var_epi16(_mm512_load_si512(t), idx, _mm512_load_si512(t + 1));
+    const __m512i q1 = _mm512_permutex2var_epi16(_mm512_load_si512(t + 2), idx, _mm512_load_si512(t + 3));
+    const __m512i q2 = _mm512_permutex2var_epi16(_mm512_load_si512(t + 4), idx, _mm512_load_si512(t + 5));
+    const __m512i q3 = _mm512_permutex2var_epi16(_mm512_load_si512(t + 6), idx, _mm512_load_si512(t + 7));
+    const __mmask32 bit6 = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(0x40));
+    const __mmask32 bit7 = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(0x80));
+    return _mm512_mask_blend_epi16(bit7, _mm512_mask_blend_epi16(bit6, q0, q1), _mm512_mask_blend_epi16(bit6, q2, q3));
+}
+
+// The sign bytes of the eight 32-bit words (four 7-bit iq_ksigns indices each) of `words`: byte g
+// of a word's lane is the sign byte of its index g (the index, bit 7 making the parity even).
+inline __m256i ksign_bytes(__m256i words) {
+    const __m256i t = _mm256_or_si256(
+        _mm256_or_si256(_mm256_and_si256(words, _mm256_set1_epi32(0x7f)),
+                        _mm256_and_si256(_mm256_slli_epi32(words, 1), _mm256_set1_epi32(0x7f00))),
+        _mm256_or_si256(_mm256_and_si256(_mm256_slli_epi32(words, 2), _mm256_set1_epi32(0x7f0000)),
+                        _mm256_and_si256(_mm256_slli_epi32(words, 3), _mm256_set1_epi32(0x7f000000))));
+    const __m256i odd = _mm256_broadcastsi128_si256(_mm_setr_epi8(0, -128, -128, 0, -128, 0, 0, -128, -128, 0, 0, -128, 0, -128, -128, 0));
+    const __m256i nibbles = _mm256_set1_epi8(0x0f);
+    const __m256i low = _mm256_shuffle_epi8(odd, _mm256_and_si256(t, nibbles));
+    const __m256i high = _mm256_shuffle_epi8(odd, _mm256_and_si256(_mm256_srli_epi16(t, 4), nibbles));
+    return _mm256_xor_si256(t, _mm256_xor_si256(low, high));
+}
+
+// Σ scale·(w·x) over 64 weights: weight bytes 8, 25 or 43 by the code planes (low, high), the
+// activation negated under `negative`, each lane's scale in the low 16 bits of `scale`.
+inline __m512i iq2_step(__m512i sum, uint64_t low, uint64_t high, uint64_t negative, const int8_t* x, __m512i scale) {
+    const __m512i w = _mm512_mask_mov_epi8(_mm512_mask_blend_epi8(low, _mm512_set1_epi8(8), _mm512_set1_epi8(25)),
+                                           high, _mm512_set1_epi8(43));
+    const __m512i xv = _mm512_loadu_si512(x);
+    const __m512i xs = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
+    return _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xs), scale);
+}
+
+// vpermd indices: lanes 0-7 take element a, lanes 8-15 element b.
+inline __m512i two_halves(int a, int b) {
+    return _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(a), _mm512_set1_epi32(b));
+}
+
+struct IQ2XXSAccumulator512 {
+    __m512 scaled = _mm512_setzero_ps();
+
+    void add(const BlockIQ2XXS& w, const BlockQ8K& x) {
+        const __m512i q = _mm512_loadu_si512(w.qs);   // sub-block b: dwords 2b (grid indices) and 2b + 1
+        const __m512i idx = _mm512_shuffle_epi8(q, _mm512_broadcast_i32x4(_mm_setr_epi8(0, -1, 1, -1, 2, -1, 3, -1, 8, -1, 9, -1, 10, -1, 11, -1)));
+        // 128-bit lane j: the low planes of entries 8j..8j+7, then their high planes
+        alignas(64) uint64_t planes[8];
+        _mm512_store_si512(planes, _mm512_shuffle_epi8(lookup_codes(iq2xxs_codes, idx),
+                                                       _mm512_broadcast_i32x4(_mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15))));
+        const __m512i words = _mm512_permutexvar_epi32(_mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 1, 3, 5, 7, 9, 11, 13, 15), q);
+        alignas(32) uint64_t signs[4];   // step j: sign bits of weights 64j..64j+63
+        _mm256_store_si256(reinterpret_cast<__m256i*>(signs), ksign_bytes(_mm512_castsi512_si256(words)));
+        // 2s + 1 of sub-block b in dword b
+        const __m512i scales = _mm512_ternarylogic_epi32(_mm512_srli_epi32(words, 27), _mm512_set1_epi32(0x1e), _mm512_set1_epi32(1), 0xea);
+        __m512i sum = _mm512_setzero_si512();
+        for (int j = 0; j < 4; ++j) {
+            sum = iq2_step(sum, planes[2 * j], planes[2 * j + 1], signs[j], x.qs + 64 * j,
+                           _mm512_permutexvar_epi32(two_halves(2 * j, 2 * j + 1), scales));
+        }
+        scaled = _mm512_fmadd_ps(_mm512_set1_ps(x.d * (f16_scalar(w.d) * 0.125f)), _mm512_cvtepi32_ps(sum), scaled);
+    }
+    float total() const { return hsum(scaled); }
+};
+using IQ2XXSKernel = IQ2XXSAccumulator512;
+#else
+using IQ2XXSKernel = IQ2XXSAccumulator;
+#endif
+
 // As run_shared_type (dot_x86_blocks.h), for the types of this file.
 template <class Run>
 bool run_iq_type(GgmlType type, const void* xq, int n, Run run) {
     const auto* x = static_cast<const BlockQ8K*>(xq);
     switch (type) {
-        case GgmlType::IQ2_XXS: run(IQ2XXSAccumulator{}, static_cast<const BlockIQ2XXS*>(nullptr), x, n / kQK); return true;
+        case GgmlType::IQ2_XXS: run(IQ2XXSKernel{}, static_cast<const BlockIQ2XXS*>(nullptr), x, n / kQK); return true;
         case GgmlType::IQ2_XS: run(IQ2XSAccumulator{}, static_cast<const BlockIQ2XS*>(nullptr), x, n / kQK); return true;
         case GgmlType::IQ1_S: run(IQ1SAccumulator{}, static_cast<const BlockIQ1S*>(nullptr), x, n / kQK); return true;
         case GgmlType::IQ1_M: run(IQ1MAccumulator{}, static_cast<const BlockIQ1M*>(nullptr), x, n / kQK); return true;
