@@ -209,28 +209,33 @@ struct MXFP4Accumulator : IqAccumulatorBase {
 #if defined(NUMATUNE_DOT_VNNI)
 // ---- 512-bit kernels (AVX-512 BW + VNNI): 64 weights a step, codebooks and signs as bit masks
 //
-// The IQ2 codebook values are 8, 25 and 43: an entry is eight 2-bit codes, kept as two 8-bit
-// planes in one 16-bit word (low byte: bit 0 of each value's code, high byte: bit 1), so that a
-// codebook of 256 entries is 8 zmm registers. A block's 32 grid indices are looked up in one
-// vector (four vpermi2w of 64 words each, two blends), and one vpshufb lines the planes up as two
+// IQ2_XXS, IQ2_XS, IQ2_S. Their codebook values are 8, 25 and 43: an entry is eight 2-bit codes,
+// kept as two 8-bit planes in one 16-bit word (low byte: bit 0 of each value's code, high byte:
+// bit 1), so that a codebook of 256, 512 or 1024 entries is 8, 16 or 32 zmm loads. A block's 32
+// grid indices are looked up in one vector (a vpermi2w per 64 words, then a tree of blends by
+// the higher index bits), and one vpshufb lines the planes up as two
 // 64-bit masks per 64 weights: the weight bytes are then two masked moves of constants (8, 25,
-// 43), with no per-byte decoding. The signs (four 7-bit iq_ksigns indices per 32-bit word) become
-// the block's 32 sign bytes in a few 256-bit steps; 8 of them are the 64-bit mask that negates 64
+// 43), with no per-byte decoding. The signs (7-bit iq_ksigns indices: four per 32-bit word in
+// IQ2_XXS, one per 16-bit word in IQ2_XS; IQ2_S stores the bits) become the block's 32 sign bytes
+// in a few vector steps; 8 of them are the 64-bit mask that negates 64
 // activation bytes (vpsubb under the mask: AVX-512 has no vpsignb). What crosses from vectors to
 // masks goes through the stack (a store, then 64-bit mask loads; taking them out of the vectors
 // with vpextrq measured the same). No scalar codebook load is left; on the Zen 4 of
-// docs/benchmarks.md this took IQ2_XXS rows in L2 from 3.1 to 3.8 GB/s (a first version that
-// decoded codes and signs to bytes per step with vpermw, vpsrlvw and vpshufb: 3.3), so the
-// 13 shuffles and ~60 other 512-bit operations of a block still bound it.
+// docs/benchmarks.md this took rows in L2 from 3.1 to 3.7 GB/s (IQ2_XXS; IQ2_XS 2.9 → 3.7, IQ2_S
+// 2.9 → 3.5; a first IQ2_XXS version that decoded codes and signs to bytes per step with vpermw,
+// vpsrlvw and vpshufb: 3.3), and the ~13 shuffles and ~60 other 512-bit operations of a block
+// still bound it.
 
 // A codebook of 8-value entries as code planes, by the index of each value in `values` (built at
 // compile time, see IqSignMasks for why; a value not in `values` fails to compile).
+template <int N>
 struct IqCodes {
-    alignas(64) uint16_t words[256];
+    alignas(64) uint16_t words[N];
 };
-constexpr IqCodes make_iq_codes(const uint64_t* grid, const uint8_t (&values)[3]) {
-    IqCodes table{};
-    for (int e = 0; e < 256; ++e) {
+template <int N>
+constexpr IqCodes<N> make_iq_codes(const uint64_t* grid, const uint8_t (&values)[3]) {
+    IqCodes<N> table{};
+    for (int e = 0; e < N; ++e) {
         unsigned planes = 0;
         for (int k = 0; k < 8; ++k) {
             const unsigned v = (grid[e] >> (8 * k)) & 0xff;
@@ -243,18 +248,33 @@ constexpr IqCodes make_iq_codes(const uint64_t* grid, const uint8_t (&values)[3]
     return table;
 }
 constexpr uint8_t kIq2Values[3] = {8, 25, 43};
-constexpr IqCodes iq2xxs_codes = make_iq_codes(iq2xxs_grid, kIq2Values);
+constexpr IqCodes<256> iq2xxs_codes = make_iq_codes<256>(iq2xxs_grid, kIq2Values);
+constexpr IqCodes<512> iq2xs_codes = make_iq_codes<512>(iq2xs_grid, kIq2Values);
+constexpr IqCodes<1024> iq2s_codes = make_iq_codes<1024>(iq2s_grid, kIq2Values);
 
-// The words of a 256-word table at the 32 word indices idx (0..255).
-inline __m512i lookup_codes(const IqCodes& table, __m512i idx) {
+// The words of an N-word table at the 32 word indices idx (0..N−1): one vpermi2w per 64 words,
+// then a tree of blends by index bits 6, 7, ...
+template <int N>
+inline __m512i lookup_codes(const IqCodes<N>& table, __m512i idx) {
     const __m512i* t = reinterpret_cast<const __m512i*>(table.words);
-    const __m512i q0 = _mm512_permutex2var_epi16(_mm512_load_si512(t), idx, _mm512_load_si512(t + 1));
-    const __m512i q1 = _mm512_permutex2var_epi16(_mm512_load_si512(t + 2), idx, _mm512_load_si512(t + 3));
-    const __m512i q2 = _mm512_permutex2var_epi16(_mm512_load_si512(t + 4), idx, _mm512_load_si512(t + 5));
-    const __m512i q3 = _mm512_permutex2var_epi16(_mm512_load_si512(t + 6), idx, _mm512_load_si512(t + 7));
-    const __mmask32 bit6 = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(0x40));
-    const __mmask32 bit7 = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(0x80));
-    return _mm512_mask_blend_epi16(bit7, _mm512_mask_blend_epi16(bit6, q0, q1), _mm512_mask_blend_epi16(bit6, q2, q3));
+    __m512i level[N / 64];
+    for (int i = 0; i < N / 64; ++i) level[i] = _mm512_permutex2var_epi16(_mm512_load_si512(t + 2 * i), idx, _mm512_load_si512(t + 2 * i + 1));
+    for (int bit = 6, count = N / 64; count > 1; ++bit, count /= 2) {
+        const __mmask32 set = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(static_cast<short>(1 << bit)));
+        for (int i = 0; i < count / 2; ++i) level[i] = _mm512_mask_blend_epi16(set, level[2 * i], level[2 * i + 1]);
+    }
+    return level[0];
+}
+
+
+// Bytes holding 7-bit iq_ksigns indices, made their sign bytes: bit 7 set where the index has an
+// odd count of set bits (a vpshufb table of the parity of 4 bits, for each half).
+inline __m512i with_parity(__m512i t) {
+    const __m512i odd = _mm512_broadcast_i32x4(_mm_setr_epi8(0, -128, -128, 0, -128, 0, 0, -128, -128, 0, 0, -128, 0, -128, -128, 0));
+    const __m512i nibbles = _mm512_set1_epi8(0x0f);
+    const __m512i low = _mm512_shuffle_epi8(odd, _mm512_and_si512(t, nibbles));
+    const __m512i high = _mm512_shuffle_epi8(odd, _mm512_and_si512(_mm512_srli_epi16(t, 4), nibbles));
+    return _mm512_ternarylogic_epi32(t, low, high, 0x96);   // t ^ low ^ high
 }
 
 // The sign bytes of the eight 32-bit words (four 7-bit iq_ksigns indices each) of `words`: byte g
@@ -265,11 +285,7 @@ inline __m256i ksign_bytes(__m256i words) {
                         _mm256_and_si256(_mm256_slli_epi32(words, 1), _mm256_set1_epi32(0x7f00))),
         _mm256_or_si256(_mm256_and_si256(_mm256_slli_epi32(words, 2), _mm256_set1_epi32(0x7f0000)),
                         _mm256_and_si256(_mm256_slli_epi32(words, 3), _mm256_set1_epi32(0x7f000000))));
-    const __m256i odd = _mm256_broadcastsi128_si256(_mm_setr_epi8(0, -128, -128, 0, -128, 0, 0, -128, -128, 0, 0, -128, 0, -128, -128, 0));
-    const __m256i nibbles = _mm256_set1_epi8(0x0f);
-    const __m256i low = _mm256_shuffle_epi8(odd, _mm256_and_si256(t, nibbles));
-    const __m256i high = _mm256_shuffle_epi8(odd, _mm256_and_si256(_mm256_srli_epi16(t, 4), nibbles));
-    return _mm256_xor_si256(t, _mm256_xor_si256(low, high));
+    return _mm512_castsi512_si256(with_parity(_mm512_castsi256_si512(t)));
 }
 
 // Σ scale·(w·x) over 64 weights: weight bytes 8, 25 or 43 by the code planes (low, high), the
@@ -287,6 +303,26 @@ inline __m512i two_halves(int a, int b) {
     return _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(a), _mm512_set1_epi32(b));
 }
 
+// Lane j of the looked-up codes (entries 8j..8j+7) as [low planes | high planes], 64 bits each.
+inline __m512i code_planes(__m512i codes) {
+    return _mm512_shuffle_epi8(codes, _mm512_broadcast_i32x4(_mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15)));
+}
+
+// A block's integer sum for IQ2_XS and IQ2_S, whose 4-bit scales s are nibble k % 2 of
+// scales[k / 2] for the weights 16k..16k+15.
+inline __m512i iq2_block(const uint64_t* planes, const uint64_t* signs, const uint8_t* scale_nibbles, const BlockQ8K& x) {
+    const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(scale_nibbles));
+    const __m128i nibbles = _mm_unpacklo_epi8(_mm_and_si128(packed, _mm_set1_epi8(0x0f)),
+                                              _mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(0x0f)));
+    const __m512i scales = _mm512_or_si512(_mm512_slli_epi32(_mm512_cvtepu8_epi32(nibbles), 1), _mm512_set1_epi32(1));
+    __m512i sum = _mm512_setzero_si512();
+    for (int j = 0; j < 4; ++j) {
+        const __m512i quarters = _mm512_add_epi32(_mm512_set1_epi32(4 * j), _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
+        sum = iq2_step(sum, planes[2 * j], planes[2 * j + 1], signs[j], x.qs + 64 * j, _mm512_permutexvar_epi32(quarters, scales));
+    }
+    return sum;
+}
+
 struct IQ2XXSAccumulator512 {
     __m512 scaled = _mm512_setzero_ps();
 
@@ -295,8 +331,7 @@ struct IQ2XXSAccumulator512 {
         const __m512i idx = _mm512_shuffle_epi8(q, _mm512_broadcast_i32x4(_mm_setr_epi8(0, -1, 1, -1, 2, -1, 3, -1, 8, -1, 9, -1, 10, -1, 11, -1)));
         // 128-bit lane j: the low planes of entries 8j..8j+7, then their high planes
         alignas(64) uint64_t planes[8];
-        _mm512_store_si512(planes, _mm512_shuffle_epi8(lookup_codes(iq2xxs_codes, idx),
-                                                       _mm512_broadcast_i32x4(_mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15))));
+        _mm512_store_si512(planes, code_planes(lookup_codes(iq2xxs_codes, idx)));
         const __m512i words = _mm512_permutexvar_epi32(_mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 1, 3, 5, 7, 9, 11, 13, 15), q);
         alignas(32) uint64_t signs[4];   // step j: sign bits of weights 64j..64j+63
         _mm256_store_si256(reinterpret_cast<__m256i*>(signs), ksign_bytes(_mm512_castsi512_si256(words)));
@@ -311,9 +346,53 @@ struct IQ2XXSAccumulator512 {
     }
     float total() const { return hsum(scaled); }
 };
+
+// IQ2_XS: word i of qs is group i's 9-bit index and its 7-bit sign index; 4-bit scales per 16.
+struct IQ2XSAccumulator512 {
+    __m512 scaled = _mm512_setzero_ps();
+
+    void add(const BlockIQ2XS& w, const BlockQ8K& x) {
+        const __m512i q = _mm512_loadu_si512(w.qs);
+        alignas(64) uint64_t planes[8];
+        _mm512_store_si512(planes, code_planes(lookup_codes(iq2xs_codes, _mm512_and_si512(q, _mm512_set1_epi16(0x1ff)))));
+        alignas(32) uint64_t signs[4];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(signs), _mm512_cvtepi16_epi8(with_parity(_mm512_srli_epi16(q, 9))));
+        scaled = _mm512_fmadd_ps(_mm512_set1_ps(x.d * (f16_scalar(w.d) * 0.125f)),
+                                 _mm512_cvtepi32_ps(iq2_block(planes, signs, w.scales, x)), scaled);
+    }
+    float total() const { return hsum(scaled); }
+};
+
+// IQ2_S: 10-bit indices qs[4b + k] | bits 2k..2k+1 of qh[b] << 8, sign bits as they are.
+struct IQ2SAccumulator512 {
+    __m512 scaled = _mm512_setzero_ps();
+
+    void add(const BlockIQ2S& w, const BlockQ8K& x) {
+        // entry e = 4b + k: its qh byte b in word e, shifted right by 2k
+        const __m256i qh = _mm256_shuffle_epi8(_mm256_set1_epi64x(static_cast<long long>(load_le64(w.qh))),
+                                               _mm256_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3,
+                                                                4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7));
+        // (vpmovsxbw, as SIMDe lacks vpmovzxbw for the emulated test; the sign bits are cut off)
+        const __m512i high = _mm512_and_si512(_mm512_srlv_epi16(_mm512_cvtepi8_epi16(qh), _mm512_set1_epi64(0x0006000400020000)),
+                                              _mm512_set1_epi16(3));
+        const __m512i idx = _mm512_ternarylogic_epi32(_mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs))),
+                                                      _mm512_slli_epi16(high, 8), _mm512_set1_epi16(0xff), 0xec);   // (a & c) | b
+        alignas(64) uint64_t planes[8];
+        _mm512_store_si512(planes, code_planes(lookup_codes(iq2s_codes, idx)));
+        uint64_t signs[4];
+        std::memcpy(signs, w.signs, sizeof signs);
+        scaled = _mm512_fmadd_ps(_mm512_set1_ps(x.d * (f16_scalar(w.d) * 0.125f)),
+                                 _mm512_cvtepi32_ps(iq2_block(planes, signs, w.scales, x)), scaled);
+    }
+    float total() const { return hsum(scaled); }
+};
 using IQ2XXSKernel = IQ2XXSAccumulator512;
+using IQ2XSKernel = IQ2XSAccumulator512;
+using IQ2SKernel = IQ2SAccumulator512;
 #else
 using IQ2XXSKernel = IQ2XXSAccumulator;
+using IQ2XSKernel = IQ2XSAccumulator;
+using IQ2SKernel = IQ2SAccumulator;
 #endif
 
 // As run_shared_type (dot_x86_blocks.h), for the types of this file.
@@ -322,11 +401,11 @@ bool run_iq_type(GgmlType type, const void* xq, int n, Run run) {
     const auto* x = static_cast<const BlockQ8K*>(xq);
     switch (type) {
         case GgmlType::IQ2_XXS: run(IQ2XXSKernel{}, static_cast<const BlockIQ2XXS*>(nullptr), x, n / kQK); return true;
-        case GgmlType::IQ2_XS: run(IQ2XSAccumulator{}, static_cast<const BlockIQ2XS*>(nullptr), x, n / kQK); return true;
+        case GgmlType::IQ2_XS: run(IQ2XSKernel{}, static_cast<const BlockIQ2XS*>(nullptr), x, n / kQK); return true;
         case GgmlType::IQ1_S: run(IQ1SAccumulator{}, static_cast<const BlockIQ1S*>(nullptr), x, n / kQK); return true;
         case GgmlType::IQ1_M: run(IQ1MAccumulator{}, static_cast<const BlockIQ1M*>(nullptr), x, n / kQK); return true;
         case GgmlType::IQ3_XXS: run(IQ3XXSAccumulator{}, static_cast<const BlockIQ3XXS*>(nullptr), x, n / kQK); return true;
-        case GgmlType::IQ2_S: run(IQ2SAccumulator{}, static_cast<const BlockIQ2S*>(nullptr), x, n / kQK); return true;
+        case GgmlType::IQ2_S: run(IQ2SKernel{}, static_cast<const BlockIQ2S*>(nullptr), x, n / kQK); return true;
         case GgmlType::IQ3_S: run(IQ3SAccumulator{}, static_cast<const BlockIQ3S*>(nullptr), x, n / kQK); return true;
         case GgmlType::MXFP4:
             run(MXFP4Accumulator{}, static_cast<const BlockMXFP4*>(nullptr), static_cast<const BlockQ8_0*>(xq), n / kQ8);

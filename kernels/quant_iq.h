@@ -120,6 +120,12 @@ inline uint32_t load_le32(const void* bytes) {
     return v;
 }
 
+inline uint64_t load_le64(const void* bytes) {
+    uint64_t v;
+    std::memcpy(&v, bytes, sizeof v);
+    return v;
+}
+
 // The 32 sign bits of the word of an IQ2_XXS or IQ3_XXS sub-block (bit i: weight i negated).
 inline uint32_t ksign_bits(uint32_t word) {
     return iq_ksigns[word & 127] | static_cast<uint32_t>(iq_ksigns[(word >> 7) & 127]) << 8 |
