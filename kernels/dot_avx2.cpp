@@ -12,10 +12,8 @@
 
 #include <type_traits>
 
-#include "iq1_iq2.h"
-#include "iq_grids.h"
 #include "quant.h"
-#include "quant_iq_b.h"
+#include "quant_iq.h"
 
 namespace numatune {
 namespace {
@@ -53,8 +51,7 @@ __m256 hsum8(const __m256* v) {
 float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
 
 #include "dot_x86_blocks.h"   // Q2_K, Q3_K, Q5_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS (shared with dot_avx512.cpp)
-#include "dot_x86_iq1_iq2.h"   // IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS
-#include "dot_iq_b.h"         // IQ3_XXS, IQ2_S, IQ3_S, MXFP4
+#include "dot_x86_iq.h"        // IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ3_XXS, IQ2_S, IQ3_S, MXFP4
 
 // ---- activation (bit-identical to the reference: same scale, same products, ties to even)
 
@@ -334,8 +331,7 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
         gemv_blocks<decltype(accumulator), std::remove_cv_t<std::remove_pointer_t<decltype(block)>>>(
             base, row_stride, rows, x, blocks, y);
     };
-    if (run_shared_type(type, xq, n, blocks_of) || run_iq1_iq2_type(type, xq, n, blocks_of)) return;
-    if (run_iq_b_type(type, xq, n, blocks_of)) return;
+    if (run_shared_type(type, xq, n, blocks_of) || run_iq_type(type, xq, n, blocks_of)) return;
     switch (type) {
         case GgmlType::Q4_K:
             return gemv_blocks<Q4KAccumulator, BlockQ4K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);

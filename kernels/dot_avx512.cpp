@@ -38,10 +38,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "iq1_iq2.h"
-#include "iq_grids.h"
 #include "quant.h"
-#include "quant_iq_b.h"
+#include "quant_iq.h"
 
 namespace numatune {
 namespace {
@@ -77,8 +75,7 @@ __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
 // have 512-bit kernels below), but for the tail blocks of legacy rows (n % 128 ≠ 0).
 #define NUMATUNE_DOT_VNNI 1
 #include "dot_x86_blocks.h"
-#include "dot_x86_iq1_iq2.h"   // IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS
-#include "dot_iq_b.h"         // IQ3_XXS, IQ2_S, IQ3_S, MXFP4
+#include "dot_x86_iq.h"        // IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ3_XXS, IQ2_S, IQ3_S, MXFP4
 
 // ---- activation (bit-identical to the reference: same scale, same products, ties to even)
 
@@ -1031,8 +1028,7 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
         gemv_blocks<decltype(accumulator), std::remove_cv_t<std::remove_pointer_t<decltype(block)>>>(
             base, row_stride, rows, x, blocks, y);
     };
-    if (run_iq1_iq2_type(type, xq, n, blocks_of)) return;   // the types of dot_x86_iq1_iq2.h
-    if (run_iq_b_type(type, xq, n, blocks_of)) return;   // the types of dot_iq_b.h
+    if (run_iq_type(type, xq, n, blocks_of)) return;   // the types of dot_x86_iq.h
     switch (type) {
         case GgmlType::Q4_0: return gemv_legacy<BlockQ4_0, kVbmi>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
         case GgmlType::Q5_0: return gemv_legacy<BlockQ5_0, kVbmi>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);

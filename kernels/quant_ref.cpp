@@ -6,9 +6,8 @@
 #include <stdexcept>
 #include <type_traits>
 
-#include "iq1_iq2.h"
 #include "quant.h"
-#include "quant_iq_b.h"
+#include "quant_iq.h"
 
 namespace numatune {
 
@@ -400,7 +399,7 @@ float dot_f32(const float* w, const float* x, int n) {
 }  // namespace
 
 void dequantize_row(GgmlType type, const void* row, int n, float* y) {
-    if (iq_b::handles(type)) return iq_b::dequantize(type, row, n, y);
+    if (iq::handles(type)) return iq::dequantize(type, row, n, y);
     switch (type) {
         case GgmlType::F32:
             std::memcpy(y, row, static_cast<size_t>(n) * sizeof(float));
@@ -477,11 +476,6 @@ void dequantize_row(GgmlType type, const void* row, int n, float* y) {
             }
             return;
         }
-        case GgmlType::IQ2_XXS:
-        case GgmlType::IQ2_XS:
-        case GgmlType::IQ1_S:
-        case GgmlType::IQ1_M:
-            return dequantize_iq1_iq2(type, row, n, y);
         default: break;
     }
     throw std::invalid_argument("dequantize_row: unsupported type");
@@ -501,7 +495,7 @@ void quantize_activation(GgmlType type, const float* x, int n, void* xq) {
 }
 
 float vec_dot(GgmlType type, const void* row, const void* xq, int n) {
-    if (iq_b::handles(type)) return iq_b::vec_dot(type, row, xq, n);
+    if (iq::handles(type)) return iq::vec_dot(type, row, xq, n);
     switch (type) {
         case GgmlType::F32:
             return dot_f32(static_cast<const float*>(row), static_cast<const float*>(xq), n);
@@ -527,11 +521,6 @@ float vec_dot(GgmlType type, const void* row, const void* xq, int n) {
         case GgmlType::Q5_K:
         case GgmlType::IQ4_XS:
             return dot_kquant(type, static_cast<const uint8_t*>(row), static_cast<const BlockQ8K*>(xq), n / kQK);
-        case GgmlType::IQ2_XXS:
-        case GgmlType::IQ2_XS:
-        case GgmlType::IQ1_S:
-        case GgmlType::IQ1_M:
-            return dot_iq1_iq2(type, row, static_cast<const BlockQ8K*>(xq), n);
         default: break;
     }
     return 0;

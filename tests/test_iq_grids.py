@@ -31,7 +31,7 @@ def test_first_entries_decode_to_gguf_values():
 
 
 def test_sign_table_is_the_index_with_even_parity():
-    """kernels/dot_x86_iq1_iq2.h builds its sign masks at compile time from this rule, not from
+    """kernels/dot_x86_iq.h builds its sign masks at compile time from this rule, not from
     the table: byte i is i with bit 7 set when i has an odd number of set bits."""
     from gguf import quants
     table = list(quants.IQ2_XXS.ksigns)

@@ -26,6 +26,7 @@ from numatune.policy import NAMES as POLICIES
 from numatune.errors import ModelError, NumatuneError
 from numatune.gguf_moe import read_moe_model
 from numatune.synth import PRESETS, synthesize
+from test_engine import isa  # noqa: F401 (the fixture: every ISA variant in turn)
 
 CPUS = sorted(os.sched_getaffinity(0))[:2]
 ARCH_PRESETS = ("deepseek-v3", "qwen1.5-moe-a2.7b", "qwen3-30b-a3b", "mixtral-8x7b", "llama4-scout")
@@ -73,15 +74,17 @@ def test_every_architecture_matches_the_reference(arch_models, host, name, polic
     compare(engine, arch_models[name], Q8_TOLERANCE)
 
 
-# The low-bit IQ types pair with a Q8_K activation (one scale per 256 values, coarser than Q8_0's
-# per 32): measured 0.019-0.022 relative error here for each (as for Q2_K); 0.04 is asserted.
+# The codebook types pair with a Q8_K activation (one scale per 256 values, coarser than Q8_0's
+# per 32): measured 0.014-0.023 relative error here for each (as for Q2_K), MXFP4 (Q8_0) alike;
+# 0.04 is asserted.
 IQ_TOLERANCE = 0.04
 
 
-@pytest.mark.parametrize("type_name", ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS"])
-def test_low_bit_iq_types_match_the_reference(tmp_path, host, type_name):
-    """DeepSeek-V3-shaped layers (dense block, shared expert, grouped routing) in each type; the
-    synthetic file holds random valid blocks of it, which the reference decodes with gguf."""
+@pytest.mark.parametrize("type_name", ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ2_S", "IQ3_S", "MXFP4"])
+def test_codebook_types_and_mxfp4_match_the_reference(tmp_path, host, isa, type_name):
+    """DeepSeek-V3-shaped layers (dense block, shared expert, grouped routing) in each type, with
+    each ISA variant's kernels; the synthetic file holds random valid blocks of it (MXFP4: gguf's
+    quantizer), which the reference decodes with gguf."""
     chosen = replace(small("deepseek-v3"), shared_width=512)   # rows of whole 256-weight blocks
     path = synthesize(tmp_path / f"{type_name}.gguf", chosen, type_name, seed=5).path
     moe = read_moe_model(path).layers[1]

@@ -21,8 +21,11 @@ from numatune import _kernels, quants
 
 VARIANTS = _kernels.quant_variants()
 ROWS = 9  # the float kernels take rows four at a time: 9 exercises both paths
-K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS")
-LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL")
+# The codebook types and MXFP4 (kernels/quant_iq.*, kernels/dot_x86_iq.h).
+IQ_TYPES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ2_S", "IQ3_S", "MXFP4")
+K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS") + IQ_TYPES[:-1]
+LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "MXFP4")
+Q8_0_ACTIVATION = ("Q4_0", "Q5_0", "Q8_0", "IQ4_NL", "MXFP4")
 QUANTIZED = K_QUANTS + LEGACY
 SHAPES = {
     **{type_name: (256, 512, 768) for type_name in K_QUANTS},
@@ -47,20 +50,37 @@ def block(type_name: str) -> tuple[int, int]:
 # Byte offsets of a block's f16 scales (d, and dmin or m), set to sane values in random blocks.
 SCALE_OFFSETS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
                  "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "IQ4_NL": (0,),
-                 "IQ4_XS": (0,), "IQ1_S": (0,), "IQ2_XXS": (0,), "IQ2_XS": (0,), "IQ1_M": ()}
+                 "IQ4_XS": (0,), "IQ1_S": (0,), "IQ2_XXS": (0,), "IQ2_XS": (0,), "IQ1_M": (),
+                 "IQ3_XXS": (0,), "IQ2_S": (0,), "IQ3_S": (0,), "MXFP4": ()}
+SIGNED_SCALES = ("Q4_1", "Q5_1", "IQ3_XXS", "IQ2_S", "IQ3_S")   # m, or d, of either sign
 
 
-def random_blocks(type_name: str, rows: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Random bytes with sane f16 scales: every nibble, 6-bit value and scale sign occurs."""
+def f16_scales(shape: tuple[int, ...], rng: np.random.Generator, scales: str, signed: bool) -> np.ndarray:
+    """f16 bit patterns: "sane" in [1e-3, 1e-2] (either sign if signed); "any" every finite f16,
+    subnormal and negative included."""
+    if scales == "any":
+        d = rng.integers(0, 1 << 16, size=shape, dtype=np.uint16)
+        d[(d & 0x7c00) == 0x7c00] &= 0x83ff          # inf/nan → a subnormal of the same sign
+        return d
+    d = rng.uniform(1e-3, 1e-2, size=shape)
+    if signed:
+        d *= rng.choice([-1, 1], size=shape)
+    return d.astype(np.float16).view(np.uint16)
+
+
+def random_blocks(type_name: str, rows: int, n: int, rng: np.random.Generator, scales: str = "sane") -> np.ndarray:
+    """Random bytes with sane f16 scales: every nibble, 6-bit value and scale sign occurs. The
+    scales are as f16_scales says; MXFP4's E8M0 exponent is 110..140 ("sane": 12·2^(e − 128) stays
+    well within float), or any of 0..255."""
     weights, nbytes = block(type_name)
     blocks = rng.integers(0, 256, size=(rows, n // weights, nbytes), dtype=np.uint8)
     for offset in SCALE_OFFSETS[type_name]:
-        scales = rng.uniform(1e-3, 1e-2, size=blocks.shape[:2]).astype(np.float16)
-        if type_name in ("Q4_1", "Q5_1"):   # m is an offset of either sign
-            scales *= rng.choice(np.array([-1, 1], np.float16), size=scales.shape)
-        blocks[..., offset:offset + 2] = scales.view(np.uint8).reshape(*blocks.shape[:2], 2)
+        d = f16_scales(blocks.shape[:2], rng, scales, type_name in SIGNED_SCALES)
+        blocks[..., offset:offset + 2] = d.view(np.uint8).reshape(*blocks.shape[:2], 2)
+    if type_name == "MXFP4" and scales == "sane":
+        blocks[..., 0] = rng.integers(110, 141, size=blocks.shape[:2])
     if type_name == "IQ1_M":   # d is the top nibbles of the four 16-bit scale words (bytes 48-55)
-        d = rng.uniform(1e-3, 1e-2, size=blocks.shape[:2]).astype(np.float16).view(np.uint16)
+        d = f16_scales(blocks.shape[:2], rng, scales, False)
         words = blocks[..., 48:56].copy().view(np.uint16)
         for k in range(4):
             words[..., k] = (words[..., k] & 0x0FFF) | (((d >> (4 * k)) & 0xF) << 12)
@@ -78,7 +98,7 @@ def decode_activation(type_name: str, data: np.ndarray, n: int) -> np.ndarray:
     """The activation the kernels really dot with, decoded from quantize_activation's bytes."""
     if type_name in FLOATS:
         return data.view(np.float32).astype(np.float64)
-    if type_name in ("Q4_0", "Q5_0", "Q8_0", "IQ4_NL"):   # Q8_0: f16 d, 32 int8
+    if type_name in Q8_0_ACTIVATION:   # Q8_0: f16 d, 32 int8
         blocks = data.reshape(n // 32, 34)
         return (blocks[:, :2].copy().view(np.float16).astype(np.float64)
                 * blocks[:, 2:].view(np.int8).astype(np.float64)).reshape(-1)
@@ -302,6 +322,76 @@ def test_scalar_dequantize_equals_gguf_exactly(type_name, n, rng):
         ours = np.stack([_kernels.dequantize_row(type_name, row.tobytes()) for row in data])
         theirs = gguf_quants.dequantize(data, GGMLQuantizationType[type_name])
         assert np.array_equal(ours.view(np.uint32), theirs.astype(np.float32).view(np.uint32))
+
+
+@pytest.mark.parametrize("type_name", IQ_TYPES)
+def test_scalar_dequantize_equals_gguf_for_any_scale(type_name, rng):
+    """Every finite f16 d, subnormal and negative ones included (MXFP4: every exponent)."""
+    data = random_blocks(type_name, 16, 2048, rng, scales="any")
+    ours = np.stack([_kernels.dequantize_row(type_name, row.tobytes()) for row in data])
+    with np.errstate(over="ignore"):   # MXFP4: 12·2^(e − 128) overflows to inf for e > 252, in both
+        theirs = np.asarray(gguf_quants.dequantize(data, GGMLQuantizationType[type_name]), np.float32)
+    assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32))
+
+
+def test_each_sign_bit_and_high_index_bit_reaches_its_weight(rng):
+    """A change of one sign bit negates exactly its weight; one high index bit (IQ3_S qh, IQ2_S qh)
+    changes exactly its group's weights; IQ3_XXS's scale nibble rescales exactly its 32 weights."""
+    def decoded(type_name, block):
+        return _kernels.dequantize_row(type_name, block.tobytes())
+    iq3s = random_blocks("IQ3_S", 1, 256, rng)[0]
+    signs = 2 + 64 + 8                                   # d, qs, qh
+    flipped = iq3s.copy()
+    flipped[signs + 5] ^= 1 << 3                         # bit 3 of sign byte 5: weight 43
+    a, b = decoded("IQ3_S", iq3s), decoded("IQ3_S", flipped)
+    assert np.flatnonzero(a != b).tolist() == [43] and b[43] == -a[43]
+    high = iq3s.copy()
+    high[2 + 64 + 2] ^= 1 << 6                           # qh[2] bit 6: index 6 of sub-block 2, weights 88..91
+    changed = np.flatnonzero(decoded("IQ3_S", high) != a)   # entries may share a value at a place
+    assert set(changed.tolist()) <= set(range(88, 92)) and changed.size > 0
+    iq2s = random_blocks("IQ2_S", 1, 256, rng)[0]
+    high = iq2s.copy()
+    high[2 + 32 + 32 + 1] ^= 0b11 << 4                   # qh[1] bits 4-5: index 2 of pair 1, weights 48..55
+    changed = np.flatnonzero(decoded("IQ2_S", high) != decoded("IQ2_S", iq2s))
+    assert set(changed.tolist()) <= set(range(48, 56)) and changed.size > 0
+    iq3xxs = random_blocks("IQ3_XXS", 1, 256, rng)[0]
+    rescaled = iq3xxs.copy()
+    rescaled[2 + 64 + 4 * 3 + 3] ^= 0x10                 # scale nibble of sub-block 3
+    changed = np.flatnonzero(decoded("IQ3_XXS", rescaled) != decoded("IQ3_XXS", iq3xxs))
+    assert changed.tolist() == list(range(96, 128))
+
+
+# Bytes after d that make every weight of a block its largest magnitude with the largest scale
+# (IQ3_XXS: grid entry 255, scale 15, sign index 127; IQ3_S: index 511, all signs, scales 15;
+# IQ2_S: index 1023; MXFP4: −12 everywhere).
+EXTREME_BLOCKS = {"IQ3_XXS": 2, "IQ3_S": 2, "IQ2_S": 2, "MXFP4": 1}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("type_name", EXTREME_BLOCKS)
+def test_extreme_blocks(variant, type_name, rng):
+    """Largest magnitudes with the largest scale against ±127 activations (the integer sums'
+    worst case), all-negative signs, and zero weights."""
+    n = 512
+    blocks = random_blocks(type_name, 4, n, rng).reshape(4, n // block(type_name)[0], -1)
+    blocks[0, :, EXTREME_BLOCKS[type_name]:] = 0xff
+    blocks[1] = 0
+    weights = blocks.reshape(4, -1)
+    x = np.where(np.arange(n) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    y = _kernels.gemv(type_name, weights, x, isa=variant)
+    w = quants.dequantize(weights, type_name).astype(np.float64)
+    xq = decode_activation(type_name, _kernels.quantize_activation(type_name, x, isa=variant), n)
+    assert np.all(np.abs(xq) > 0.99) and y[1] == 0
+    np.testing.assert_array_less(np.abs(y - w @ xq), FLOAT_SLACK * (np.abs(w) @ np.abs(xq)) + 1e-30)
+
+
+def test_mxfp4_is_quantized_by_gguf(rng):
+    weights = rng.standard_normal((8, 1024)).astype(np.float32)
+    data = quants.quantize(weights, "MXFP4")
+    back = quants.dequantize(data, "MXFP4")
+    # measured 0.10 relative RMS error on N(0, 1) (E2M1 values, power-of-two scales)
+    assert np.sqrt(np.mean((back - weights) ** 2)) < 0.12
+    assert np.array_equal(data, gguf_quants.quantize(weights, GGMLQuantizationType.MXFP4).view(np.uint8))
 
 
 def test_quantizer_speed_is_vectorised(rng):

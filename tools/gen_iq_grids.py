@@ -44,7 +44,7 @@ def packed_entries(cls, width: int) -> list[int]:
 
 def emit(name: str, entries: list[int], width: int, out) -> None:
     ctype, digits = ("uint64_t", 16) if width == 8 else ("uint32_t", 8)
-    out.write(f"alignas(64) static const {ctype} {name}[{len(entries)}] = {{\n")
+    out.write(f"alignas(64) static constexpr {ctype} {name}[{len(entries)}] = {{\n")
     for i in range(0, len(entries), 4):
         out.write("    " + ", ".join(f"0x{e:0{digits}x}" for e in entries[i:i + 4]) + ",\n")
     out.write("};\n\n")
@@ -56,7 +56,7 @@ def main(out=sys.stdout) -> None:
     for name, cls, width in TABLES:
         emit(name, packed_entries(cls, width), width, out)
     signs = np.frombuffer(quants.IQ2_XXS.ksigns, dtype=np.uint8)
-    out.write(f"static const uint8_t iq_ksigns[{len(signs)}] = {{\n")
+    out.write(f"static constexpr uint8_t iq_ksigns[{len(signs)}] = {{\n")
     for i in range(0, len(signs), 16):
         out.write("    " + ", ".join(f"0x{s:02x}" for s in signs[i:i + 16]) + ",\n")
     out.write("};\n\n")
