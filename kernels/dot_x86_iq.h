@@ -54,9 +54,17 @@ inline __m256i eight_entries(const uint32_t* table, Index index) {
                              static_cast<int>(table[index(6)]), static_cast<int>(table[index(7)]));
 }
 
-// Scale words for 32 weights: `low` over the first 16, `high` over the last 16.
-inline __m256i half_scales(int low, int high) {
-    return scale_lanes(_mm256_set_m128i(_mm_set1_epi16(static_cast<short>(high)), _mm_set1_epi16(static_cast<short>(low))));
+// Per-super-block scales: 2s + 1 of each 32 weights' s, taken out of the block once as eight
+// words (low lane: the first 16 weights' s, high lane: the last 16's; the same s in both lanes when
+// the 32 share it), then put under each step by one vpshufb, rather than extracted, moved to a
+// vector register and broadcast per step.
+inline __m256i odd_scales(__m128i low, __m128i high) {
+    return _mm256_or_si256(_mm256_slli_epi16(_mm256_set_m128i(high, low), 1), _mm256_set1_epi16(1));
+}
+inline __m256i odd_scales(__m128i both) { return odd_scales(both, both); }
+// Word b of each lane of `scales` in every word of its lane.
+inline __m256i step_scales(__m256i scales, int b) {
+    return scale_lanes(_mm256_shuffle_epi8(scales, _mm256_set1_epi16(static_cast<short>((2 * b) | ((2 * b + 1) << 8)))));
 }
 
 // ±1 bytes from 32 sign bits: byte i is −1 where bit i is set, else +1.
@@ -91,108 +99,133 @@ struct IqAccumulatorBase {
 };
 
 struct IQ2XXSAccumulator : IqAccumulatorBase {
-    void add(const BlockIQ2XXS& w, const BlockQ8K& x) {
+    __attribute__((always_inline)) void add(const BlockIQ2XXS& w, const BlockQ8K& x) {
+        // s: the top nibble of each 64-bit group word
+        const __m256i top = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        const __m256i s0 = _mm256_permutevar8x32_epi32(_mm256_srli_epi64(load_bytes(w.qs), 60), top);
+        const __m256i s1 = _mm256_permutevar8x32_epi32(_mm256_srli_epi64(load_bytes(w.qs + 16), 60), top);
+        const __m256i scales = odd_scales(_mm_packus_epi32(_mm256_castsi256_si128(s0), _mm256_castsi256_si128(s1)));
         __m256i sum = _mm256_setzero_si256();
+#pragma GCC unroll 8
         for (int b = 0; b < 8; ++b) {
             const uint32_t grid = load_le32(w.qs + 4 * b), signs = load_le32(w.qs + 4 * b + 2);
             const __m256i values = four_entries(iq2xxs_grid, grid & 0xff, (grid >> 8) & 0xff, (grid >> 16) & 0xff, grid >> 24);
             const __m256i masks = four_entries(iq_sign_masks.masks, signs & 0x7f, (signs >> 7) & 0x7f,
                                                (signs >> 14) & 0x7f, (signs >> 21) & 0x7f);
-            const int scale = 2 * static_cast<int>(signs >> 28) + 1;
-            sum = signed_step(sum, values, masks, x.qs + 32 * b, half_scales(scale, scale));
+            sum = signed_step(sum, values, masks, x.qs + 32 * b, step_scales(scales, b));
         }
         finish_block(sum, f16_scalar(w.d) * 0.125f, x.d);
     }
 };
 
 struct IQ2XSAccumulator : IqAccumulatorBase {
-    void add(const BlockIQ2XS& w, const BlockQ8K& x) {
+    __attribute__((always_inline)) void add(const BlockIQ2XS& w, const BlockQ8K& x) {
+        const __m128i nibbles = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.scales)));
+        const __m256i scales = odd_scales(_mm_and_si128(nibbles, _mm_set1_epi16(0x0f)), _mm_srli_epi16(nibbles, 4));
         __m256i sum = _mm256_setzero_si256();
+#pragma GCC unroll 8
         for (int b = 0; b < 8; ++b) {
             const uint16_t* q = w.qs + 4 * b;
             const __m256i values = four_entries(iq2xs_grid, q[0] & 0x1ff, q[1] & 0x1ff, q[2] & 0x1ff, q[3] & 0x1ff);
             const __m256i masks = four_entries(iq_sign_masks.masks, q[0] >> 9, q[1] >> 9, q[2] >> 9, q[3] >> 9);
-            const __m256i scales = half_scales(2 * (w.scales[b] & 0x0f) + 1, 2 * (w.scales[b] >> 4) + 1);
-            sum = signed_step(sum, values, masks, x.qs + 32 * b, scales);
+            sum = signed_step(sum, values, masks, x.qs + 32 * b, step_scales(scales, b));
         }
         finish_block(sum, f16_scalar(w.d) * 0.125f, x.d);
     }
 };
 
 struct IQ1SAccumulator : IqAccumulatorBase {
-    void add(const BlockIQ1S& w, const BlockQ8K& x) {
+    __attribute__((always_inline)) void add(const BlockIQ1S& w, const BlockQ8K& x) {
+        const __m128i qh = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qh));
+        const __m256i scales = odd_scales(_mm_and_si128(_mm_srli_epi16(qh, 12), _mm_set1_epi16(7)));
+        // the sign of each sub-block's δ as ±1 in the low byte of its word, in both lanes
+        const __m256i deltas = _mm256_broadcastsi128_si256(_mm_or_si128(_mm_srai_epi16(qh, 15), _mm_set1_epi16(1)));
         __m256i sum = _mm256_setzero_si256();
+#pragma GCC unroll 8
         for (int b = 0; b < 8; ++b) {
             const unsigned qh = w.qh[b];
             const uint8_t* qs = w.qs + 4 * b;
             const __m256i grid = four_entries(iq1s_grid, qs[0] | ((qh << 8) & 0x700), qs[1] | ((qh << 5) & 0x700),
                                               qs[2] | ((qh << 2) & 0x700), qs[3] | ((qh >> 1) & 0x700));
-            const __m256i shifts = _mm256_set1_epi8(qh & 0x8000 ? -1 : 1);
-            const int scale = 2 * ((qh >> 12) & 7) + 1;
-            sum = iq1_step(sum, grid, shifts, x.qs + 32 * b, half_scales(scale, scale));
+            const __m256i shifts = _mm256_shuffle_epi8(deltas, _mm256_set1_epi8(static_cast<char>(2 * b)));
+            sum = iq1_step(sum, grid, shifts, x.qs + 32 * b, step_scales(scales, b));
         }
         finish_block(sum, f16_scalar(w.d) * 0.125f, x.d);
     }
 };
 
 struct IQ1MAccumulator : IqAccumulatorBase {
-    // The 8 shift bytes of a group whose qh nibble has bit 3 set or not.
-    static long long shift_of(unsigned nibble_bit) {
-        return nibble_bit ? -1LL : static_cast<long long>(0x0101010101010101ull);
-    }
-
-    void add(const BlockIQ1M& w, const BlockQ8K& x) {
-        uint16_t s[4];
-        std::memcpy(s, w.scales, sizeof s);
+    __attribute__((always_inline)) void add(const BlockIQ1M& w, const BlockQ8K& x) {
+        // Word b of the low lane: s of weights 32b..+15, bits 6(b % 2).. of scales[b / 2]; of the
+        // high lane: weights 32b+16..+31, bits 6(b % 2) + 3... Each word is shifted left by a
+        // multiply so that its 3 bits end at the top, then right by 13.
+        const __m128i packed = _mm_shuffle_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.scales)),
+                                                _mm_setr_epi8(0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7));
+        const __m256i to_top = _mm256_setr_epi16(1 << 13, 1 << 7, 1 << 13, 1 << 7, 1 << 13, 1 << 7, 1 << 13, 1 << 7,
+                                                 1 << 10, 1 << 4, 1 << 10, 1 << 4, 1 << 10, 1 << 4, 1 << 10, 1 << 4);
+        const __m256i s3 = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_broadcastsi128_si256(packed), to_top), 13);
+        const __m256i scales = _mm256_or_si256(_mm256_slli_epi16(s3, 1), _mm256_set1_epi16(1));
+        // Group k of sub-block b: its δ's sign is bit 3 (k even) or 7 (k odd) of qh[2b + k / 2].
+        const __m256i qh = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qh)));
+        const __m256i delta_bits = _mm256_setr_epi8(8, 8, 8, 8, 8, 8, 8, 8, -128, -128, -128, -128, -128, -128, -128, -128,
+                                                    8, 8, 8, 8, 8, 8, 8, 8, -128, -128, -128, -128, -128, -128, -128, -128);
+        __m256i pick = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1);
         __m256i sum = _mm256_setzero_si256();
+#pragma GCC unroll 8
         for (int b = 0; b < 8; ++b) {
             const unsigned h0 = w.qh[2 * b], h1 = w.qh[2 * b + 1];
             const uint8_t* qs = w.qs + 4 * b;
             const __m256i grid = four_entries(iq1s_grid, qs[0] | ((h0 & 7) << 8), qs[1] | ((h0 & 0x70) << 4),
                                               qs[2] | ((h1 & 7) << 8), qs[3] | ((h1 & 0x70) << 4));
-            const __m256i shifts = _mm256_set_epi64x(shift_of(h1 & 0x80), shift_of(h1 & 0x08), shift_of(h0 & 0x80),
-                                                     shift_of(h0 & 0x08));
-            const unsigned packed = s[b / 2] >> (6 * (b % 2));
-            sum = iq1_step(sum, grid, shifts, x.qs + 32 * b, half_scales(2 * (packed & 7) + 1, 2 * ((packed >> 3) & 7) + 1));
+            const __m256i bits = _mm256_and_si256(_mm256_shuffle_epi8(qh, pick), delta_bits);
+            const __m256i shifts = _mm256_or_si256(_mm256_cmpeq_epi8(bits, delta_bits), _mm256_set1_epi8(1));
+            pick = _mm256_add_epi8(pick, _mm256_set1_epi8(2));
+            sum = iq1_step(sum, grid, shifts, x.qs + 32 * b, step_scales(scales, b));
         }
         finish_block(sum, f16_scalar(iq1m_d(w)) * 0.125f, x.d);
     }
 };
 
 struct IQ3XXSAccumulator : IqAccumulatorBase {
-    void add(const BlockIQ3XXS& w, const BlockQ8K& x) {
+    __attribute__((always_inline)) void add(const BlockIQ3XXS& w, const BlockQ8K& x) {
+        const __m256i s = _mm256_srli_epi32(load_bytes(w.scales_signs), 28);
+        const __m256i scales = odd_scales(_mm_packus_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1)));
         __m256i sum = _mm256_setzero_si256();
+#pragma GCC unroll 8
         for (int b = 0; b < 8; ++b) {
             const uint8_t* q = w.qs + 8 * b;
             const uint32_t word = load_le32(w.scales_signs + 4 * b);
             const __m256i g = eight_entries(iq3xxs_grid, [q](int k) { return q[k]; });
-            const int scale = 2 * static_cast<int>(word >> 28) + 1;
-            sum = signed_step(sum, g, sign_bytes(ksign_bits(word)), x.qs + 32 * b, half_scales(scale, scale));
+            sum = signed_step(sum, g, sign_bytes(ksign_bits(word)), x.qs + 32 * b, step_scales(scales, b));
         }
         finish_block(sum, f16_scalar(w.d) * 0.25f, x.d);
     }
 };
 
 struct IQ2SAccumulator : IqAccumulatorBase {
-    void add(const BlockIQ2S& w, const BlockQ8K& x) {
+    __attribute__((always_inline)) void add(const BlockIQ2S& w, const BlockQ8K& x) {
+        const __m128i nibbles = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.scales)));
+        const __m256i scales = odd_scales(_mm_and_si128(nibbles, _mm_set1_epi16(0x0f)), _mm_srli_epi16(nibbles, 4));
         __m256i sum = _mm256_setzero_si256();
+#pragma GCC unroll 8
         for (int b = 0; b < 8; ++b) {
             const __m256i g = four_entries(iq2s_grid, iq2s_index(w, b, 0), iq2s_index(w, b, 1), iq2s_index(w, b, 2),
                                            iq2s_index(w, b, 3));
-            const __m256i scales = half_scales(2 * (w.scales[b] & 0x0f) + 1, 2 * (w.scales[b] >> 4) + 1);
-            sum = signed_step(sum, g, sign_bytes(load_le32(w.signs + 4 * b)), x.qs + 32 * b, scales);
+            sum = signed_step(sum, g, sign_bytes(load_le32(w.signs + 4 * b)), x.qs + 32 * b, step_scales(scales, b));
         }
         finish_block(sum, f16_scalar(w.d) * 0.125f, x.d);
     }
 };
 
 struct IQ3SAccumulator : IqAccumulatorBase {
-    void add(const BlockIQ3S& w, const BlockQ8K& x) {
+    __attribute__((always_inline)) void add(const BlockIQ3S& w, const BlockQ8K& x) {
+        const __m128i bytes = _mm_cvtepu8_epi16(_mm_cvtsi32_si128(static_cast<int>(load_le32(w.scales))));
+        const __m256i scales = odd_scales(_mm_unpacklo_epi16(_mm_and_si128(bytes, _mm_set1_epi16(0x0f)), _mm_srli_epi16(bytes, 4)));
         __m256i sum = _mm256_setzero_si256();
+#pragma GCC unroll 8
         for (int b = 0; b < 8; ++b) {
             const __m256i g = eight_entries(iq3s_grid, [&w, b](int k) { return iq3s_index(w, b, k); });
-            const int scale = 2 * ((w.scales[b / 2] >> (4 * (b % 2))) & 0x0f) + 1;
-            sum = signed_step(sum, g, sign_bytes(load_le32(w.signs + 4 * b)), x.qs + 32 * b, half_scales(scale, scale));
+            sum = signed_step(sum, g, sign_bytes(load_le32(w.signs + 4 * b)), x.qs + 32 * b, step_scales(scales, b));
         }
         finish_block(sum, f16_scalar(w.d), x.d);
     }
