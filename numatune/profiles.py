@@ -321,13 +321,19 @@ def _templated_list(data: dict, key: str, name_key: str, where: str) -> tuple[Te
     return tuple(out)
 
 
+def _section(data: dict, key: str, where: str, expected: str):
+    """An optional mapping field: (its dict or None, a reader of its fields naming it in errors)."""
+    spec = data.get(key)
+    if spec is not None and not isinstance(spec, dict):
+        raise ProfileError(f"{where}: field '{key}' must be {expected}")
+    read = lambda name, check, expected, default=...: _field(spec, name, f"{where}: {key}", check, expected, default)  # noqa: E731
+    return spec, read
+
+
 def _benchmark(data: dict, where: str) -> BenchmarkSpec | None:
-    spec = data.get("benchmark")
+    spec, f = _section(data, "benchmark", where, "a mapping")
     if spec is None:
         return None
-    if not isinstance(spec, dict):
-        raise ProfileError(f"{where}: field 'benchmark' must be a mapping")
-    f = lambda name, check, expected, default=...: _field(spec, name, f"{where}: benchmark", check, expected, default)  # noqa: E731
     command = f("command", lambda v: isinstance(v, list) and all(isinstance(x, (str, int)) for x in v),
                 "a list of words", [])
     for i, word in enumerate(command):
@@ -345,12 +351,9 @@ def _benchmark(data: dict, where: str) -> BenchmarkSpec | None:
 
 
 def _sync(data: dict, where: str) -> SyncSpec | None:
-    spec = data.get("sync")
+    spec, f = _section(data, "sync", where, "a mapping (per, barriers_per_layer, by_arch)")
     if spec is None:
         return None
-    if not isinstance(spec, dict):
-        raise ProfileError(f"{where}: field 'sync' must be a mapping (per, barriers_per_layer, by_arch)")
-    f = lambda name, check, expected, default=...: _field(spec, name, f"{where}: sync", check, expected, default)  # noqa: E731
     counts = lambda v: isinstance(v, dict) and all(_text(k) and _count(x) for k, x in v.items())  # noqa: E731
     return SyncSpec(per=f("per", lambda v: v in SYNC_UNITS, " or ".join(SYNC_UNITS)),
                     barriers_per_layer=f("barriers_per_layer", _count, "an integer ≥ 0"),
