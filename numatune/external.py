@@ -25,7 +25,6 @@ import queue
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -43,7 +42,7 @@ from .search import Stage
 from .stats import Measurement
 from .store import EngineBinary, TargetEngine, Trial
 from .topology.model import Topology
-from .trial import ModelChoice, _failed
+from .trial import ModelChoice, _failed, _kill, _kill_session
 
 STDERR_TAIL_LINES = 3
 MIN_TRIAL_SECONDS = 5.0     # a share shorter than this could not even load a model
@@ -400,14 +399,6 @@ def _start(plan):
     return child, readable
 
 
-def _stop(child: subprocess.Popen) -> None:
-    """Kills the child's session (the reaper and the engine under it); its reader thread reaps it."""
-    try:
-        os.killpg(child.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def _run_group(plans, names: Sequence[str], timeout: float):
     """Runs the plans at the same time: each instance's output and peak, or why the group failed
     (the first instance to fail, named by `names`, or the group past `timeout` seconds; the others
@@ -424,9 +415,7 @@ def _run_group(plans, names: Sequence[str], timeout: float):
         return str(exc)
     finally:
         for child, _ in started:
-            if child.poll() is None:     # Ctrl-C or a failure: every instance is in its own session
-                _stop(child)
-                child.wait()
+            _kill(child)                 # Ctrl-C or a failure: every instance is in its own session
 
 
 class _GroupFailed(Exception):
@@ -456,7 +445,7 @@ def _wait_group(children: list, report_fds: list[int], names: Sequence[str], tim
             except queue.Empty:
                 late = [i for i in range(len(children)) if children[i].poll() is None]
                 for child in children:
-                    _stop(child)
+                    _kill_session(child)      # its reader thread reaps it
                 for reader in readers:
                     reader.join()
                 first = late[0] if late else 0
@@ -474,7 +463,7 @@ def _wait_group(children: list, report_fds: list[int], names: Sequence[str], tim
                 os.close(fd)
         for child in children:
             if child.poll() is None:
-                _stop(child)
+                _kill_session(child)      # its reader thread reaps it
         for reader in readers:
             reader.join()
     return [_Finished(outputs[i][0], outputs[i][1], peaks[i]) for i in range(len(children))]

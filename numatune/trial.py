@@ -208,13 +208,18 @@ def _finish(child: subprocess.Popen, timeout: float):
         return f"unreadable trial output ({exc})"
 
 
-def _kill(child: subprocess.Popen) -> None:
-    if child.poll() is not None:
-        return
+def _kill_session(child: subprocess.Popen) -> None:
+    """SIGKILL to the child's session (it was started with start_new_session); not waited for."""
     try:
         os.killpg(child.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _kill(child: subprocess.Popen) -> None:
+    if child.poll() is not None:
+        return
+    _kill_session(child)
     child.wait()
 
 
