@@ -44,15 +44,29 @@
 namespace numatune {
 namespace {
 
-// Prefetch distance as in dot_avx2.cpp. On the AVX-512 machine above, from memory (256 MiB of
-// rows): 1.5-2 KiB ahead was best; 512 B, 4 KiB and more, prefetching into L2 only (T1/T2) at
-// 4-16 KiB, or non-temporal (NTA) all measured slower.
-constexpr size_t kPrefetchBytes = 2048;
+// How far ahead, and into which cache, a kernel's weights are prefetched. kNear: 2 KiB ahead into
+// L1, as in dot_avx2.cpp; on the Sapphire Rapids-class machine above, from memory (256 MiB of
+// rows), 1.5-2 KiB was best there, and 512 B, 4 KiB and more, L2 only (T1/T2) at 4-16 KiB, or
+// non-temporal (NTA) all measured slower. kFar: 4 KiB ahead into L2 only, for the kernels that
+// compute fastest per byte (Q8_0, Q5_K, the legacy types): on the Zen 4 VM of docs/benchmarks.md
+// (one core, 256 MiB of rows, share of the read loop's speed, three runs alternating), Q8_0 0.74-0.85
+// → 0.89-0.94, Q4_1 0.66-0.72 → 0.78-0.86, Q5_0 0.63-0.65 → 0.74-0.76, Q5_K 0.73-0.78 → 0.77-0.79;
+// the kernels that compute longest per byte lost there (Q2_K 0.62-0.70 → 0.56, Q3_K 0.60-0.63 →
+// 0.53-0.56, IQ4_XS 0.68-0.81 → 0.75-0.78, Q4_K 0.82-0.86 → 0.76-0.79): a line still in L2 when it
+// is needed is a longer wait, which only the fast loops hide.
+enum class Reach { kNear, kFar };
 
-template <class Block>
+template <Reach kReach>
+inline __attribute__((always_inline)) void prefetch_line(const void* at) {
+    const char* line = static_cast<const char*>(at);
+    if constexpr (kReach == Reach::kNear) _mm_prefetch(line + 2048, _MM_HINT_T0);
+    else _mm_prefetch(line + 4096, _MM_HINT_T1);
+}
+
+template <Reach kReach = Reach::kNear, class Block>
 void prefetch_block(const Block* block) {
-    const char* ahead = reinterpret_cast<const char*>(block) + kPrefetchBytes;
-    for (size_t offset = 0; offset < sizeof(Block); offset += 64) _mm_prefetch(ahead + offset, _MM_HINT_T0);
+    const char* start = reinterpret_cast<const char*>(block);
+    for (size_t offset = 0; offset < sizeof(Block); offset += 64) prefetch_line<kReach>(start + offset);
 }
 
 float hsum(__m128 v) {
@@ -69,6 +83,18 @@ float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
 
 __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
+
+// A loaded value kept in a register. GCC folds a load into each instruction that uses the value
+// (a memory operand is "free" in its cost model), so a vector used twice is loaded twice; on Zen 4,
+// which does one 512-bit load a cycle, those loads were what bound the legacy kernels. The empty
+// asm makes the value opaque, so it is loaded once and read from the register.
+template <class Vector>
+inline __attribute__((always_inline)) Vector in_register(Vector v) {
+#if defined(__AVX512F__)   // (under SIMDe's emulation a vector is a struct in memory)
+    asm("" : "+v"(v));
+#endif
+    return v;
+}
 
 // The 256-bit kernels shared with dot_avx2.cpp, here with vpdpbusd/vpdpwssd (AVX512-VL VNNI) for
 // the products; none of them runs here any more (Q2_K, Q3_K, Q5_K, IQ4_XS and the legacy types
@@ -468,14 +494,14 @@ void gemv_q8_0(const uint8_t* weights, size_t row_stride, int rows, const BlockQ
         rows, blocks / 2,
         [&](Q8_0Accumulator& acc, int r, int p) {
             const BlockQ8_0* w = row(r) + 2 * p;
-            prefetch_block(w);
-            prefetch_block(w + 1);
+            prefetch_block<Reach::kFar>(w);
+            prefetch_block<Reach::kFar>(w + 1);
             acc.add_pair(w, pairs[p], x_scales + 2 * p);
         },
         [&](Q8_0Accumulator& acc, int r) {
             if (blocks % 2 != 0) {
                 const BlockQ8_0* w = row(r) + (blocks - 1);
-                prefetch_block(w);
+                prefetch_block<Reach::kFar>(w);
                 acc.add_last(*w, pairs[blocks / 2], x_scales[blocks - 1]);
             }
             return acc.total();
@@ -483,16 +509,16 @@ void gemv_q8_0(const uint8_t* weights, size_t row_stride, int rows, const BlockQ
         y);
 }
 
-// Q4_K and Q6_K rows, each block's bytes prefetched kPrefetchBytes ahead (running on into the
-// next row, which is where that stream reads next).
-template <class Acc, class Block, class Activation>
+// Rows of whole blocks (Q4_K, Q6_K, the laid-out types below), each block's bytes prefetched as
+// kReach says (running on into the next row, which is where that stream reads next).
+template <class Acc, class Block, Reach kReach = Reach::kNear, class Activation>
 void gemv_blocks(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
     auto row = [&](int r) { return reinterpret_cast<const Block*>(weights + r * row_stride); };
     gemv_two_streams<Acc>(
         rows, blocks,
         [&](Acc& acc, int r, int b) {
             const Block* w = row(r) + b;
-            prefetch_block(w);
+            prefetch_block<kReach>(w);
             acc.add(*w, x[b]);
         },
         [](Acc& acc, int) { return acc.total(); }, y);
@@ -500,7 +526,8 @@ void gemv_blocks(const uint8_t* weights, size_t row_stride, int rows, const Acti
 
 // Rows of a K-quant type whose kernel reads the Q8_K activation as lay_out writes it (one LaidOut
 // per block), kept per thread and per kernel for as long as the same activation comes back.
-template <class Acc, class Block, class LaidOut, void (*kLayOut)(const BlockQ8K*, int, LaidOut*)>
+template <class Acc, class Block, class LaidOut, void (*kLayOut)(const BlockQ8K*, int, LaidOut*),
+          Reach kReach = Reach::kNear>
 void gemv_laid_out(const uint8_t* weights, size_t row_stride, int rows, const BlockQ8K* x, int blocks, float* y) {
     thread_local LastActivation last;
     thread_local std::vector<LaidOut> laid_out;   // grows once per thread
@@ -508,7 +535,7 @@ void gemv_laid_out(const uint8_t* weights, size_t row_stride, int rows, const Bl
         laid_out.resize(static_cast<size_t>(blocks));
         kLayOut(x, blocks, laid_out.data());
     }
-    gemv_blocks<Acc, Block>(weights, row_stride, rows, laid_out.data(), blocks, y);
+    gemv_blocks<Acc, Block, kReach>(weights, row_stride, rows, laid_out.data(), blocks, y);
 }
 
 // ---- IQ4_XS × Q8_K
@@ -693,8 +720,9 @@ void gemv_legacy_pairs(const uint8_t* weights, size_t row_stride, int rows, cons
         rows, blocks / 2,
         [&](Acc& acc, int r, int p) {
             const Block* w = row(r) + 2 * p;
-            // One line ahead per pair: a pair (36-48 bytes) is shorter than a line, so every line is met.
-            _mm_prefetch(reinterpret_cast<const char*>(w) + kPrefetchBytes, _MM_HINT_T0);
+            // One line per pair: a pair (36-48 bytes) is shorter than a line, so every line is met.
+            // (kFar measured slower here for Q4_0 and IQ4_NL: 0.62-0.67 → 0.55-0.57 of read.)
+            prefetch_line<Reach::kNear>(w);
             acc.add_pair(w[0], w[1], pairs[p]);
         },
         [&](Acc& acc, int r) {
@@ -721,9 +749,11 @@ void gemv_legacy_pairs(const uint8_t* weights, size_t row_stride, int rows, cons
 // the scale conversion, float multiply-add and the gathering of the block's bytes cost as much as
 // the products. Here four consecutive blocks (72-96 bytes) are read with two overlapping 512-bit
 // loads, and vpermt2b (AVX512-VBMI) gathers from them in one instruction each: the four blocks'
-// nibbles (128-bit lane t = block t), their d words (each four times, so that one vcvtph2ps gives
-// every lane its block's scale) with m beside them, and for Q5_0/Q5_1 the qh byte that holds
-// each weight's fifth bit (vptestmb against that bit, then a byte-masked add of 16). Every
+// nibbles (128-bit lane t = block t), and in a second vector their d words (each four times, so
+// that one vcvtph2ps gives every lane its block's scale), m beside them, and for Q5_0/Q5_1 the qh
+// bytes as two 64-lane masks of fifth bits (vpmultishiftqb moves each lane's bit to 16, one
+// vpternlogd adds it: in L2 this measured as fast as two more vpermt2b and vptestmb, or masks
+// moved through general registers, each about 24 GB/s where the nibbles alone give 34). Every
 // weight is dotted as an unsigned byte u = q + bias, where q is the weight's integer (q − 8 for
 // Q4_0, a grid value for IQ4_NL): Σ q·x = Σ u·x − bias·Σx, and −bias·Σx of a block starts its
 // four lanes (bias/4·Σx each). The activation is laid out once per gemv to match: the low 16 and
@@ -753,7 +783,11 @@ struct LegacyQuadLayout {
             for (int i = 0; i < 16; ++i) table.bytes[16 * t + i] = at(kSize * t + kQs + i);
         return table;
     }
-    static constexpr ByteTable scales() {    // words 4t..4t+3: d of block t; words 16 + t: m of block t
+    // Words 4t..4t+3: d of block t; words 16 + t: m of block t (Q4_1, Q5_1); bytes 48 + 2t + k
+    // and 56 + 2t + k: qh bytes k and 2 + k of block t (Q5_0, Q5_1), so that the table's last two
+    // quadwords are the fifth-bit masks of the low and the high nibbles, lane 16t + i for weight
+    // i (resp. 16 + i) of block t.
+    static constexpr ByteTable scales() {
         ByteTable table{};
         for (int t = 0; t < 4; ++t) {
             for (int k = 0; k < 4; ++k) {
@@ -762,27 +796,27 @@ struct LegacyQuadLayout {
             }
             table.bytes[32 + 2 * t] = at(kSize * t + (kHasMin<Block> ? 2 : 0));
             table.bytes[33 + 2 * t] = at(kSize * t + (kHasMin<Block> ? 3 : 1));
+            for (int k = 0; k < 2; ++k) {
+                table.bytes[48 + 2 * t + k] = at(kSize * t + (kHasFifthBit<Block> ? kQh + k : 0));
+                table.bytes[56 + 2 * t + k] = at(kSize * t + (kHasFifthBit<Block> ? kQh + 2 + k : 0));
+            }
         }
-        return table;
-    }
-    static constexpr ByteTable fifth_bytes(int part) {   // byte 16t + i: the qh byte of weight 16·part + i
-        ByteTable table{};
-        for (int t = 0; t < 4; ++t)
-            for (int i = 0; i < 16; ++i) table.bytes[16 * t + i] = at(kSize * t + (kHasFifthBit<Block> ? kQh + 2 * part + i / 8 : 0));
-        return table;
-    }
-    static constexpr ByteTable fifth_bits() {            // byte 16t + i: the bit of weight i within it
-        ByteTable table{};
-        for (int i = 0; i < 64; ++i) table.bytes[i] = static_cast<uint8_t>(1 << (i % 8));
         return table;
     }
 
     static constexpr ByteTable kNibbles = nibbles();
     static constexpr ByteTable kScales = scales();
-    static constexpr ByteTable kFifthLow = fifth_bytes(0);
-    static constexpr ByteTable kFifthHigh = fifth_bytes(1);
-    static constexpr ByteTable kFifthBits = fifth_bits();
 };
+
+// vpmultishiftqb controls: byte j of quadword k reads the 8 bits from bit 8k + j − 4 (mod 64) of
+// a quadword holding a 64-lane mask, so that the mask bit of lane 8k + j lands in the byte's bit 4
+// (a fifth bit's weight, 16).
+constexpr ByteTable fifth_bit_select() {
+    ByteTable table{};
+    for (int i = 0; i < 64; ++i) table.bytes[i] = static_cast<uint8_t>((i + 60) % 64);
+    return table;
+}
+constexpr ByteTable kFifthBitSelect = fifth_bit_select();
 
 struct alignas(64) LegacyQuadActivation {
     int8_t low[64];      // bytes 16t..16t+15: x[0..15] of block t
@@ -800,8 +834,9 @@ struct LegacyQuadX {
     __m128 sums;
 
     explicit LegacyQuadX(const LegacyQuadActivation& x)
-        : start(_mm512_load_si512(x.start)), low(_mm512_load_si512(x.low)), high(_mm512_load_si512(x.high)),
-          scales(_mm512_load_ps(x.scales)), sums(_mm_load_ps(x.sums)) {}
+        : start(in_register(_mm512_load_si512(x.start))), low(in_register(_mm512_load_si512(x.low))),
+          high(in_register(_mm512_load_si512(x.high))), scales(in_register(_mm512_load_ps(x.scales))),
+          sums(_mm_load_ps(x.sums)) {}
 };
 
 template <class Block, class Activation>
@@ -834,7 +869,7 @@ struct LegacyQuadAccumulator {
     // Blocks 4q..4q+3 of a row (w points at the first).
     void add(const Block* w, const LegacyQuadX& x) {
         const auto* bytes = reinterpret_cast<const uint8_t*>(w);
-        const __m512i first = load512(bytes), second = load512(bytes + Layout::kSecond);
+        const __m512i first = in_register(load512(bytes)), second = in_register(load512(bytes + Layout::kSecond));
         const __m512i qs = _mm512_permutex2var_epi8(first, table(Layout::kNibbles), second);
         const __m512i low_nibbles = _mm512_set1_epi8(0x0f);
         __m512i low = _mm512_and_si512(qs, low_nibbles);
@@ -845,16 +880,18 @@ struct LegacyQuadAccumulator {
             low = _mm512_shuffle_epi8(grid, low);
             high = _mm512_shuffle_epi8(grid, high);
         }
+        const __m512i words = _mm512_permutex2var_epi8(first, table(Layout::kScales), second);
         if constexpr (kHasFifthBit<Block>) {
-            const __m512i bits = table(Layout::kFifthBits), sixteen = _mm512_set1_epi8(0x10);
-            const __m512i qh_low = _mm512_permutex2var_epi8(first, table(Layout::kFifthLow), second);
-            const __m512i qh_high = _mm512_permutex2var_epi8(first, table(Layout::kFifthHigh), second);
-            low = _mm512_mask_add_epi8(low, _mm512_test_epi8_mask(qh_low, bits), low, sixteen);
-            high = _mm512_mask_add_epi8(high, _mm512_test_epi8_mask(qh_high, bits), high, sixteen);
+            // The masks (quadwords 6 and 7 of words) broadcast, their bits moved to bit 4 of each
+            // lane's byte, and or-ed in where set: u | (bits & 16), one vpternlogd.
+            const __m512i select = table(kFifthBitSelect), sixteen = _mm512_set1_epi8(0x10);
+            const __m512i low_bits = _mm512_multishift_epi64_epi8(select, _mm512_permutexvar_epi64(_mm512_set1_epi64(6), words));
+            const __m512i high_bits = _mm512_multishift_epi64_epi8(select, _mm512_permutexvar_epi64(_mm512_set1_epi64(7), words));
+            low = _mm512_ternarylogic_epi32(low, low_bits, sixteen, 0xf8);
+            high = _mm512_ternarylogic_epi32(high, high_bits, sixteen, 0xf8);
         }
         __m512i dot = _mm512_dpbusd_epi32(x.start, low, x.low);
         dot = _mm512_dpbusd_epi32(dot, high, x.high);
-        const __m512i words = _mm512_permutex2var_epi8(first, table(Layout::kScales), second);
         const __m512 factors = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(words)), x.scales);
         scaled = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), factors, scaled);
         if constexpr (kHasMin<Block>) {
@@ -875,6 +912,10 @@ auto legacy_tail_accumulator() {
     else return Q5_1Accumulator{};
 }
 
+// Q5_1 measured slower with kFar (0.68-0.71 → 0.57-0.69 of read, two runs of three), the other
+// four faster or the same.
+template <class Block> constexpr Reach kQuadReach = std::is_same_v<Block, BlockQ5_1> ? Reach::kNear : Reach::kFar;
+
 template <class Block, class Activation>
 void gemv_legacy_quads(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
     const int quads = blocks / 4;
@@ -889,10 +930,9 @@ void gemv_legacy_quads(const uint8_t* weights, size_t row_stride, int rows, cons
     using Acc = LegacyQuadAccumulator<Block>;
     auto step = [&](Acc& acc, int r, int q, const LegacyQuadX& xq) {
         const Block* w = row(r) + 4 * q;
-        // Four blocks span 72-96 bytes: two lines ahead cover every line they touch.
-        const char* ahead = reinterpret_cast<const char*>(w) + kPrefetchBytes;
-        _mm_prefetch(ahead, _MM_HINT_T0);
-        _mm_prefetch(ahead + 64, _MM_HINT_T0);
+        // Four blocks span 72-96 bytes: two lines cover every line they touch.
+        prefetch_line<kQuadReach<Block>>(w);
+        prefetch_line<kQuadReach<Block>>(reinterpret_cast<const char*>(w) + 64);
         acc.add(w, xq);
     };
     auto finish = [&](const Acc& acc, int r) {
@@ -1039,7 +1079,7 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
             return gemv_laid_out<Q4KLikeAccumulator<BlockQ4K>, BlockQ4K, Q4KActivation, lay_out_q4k_activation>(
                 base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::Q5_K:
-            return gemv_laid_out<Q4KLikeAccumulator<BlockQ5K>, BlockQ5K, Q4KActivation, lay_out_q4k_activation>(
+            return gemv_laid_out<Q4KLikeAccumulator<BlockQ5K>, BlockQ5K, Q4KActivation, lay_out_q4k_activation, Reach::kFar>(
                 base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
         case GgmlType::IQ4_XS:
             return gemv_laid_out<IQ4XSAccumulator512, BlockIQ4XS, IQ4XSActivation, lay_out_iq4xs_activation>(
