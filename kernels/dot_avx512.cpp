@@ -968,8 +968,15 @@ void gemv_legacy_quads(const uint8_t* weights, size_t row_stride, int rows, cons
 #endif
 
 // ---- float rows (kFloatRows at a time: see dot_avx2.cpp)
+//
+// Each row's lines are prefetched kFar ahead (4 KiB, into L2). On the Zen 4 VM, one core, 256 MiB
+// of rows, share of the read loop's speed (three runs alternating): without a prefetch F16
+// 0.70-0.75, BF16 0.74-0.76, F32 0.95-1.00; kNear 0.61-0.68, 0.61-0.67, 0.80-0.89; kFar 0.72-0.80,
+// 0.77-0.87, 0.99-1.01.
 
 constexpr int kFloatRows = 4;
+
+template <GgmlType kType> constexpr int kFloatBytes = kType == GgmlType::F32 ? 4 : 2;
 
 template <GgmlType kType>
 __m512 load16(const void* row, int i) {
@@ -989,6 +996,7 @@ void dot_float_rows(const uint8_t* rows, size_t row_stride, const float* x, int 
         const __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
         for (int r = 0; r < R; ++r) {
             const uint8_t* row = rows + r * row_stride;
+            for (int line = 0; line < kFloatBytes<kType> * 32; line += 64) prefetch_line<Reach::kFar>(row + kFloatBytes<kType> * i + line);
             acc[r][0] = _mm512_fmadd_ps(load16<kType>(row, i), x0, acc[r][0]);
             acc[r][1] = _mm512_fmadd_ps(load16<kType>(row, i + 16), x1, acc[r][1]);
         }
@@ -1024,6 +1032,7 @@ void dot_bf16_rows(const uint8_t* rows, size_t row_stride, const uint16_t* x_hi,
     for (int i = 0; i < main; i += 32) {
         const __m512bh hi = as_bf16_pairs(load512(x_hi + i)), lo = as_bf16_pairs(load512(x_lo + i));
         for (int r = 0; r < R; ++r) {
+            prefetch_line<Reach::kFar>(rows + r * row_stride + 2 * i);
             const __m512bh w = as_bf16_pairs(load512(reinterpret_cast<const uint16_t*>(rows + r * row_stride) + i));
             acc[r][0] = _mm512_dpbf16_ps(acc[r][0], w, hi);
             acc[r][1] = _mm512_dpbf16_ps(acc[r][1], w, lo);
