@@ -18,19 +18,10 @@
 namespace numatune {
 namespace {
 
-// How far ahead of the row being read the weights are prefetched. The hardware prefetcher alone
-// falls behind once the loop also computes: on a Zen 3 core (512 MiB of weights), prefetching
-// 2-3 KiB ahead lifted gemv from 11-13 to 15-17 GB/s; 1 KiB gained less, 6 KiB lost some.
-// Adjacent quantized rows are not dotted together: 2 or 4 neighbouring rows against the same
-// activation block measured slower there (8-10 GB/s for Q4_K), unlike float rows (see
+// Adjacent quantized rows are not dotted together: on a Zen 3 core, 2 or 4 neighbouring rows
+// against the same activation block measured slower (8-10 GB/s for Q4_K), unlike float rows (see
 // kFloatRows). Two far-apart rows, one per stream, are (see gemv_blocks).
-constexpr size_t kPrefetchBytes = 2048;
-
-template <class Block>
-void prefetch_block(const Block* block) {
-    const char* ahead = reinterpret_cast<const char*>(block) + kPrefetchBytes;
-    for (size_t offset = 0; offset < sizeof(Block); offset += 64) _mm_prefetch(ahead + offset, _MM_HINT_T0);
-}
+#include "dot_x86_prefetch.h"   // Reach, prefetch_line, prefetch_block
 
 // Horizontal sums of a row's accumulator lanes, always in the tree ((0+1)+(2+3)) + ((4+5)+(6+7)),
 // whether one row is summed alone (hsum) or eight together (hsum8): a row's result does not depend
@@ -229,7 +220,7 @@ struct Q8_0Accumulator {
 // Intel machine of docs/benchmarks.md, with these kernels forced (NUMATUNE_ISA=avx2), the
 // engine's weight traffic over read bandwidth on one thread went from 0.79-0.83 to 0.95-0.97
 // (Q4_K_M and Q8_0); not measured on an AMD CPU. Each block's bytes are prefetched
-// kPrefetchBytes ahead, running on into the stream's next row. The rows' sums are reduced eight
+// kNear ahead (dot_x86_prefetch.h), running on into the stream's next row. The rows' sums are reduced eight
 // at a time (four of each stream), which matters for narrow rows (a 768-wide Q6_K row is 3
 // blocks); hsum and hsum8 add in the same order, so a row's result does not depend on how rows
 // are split over workers.
@@ -280,6 +271,13 @@ void gemv_blocks(const uint8_t* weights, size_t row_stride, int rows, const Acti
 
 // ---- float rows
 
+// Each row's lines are prefetched kFar ahead (4 KiB into L2, dot_x86_prefetch.h). On the Zen 4 VM,
+// with this variant, one core, 256 MiB of rows, share of the read loop's speed (three runs
+// alternating): F16 0.66-0.68 → 0.70-0.76, BF16 0.63-0.64 → 0.72-0.81, F32 0.94-0.97 → 0.88-0.99.
+// The quantized rows above keep kNear: kFar measured slower for every one tried there (Q8_0
+// 0.92 → 0.77-0.79, Q6_K 0.86-0.88 → 0.76-0.80, Q4_K 0.78-0.79 → 0.65-0.66, Q4_0 0.49-0.51 →
+// 0.40-0.42).
+//
 // Float rows go kFloatRows at a time so that each load of x serves several rows: x stays f32
 // (4 bytes per weight, twice the bytes of an F16 row), and a 7168-wide x fills L1, so one row at
 // a time re-reads it from L2 for every row. Measured on a Zen 3 core, 4 rows at a time took F16
@@ -296,6 +294,8 @@ __m256 load8(const void* row, int i) {
 }
 
 // y[0..R) for R rows starting at `rows`, two accumulators per row.
+template <GgmlType kType> constexpr int kFloatBytes = kType == GgmlType::F32 ? 4 : 2;
+
 template <GgmlType kType, int R>
 void dot_float_rows(const uint8_t* rows, size_t row_stride, const float* x, int n, float* y) {
     __m256 acc[R][2];
@@ -305,6 +305,7 @@ void dot_float_rows(const uint8_t* rows, size_t row_stride, const float* x, int 
         const __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
         for (int r = 0; r < R; ++r) {
             const uint8_t* row = rows + r * row_stride;
+            if (kFloatBytes<kType> * i % 64 == 0) prefetch_line<Reach::kFar>(row + kFloatBytes<kType> * i);
             acc[r][0] = _mm256_fmadd_ps(load8<kType>(row, i), x0, acc[r][0]);
             acc[r][1] = _mm256_fmadd_ps(load8<kType>(row, i + 8), x1, acc[r][1]);
         }

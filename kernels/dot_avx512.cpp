@@ -44,30 +44,7 @@
 namespace numatune {
 namespace {
 
-// How far ahead, and into which cache, a kernel's weights are prefetched. kNear: 2 KiB ahead into
-// L1, as in dot_avx2.cpp; on the Sapphire Rapids-class machine above, from memory (256 MiB of
-// rows), 1.5-2 KiB was best there, and 512 B, 4 KiB and more, L2 only (T1/T2) at 4-16 KiB, or
-// non-temporal (NTA) all measured slower. kFar: 4 KiB ahead into L2 only, for the kernels that
-// compute fastest per byte (Q8_0, Q5_K, the legacy types): on the Zen 4 VM of docs/benchmarks.md
-// (one core, 256 MiB of rows, share of the read loop's speed, three runs alternating), Q8_0 0.74-0.85
-// → 0.89-0.94, Q4_1 0.66-0.72 → 0.78-0.86, Q5_0 0.63-0.65 → 0.74-0.76, Q5_K 0.73-0.78 → 0.77-0.79;
-// the kernels that compute longest per byte lost there (Q2_K 0.62-0.70 → 0.56, Q3_K 0.60-0.63 →
-// 0.53-0.56, IQ4_XS 0.68-0.81 → 0.75-0.78, Q4_K 0.82-0.86 → 0.76-0.79): a line still in L2 when it
-// is needed is a longer wait, which only the fast loops hide.
-enum class Reach { kNear, kFar };
-
-template <Reach kReach>
-inline __attribute__((always_inline)) void prefetch_line(const void* at) {
-    const char* line = static_cast<const char*>(at);
-    if constexpr (kReach == Reach::kNear) _mm_prefetch(line + 2048, _MM_HINT_T0);
-    else _mm_prefetch(line + 4096, _MM_HINT_T1);
-}
-
-template <Reach kReach = Reach::kNear, class Block>
-void prefetch_block(const Block* block) {
-    const char* start = reinterpret_cast<const char*>(block);
-    for (size_t offset = 0; offset < sizeof(Block); offset += 64) prefetch_line<kReach>(start + offset);
-}
+#include "dot_x86_prefetch.h"   // Reach, prefetch_line, prefetch_block
 
 float hsum(__m128 v) {
     __m128 s = _mm_add_ps(v, _mm_movehl_ps(v, v));
