@@ -252,18 +252,21 @@ struct Q6KAccumulator {
         // Zero-extended, so that vpdpwssd sees the (signed) scale in the low half and 0 above.
         const __m512i scales = _mm512_cvtepu16_epi32(scales16);
 
-        const __m256i low_nibbles = _mm256_set1_epi8(0x0f), high_bits = _mm256_set1_epi8(0x30);
+        // 512 bits at a time: ql's 64 bytes of a half are q0's and q1's low nibbles (and q2's and
+        // q3's high ones); qh's 32 bytes, in both 256-bit halves, are masked to the two bits each
+        // quarter needs and shifted, per half, to bits 4-5 (vpsllvw/vpsrlvw), then or-ed in.
+        const __m512i low_nibbles = _mm512_set1_epi8(0x0f);
+        const __m512i first_bits = _mm512_inserti64x4(_mm512_set1_epi8(0x03), _mm256_set1_epi8(0x0c), 1);
+        const __m512i second_bits = _mm512_inserti64x4(_mm512_set1_epi8(0x30), _mm256_set1_epi8(static_cast<char>(0xc0)), 1);
+        const __m512i first_shift = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+        const __m512i second_shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
         for (int h = 0; h < 2; ++h) {
-            const __m256i l0 = load256(w.ql + 64 * h);
-            const __m256i l1 = load256(w.ql + 64 * h + 32);
-            const __m256i hb = load256(w.qh + 32 * h);
-            const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, low_nibbles), _mm256_and_si256(_mm256_slli_epi16(hb, 4), high_bits));
-            const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, low_nibbles), _mm256_and_si256(_mm256_slli_epi16(hb, 2), high_bits));
-            const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low_nibbles), _mm256_and_si256(hb, high_bits));
-            const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low_nibbles),
-                                               _mm256_and_si256(_mm256_srli_epi16(hb, 2), high_bits));
-            const __m512i first = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);   // weights 128h..+63
-            const __m512i second = _mm512_inserti64x4(_mm512_castsi256_si512(q2), q3, 1);  // weights 128h+64..+127
+            const __m512i l = load512(w.ql + 64 * h);
+            const __m512i hb = _mm512_broadcast_i64x4(load256(w.qh + 32 * h));
+            // (a & b) | c: vpternlogd 0xea
+            const __m512i first = _mm512_ternarylogic_epi32(l, low_nibbles, _mm512_sllv_epi16(_mm512_and_si512(hb, first_bits), first_shift), 0xea);
+            const __m512i second = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l, 4), low_nibbles,
+                                                             _mm512_srlv_epi16(_mm512_and_si512(hb, second_bits), second_shift), 0xea);
             const __m512i dot_first = _mm512_dpbusd_epi32(_mm512_setzero_si512(), first, load512(x.qs + 128 * h));
             const __m512i dot_second = _mm512_dpbusd_epi32(_mm512_setzero_si512(), second, load512(x.qs + 128 * h + 64));
             sum = _mm512_dpwssd_epi32(sum, dot_first, _mm512_permutexvar_epi32(group_quad(2 * h), scales));
