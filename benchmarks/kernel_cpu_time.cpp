@@ -4,13 +4,15 @@
 // a few percent. One thread. KIB of rows (7168 wide) are tiled from 64 quantized rows per type;
 // with a few hundred KiB the rows stay in L2 (what the kernel computes at most), with 256 MiB
 // they come from memory. Prints weight GB/s (median and best of ROUNDS, each REPEATS gemv calls),
-// the read's GB/s and their ratio. Never asserts.
+// the read's GB/s and their ratio. Never asserts. The rows lie in 2 MiB-aligned memory advised for
+// transparent huge pages, as the engine's weights do (placement.cpp): on 4 KiB pages the same
+// kernels and read ran about a third slower from memory on the Zen 4 VM of docs/benchmarks.md.
 //
 //   python -c "import numpy as np; from numatune import quants, _kernels; rng = np.random.default_rng(0)
 //   [quants.quantize(rng.standard_normal((64, 7168)).astype(np.float32), t).tofile(f'/tmp/{t}.bin')
 //    for t in _kernels.supported_types()]"
 //   g++ -O2 -mavx2 -DNUMATUNE_X86_VARIANTS=1 -Ikernels benchmarks/kernel_cpu_time.cpp \
-//       build/temp.*/kernels/{dot_avx2,dot_avx512,quant_ref,quant_dispatch,cpu_features,quant_iq_b,quant_ref_iq1_iq2}.o -o /tmp/kernel_cpu_time
+//       build/temp.*/kernels/{dot_avx2,dot_avx512,quant_ref,quant_dispatch,cpu_features,quant_iq}.o -o /tmp/kernel_cpu_time
 //   /tmp/kernel_cpu_time /tmp Q4_0,Q3_K avx2,avx512-vnni 384 50 7        # in L2
 //   /tmp/kernel_cpu_time /tmp Q4_0,Q3_K avx2,avx512-vnni 262144 1 5      # from memory
 // (after `python setup.py build_ext --inplace`, from the repository root)
@@ -23,6 +25,7 @@
 #include <vector>
 #include <algorithm>
 #include <sched.h>
+#include <sys/mman.h>
 #include "quant.h"
 using namespace numatune;
 static double now() { timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
@@ -49,8 +52,11 @@ int main(int argc, char** argv) {
         std::vector<uint8_t> tile(1 << 22); size_t got = fread(tile.data(), 1, tile.size(), f); fclose(f); tile.resize(got);
         const int n = 7168; size_t rb = row_bytes(info->type, n);
         size_t rows = std::max<size_t>(2, kib * 1024 / rb);
-        std::vector<uint8_t> w(rows * rb);
-        for (size_t r = 0; r < rows; ++r) memcpy(&w[r * rb], &tile[(r % 64) * rb], rb);
+        const size_t huge = size_t(2) << 20, bytes = rows * rb, mapped = (bytes + huge - 1) / huge * huge;
+        uint8_t* base = static_cast<uint8_t*>(aligned_alloc(huge, mapped));
+        madvise(base, mapped, MADV_HUGEPAGE);   // advisory, as in the engine
+        struct Rows { uint8_t* p; size_t n; uint8_t* data() const { return p; } size_t size() const { return n; } } w{base, bytes};
+        for (size_t r = 0; r < rows; ++r) memcpy(&w.p[r * rb], &tile[(r % 64) * rb], rb);
         std::vector<float> x(n); srand(1); for (auto& v : x) v = (rand() / (float)RAND_MAX) - 0.5f;
         std::vector<float> xq(activation_bytes(info->type, n) / 4 + 16);
         std::vector<float> y(rows);
@@ -75,5 +81,6 @@ int main(int argc, char** argv) {
             printf("%-6s %-16s %7zu KiB  kernel %6.2f (max %6.2f)  read %6.2f  ratio %.2f  y0=%g\n", tn.c_str(), vn.c_str(), w.size() / 1024,
                    gk[gk.size() / 2], gk.back(), gr[gr.size() / 2], gk[gk.size() / 2] / gr[gr.size() / 2], y[0]);
         }
+        free(base);
     }
 }

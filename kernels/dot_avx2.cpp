@@ -273,10 +273,9 @@ void gemv_blocks(const uint8_t* weights, size_t row_stride, int rows, const Acti
 
 // Each row's lines are prefetched kFar ahead (4 KiB into L2, dot_x86_prefetch.h). On the Zen 4 VM,
 // with this variant, one core, 256 MiB of rows, share of the read loop's speed (three runs
-// alternating): F16 0.66-0.68 → 0.70-0.76, BF16 0.63-0.64 → 0.72-0.81, F32 0.94-0.97 → 0.88-0.99.
-// The quantized rows above keep kNear: kFar measured slower for every one tried there (Q8_0
-// 0.92 → 0.77-0.79, Q6_K 0.86-0.88 → 0.76-0.80, Q4_K 0.78-0.79 → 0.65-0.66, Q4_0 0.49-0.51 →
-// 0.40-0.42).
+// alternating), without → with: on 4 KiB pages F16 0.66-0.68 → 0.70-0.76, BF16 0.63-0.64 →
+// 0.72-0.81, F32 0.94-0.97 → 0.88-0.99; on huge pages F16 0.60-0.69 → 0.62-0.63, BF16
+// 0.59-0.60 → 0.65-0.69, F32 0.82-0.85 → 0.79-0.83. The quantized rows above keep kNear.
 //
 // Float rows go kFloatRows at a time so that each load of x serves several rows: x stays f32
 // (4 bytes per weight, twice the bytes of an F16 row), and a 7168-wide x fills L1, so one row at

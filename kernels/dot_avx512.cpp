@@ -892,10 +892,6 @@ auto legacy_tail_accumulator() {
     else return Q5_1Accumulator{};
 }
 
-// Q5_1 measured slower with kFar (0.68-0.71 → 0.57-0.69 of read, two runs of three), the other
-// four faster or the same.
-template <class Block> constexpr Reach kQuadReach = std::is_same_v<Block, BlockQ5_1> ? Reach::kNear : Reach::kFar;
-
 template <class Block, class Activation>
 void gemv_legacy_quads(const uint8_t* weights, size_t row_stride, int rows, const Activation* x, int blocks, float* y) {
     const int quads = blocks / 4;
@@ -911,8 +907,8 @@ void gemv_legacy_quads(const uint8_t* weights, size_t row_stride, int rows, cons
     auto step = [&](Acc& acc, int r, int q, const LegacyQuadX& xq) {
         const Block* w = row(r) + 4 * q;
         // Four blocks span 72-96 bytes: two lines cover every line they touch.
-        prefetch_line<kQuadReach<Block>>(w);
-        prefetch_line<kQuadReach<Block>>(reinterpret_cast<const char*>(w) + 64);
+        prefetch_line<Reach::kFar>(w);
+        prefetch_line<Reach::kFar>(reinterpret_cast<const char*>(w) + 64);
         acc.add(w, xq);
     };
     auto finish = [&](const Acc& acc, int r) {
@@ -949,12 +945,13 @@ void gemv_legacy_quads(const uint8_t* weights, size_t row_stride, int rows, cons
 
 // ---- float rows (kFloatRows at a time: see dot_avx2.cpp)
 //
-// Each row's lines are prefetched kFar ahead (4 KiB, into L2). On the Zen 4 VM, one core, 256 MiB
-// of rows, share of the read loop's speed (three runs alternating): without a prefetch F16
-// 0.70-0.75, BF16 0.74-0.76, F32 0.95-1.00; kNear 0.61-0.68, 0.61-0.67, 0.80-0.89; kFar 0.72-0.80,
-// 0.77-0.87, 0.99-1.01.
-
-constexpr int kFloatRows = 4;
+// On the Zen 4 VM, one core, 256 MiB of rows on huge pages, share of the read loop's speed (three
+// runs alternating): 2-byte rows eight at a time instead of four, F16 0.62-0.70 → 0.69-0.70, BF16
+// 0.62-0.65 → 0.68-0.74 (F32 no better: 0.76-0.77 → 0.65-0.77, so it keeps four; two at a time
+// was slower for all three). Each row's lines are prefetched kFar ahead: on 4 KiB pages F16 went
+// 0.70-0.75 → 0.72-0.80 and BF16 0.74-0.76 → 0.77-0.87 (kNear lost: 0.61-0.68); on huge pages,
+// which the engine asks for, it made no difference (F16 0.56-0.60 either way).
+template <GgmlType kType> constexpr int kFloatRows = kType == GgmlType::F32 ? 4 : 8;
 
 template <GgmlType kType> constexpr int kFloatBytes = kType == GgmlType::F32 ? 4 : 2;
 
@@ -989,8 +986,8 @@ void dot_float_rows(const uint8_t* rows, size_t row_stride, const float* x, int 
 template <GgmlType kType>
 void gemv_float(const uint8_t* weights, size_t row_stride, int rows, const float* x, int n, float* y) {
     int r = 0;
-    for (; r + kFloatRows <= rows; r += kFloatRows) {
-        dot_float_rows<kType, kFloatRows>(weights + r * row_stride, row_stride, x, n, y + r);
+    for (; r + kFloatRows<kType> <= rows; r += kFloatRows<kType>) {
+        dot_float_rows<kType, kFloatRows<kType>>(weights + r * row_stride, row_stride, x, n, y + r);
     }
     for (; r < rows; ++r) dot_float_rows<kType, 1>(weights + r * row_stride, row_stride, x, n, y + r);
 }
@@ -1035,8 +1032,8 @@ void gemv_bf16_dot(const uint8_t* weights, size_t row_stride, int rows, const fl
         x_lo[i] = f32_to_bf16(x[i] - bf16_to_f32(x_hi[i]));
     }
     int r = 0;
-    for (; r + kFloatRows <= rows; r += kFloatRows) {
-        dot_bf16_rows<kFloatRows>(weights + r * row_stride, row_stride, x_hi, x_lo, x, main, n, y + r);
+    for (; r + kFloatRows<GgmlType::BF16> <= rows; r += kFloatRows<GgmlType::BF16>) {
+        dot_bf16_rows<kFloatRows<GgmlType::BF16>>(weights + r * row_stride, row_stride, x_hi, x_lo, x, main, n, y + r);
     }
     for (; r < rows; ++r) dot_bf16_rows<1>(weights + r * row_stride, row_stride, x_hi, x_lo, x, main, n, y + r);
 }

@@ -8,12 +8,14 @@
 // (NTA) all measured slower.
 //
 // kFar: 4 KiB ahead into L2 only, for the kernels that compute fastest per byte. On the Zen 4 VM
-// of docs/benchmarks.md (one core, 256 MiB of rows, share of the read loop's speed, three runs
-// alternating), AVX-512: Q8_0 0.74-0.85 → 0.89-0.94, Q4_1 0.66-0.72 → 0.78-0.86, Q5_0 0.63-0.65
-// → 0.74-0.76, Q5_K 0.73-0.78 → 0.77-0.79. The kernels that compute longest per byte lost there
-// (Q2_K 0.62-0.70 → 0.56, Q3_K 0.60-0.63 → 0.53-0.56, IQ4_XS 0.68-0.81 → 0.75-0.78, Q4_K
-// 0.82-0.86 → 0.76-0.79): a line still in L2 when it is needed is a longer wait, which only the
-// fast loops hide. Each kernel says which it uses.
+// of docs/benchmarks.md, AVX-512, one core, 256 MiB of rows on huge pages (as the engine's
+// weights), share of the read loop's speed, kNear → kFar (three runs alternating): Q8_0 0.78-0.80
+// → 0.88-0.92, Q4_1 0.61-0.64 → 0.79-0.83, Q5_0 0.51-0.52 → 0.70-0.71, Q5_K 0.56-0.62 →
+// 0.73-0.74, Q4_0 0.66-0.71 → 0.71-0.75, IQ4_NL 0.60-0.66 → 0.66-0.73, Q5_1 0.57-0.61 →
+// 0.63-0.64. The kernels that compute longest per byte did not gain (Q4_K 0.78-0.85 →
+// 0.77-0.80, Q2_K 0.51-0.57 → 0.49-0.55, IQ4_XS 0.73-0.77 → 0.72-0.78), nor did the AVX2
+// variant's quantized kernels (Q8_0 0.78-0.90 → 0.72-0.84): a line still in L2 when it is
+// needed is a longer wait, which only the fast loops hide. Each kernel says which it uses.
 #pragma once
 
 enum class Reach { kNear, kFar };
