@@ -13,10 +13,10 @@
 //    Sapphire Rapids-class core (2.6 GHz TSC), in L2: Q4_K 23.6 → 16.2 and Q8_0 3.7 → 2.8 cycles
 //    a block; from 2 GiB of rows, against the bandwidth benchmark's read loop in the same
 //    process, Q4_K 0.69 → 0.81, Q8_0 0.79 → 0.84 (one stream; see gemv_two_streams for more).
-//  * Q6_K joins a pair of 32-byte runs into one 512-bit vector that lines up with 64 contiguous
-//    activation bytes.
+//  * Q6_K assembles 64 six-bit values per 512-bit step, lined up with 64 contiguous activation
+//    bytes.
 //  * Q2_K, Q3_K, Q5_K and IQ4_XS: 64 weights per vpdpbusd as well, against activations laid out
-//    once per call (Q5_K on Q4_K's); the legacy types and IQ4_NL four blocks per step where the
+//    once per call (Q5_K on Q4_K's); the legacy types, IQ4_NL and MXFP4 four blocks per step where the
 //    CPU has AVX512-VBMI (vpermt2b gathers their bytes; the "-vbmi" variants), else two. In L2,
 //    one core of the AMD VM of docs/benchmarks.md (2026-12-07): Q2_K 13.7 → 18.2, Q5_K 22 → 27,
 //    IQ4_XS 15 → 30, Q4_1 21 → 28 GB/s; from memory see that page.
@@ -612,7 +612,7 @@ template <class Block>
 constexpr int legacy_bias() {
     if constexpr (std::is_same_v<Block, BlockQ4_0>) return 8;
     else if constexpr (std::is_same_v<Block, BlockQ5_0>) return 16;
-    else if constexpr (std::is_same_v<Block, BlockIQ4NL>) return 128;
+    else if constexpr (std::is_same_v<Block, BlockIQ4NL> || std::is_same_v<Block, BlockMXFP4>) return 128;
     else return 0;
 }
 
@@ -715,7 +715,7 @@ void gemv_legacy_pairs(const uint8_t* weights, size_t row_stride, int rows, cons
         y);
 }
 
-// ---- legacy blocks (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), four per step (with AVX512-VBMI)
+// ---- legacy blocks (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) and MXFP4, four per step (with AVX512-VBMI)
 //
 // Compiled for AVX512-VBMI in this region only, and run only where CPUID reports it (the
 // "-vbmi" variants): Cascade Lake and Cooper Lake have AVX-512 VNNI without VBMI.
@@ -735,8 +735,10 @@ void gemv_legacy_pairs(const uint8_t* weights, size_t row_stride, int rows, cons
 // vpternlogd adds it: in L2 this measured as fast as two more vpermt2b and vptestmb, or masks
 // moved through general registers, each about 24 GB/s where the nibbles alone give 34). Every
 // weight is dotted as an unsigned byte u = q + bias, where q is the weight's integer (q − 8 for
-// Q4_0, a grid value for IQ4_NL): Σ q·x = Σ u·x − bias·Σx, and −bias·Σx of a block starts its
-// four lanes (bias/4·Σx each). The activation is laid out once per gemv to match: the low 16 and
+// Q4_0, a grid value for IQ4_NL and MXFP4): Σ q·x = Σ u·x − bias·Σx, and −bias·Σx of a block
+// starts its four lanes (bias/4·Σx each). MXFP4's scale is one E8M0 byte e, gathered into each
+// of its block's lanes and applied as dx·2^(e − 128) by vscalefps (in L2, one core of the Zen 4
+// VM: 13.3 GB/s with dot_x86_iq.h's 256-bit kernel → 24.8; from memory 13.1 → 21.6). The activation is laid out once per gemv to match: the low 16 and
 // high 16 activation bytes of each of the four blocks, the starts, dx in each block's lanes, and
 // dx·Σx for Q4_1's and Q5_1's m·dx·Σx. Blocks past the last four (rows of n % 128 ≠ 0) are
 // dotted by the 256-bit kernels of dot_x86_blocks.h against the activation as it is.
@@ -771,9 +773,14 @@ struct LegacyQuadLayout {
         ByteTable table{};
         for (int t = 0; t < 4; ++t) {
             for (int k = 0; k < 4; ++k) {
+                if constexpr (std::is_same_v<Block, BlockMXFP4>) {   // dwords 4t..4t+3: e of block t
+                    table.bytes[16 * t + 4 * k] = at(kSize * t);
+                    continue;
+                }
                 table.bytes[8 * t + 2 * k] = at(kSize * t);
                 table.bytes[8 * t + 2 * k + 1] = at(kSize * t + 1);
             }
+            if constexpr (std::is_same_v<Block, BlockMXFP4>) continue;
             table.bytes[32 + 2 * t] = at(kSize * t + (kHasMin<Block> ? 2 : 0));
             table.bytes[33 + 2 * t] = at(kSize * t + (kHasMin<Block> ? 3 : 1));
             for (int k = 0; k < 2; ++k) {
@@ -854,8 +861,9 @@ struct LegacyQuadAccumulator {
         const __m512i low_nibbles = _mm512_set1_epi8(0x0f);
         __m512i low = _mm512_and_si512(qs, low_nibbles);
         __m512i high = _mm512_and_si512(_mm512_srli_epi16(qs, 4), low_nibbles);
-        if constexpr (std::is_same_v<Block, BlockIQ4NL>) {
-            const __m512i grid = _mm512_broadcast_i32x4(_mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)),
+        if constexpr (std::is_same_v<Block, BlockIQ4NL> || std::is_same_v<Block, BlockMXFP4>) {
+            const int8_t* values = std::is_same_v<Block, BlockIQ4NL> ? kIq4Values : kMxfp4Values;
+            const __m512i grid = _mm512_broadcast_i32x4(_mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(values)),
                                                                       _mm_set1_epi8(static_cast<char>(0x80))));
             low = _mm512_shuffle_epi8(grid, low);
             high = _mm512_shuffle_epi8(grid, high);
@@ -872,7 +880,15 @@ struct LegacyQuadAccumulator {
         }
         __m512i dot = _mm512_dpbusd_epi32(x.start, low, x.low);
         dot = _mm512_dpbusd_epi32(dot, high, x.high);
-        const __m512 factors = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(words)), x.scales);
+        __m512 factors;
+        if constexpr (std::is_same_v<Block, BlockMXFP4>) {
+            // dx · 2^(e − 128), exact (vscalefps scales by a power of two, subnormals included),
+            // as dx · e8m0_half(e) in the reference.
+            const __m512i e = _mm512_and_si512(words, _mm512_set1_epi32(0xff));
+            factors = _mm512_scalef_ps(x.scales, _mm512_cvtepi32_ps(_mm512_sub_epi32(e, _mm512_set1_epi32(128))));
+        } else {
+            factors = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(words)), x.scales);
+        }
         scaled = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), factors, scaled);
         if constexpr (kHasMin<Block>) {
             offsets = _mm_fmadd_ps(_mm_cvtph_ps(_mm512_extracti32x4_epi32(words, 2)), x.sums, offsets);
@@ -888,6 +904,7 @@ auto legacy_tail_accumulator() {
     if constexpr (std::is_same_v<Block, BlockQ4_0>) return Q4_0Accumulator{};
     else if constexpr (std::is_same_v<Block, BlockQ5_0>) return Q5_0Accumulator{};
     else if constexpr (std::is_same_v<Block, BlockIQ4NL>) return IQ4NLAccumulator{};
+    else if constexpr (std::is_same_v<Block, BlockMXFP4>) return MXFP4Accumulator{};
     else if constexpr (std::is_same_v<Block, BlockQ4_1>) return Q4_1Accumulator{};
     else return Q5_1Accumulator{};
 }
@@ -1054,6 +1071,9 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
         gemv_blocks<decltype(accumulator), std::remove_cv_t<std::remove_pointer_t<decltype(block)>>>(
             base, row_stride, rows, x, blocks, y);
     };
+    if constexpr (kVbmi) {   // MXFP4 four blocks a step; without VBMI, dot_x86_iq.h's kernel below
+        if (type == GgmlType::MXFP4) return gemv_legacy_quads<BlockMXFP4>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+    }
     if (run_iq_type(type, xq, n, blocks_of)) return;   // the types of dot_x86_iq.h
     switch (type) {
         case GgmlType::Q4_0: return gemv_legacy<BlockQ4_0, kVbmi>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
