@@ -275,7 +275,8 @@ void gemv_blocks(const uint8_t* weights, size_t row_stride, int rows, const Acti
 // with this variant, one core, 256 MiB of rows, share of the read loop's speed (three runs
 // alternating), without → with: on 4 KiB pages F16 0.66-0.68 → 0.70-0.76, BF16 0.63-0.64 →
 // 0.72-0.81, F32 0.94-0.97 → 0.88-0.99; on huge pages F16 0.60-0.69 → 0.62-0.63, BF16
-// 0.59-0.60 → 0.65-0.69, F32 0.82-0.85 → 0.79-0.83. The quantized rows above keep kNear.
+// 0.59-0.60 → 0.65-0.69, F32 0.82-0.85 → 0.79-0.83, so F32 rows are not prefetched. The
+// quantized rows above keep kNear.
 //
 // Float rows go kFloatRows at a time so that each load of x serves several rows: x stays f32
 // (4 bytes per weight, twice the bytes of an F16 row), and a 7168-wide x fills L1, so one row at
@@ -293,8 +294,6 @@ __m256 load8(const void* row, int i) {
 }
 
 // y[0..R) for R rows starting at `rows`, two accumulators per row.
-template <GgmlType kType> constexpr int kFloatBytes = kType == GgmlType::F32 ? 4 : 2;
-
 template <GgmlType kType, int R>
 void dot_float_rows(const uint8_t* rows, size_t row_stride, const float* x, int n, float* y) {
     __m256 acc[R][2];
@@ -304,7 +303,7 @@ void dot_float_rows(const uint8_t* rows, size_t row_stride, const float* x, int 
         const __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
         for (int r = 0; r < R; ++r) {
             const uint8_t* row = rows + r * row_stride;
-            if (kFloatBytes<kType> * i % 64 == 0) prefetch_line<Reach::kFar>(row + kFloatBytes<kType> * i);
+            if (kType != GgmlType::F32 && i % 32 == 0) prefetch_line<Reach::kFar>(row + 2 * i);
             acc[r][0] = _mm256_fmadd_ps(load8<kType>(row, i), x0, acc[r][0]);
             acc[r][1] = _mm256_fmadd_ps(load8<kType>(row, i + 8), x1, acc[r][1]);
         }

@@ -965,12 +965,12 @@ void gemv_legacy_quads(const uint8_t* weights, size_t row_stride, int rows, cons
 // On the Zen 4 VM, one core, 256 MiB of rows on huge pages, share of the read loop's speed (three
 // runs alternating): 2-byte rows eight at a time instead of four, F16 0.62-0.70 → 0.69-0.70, BF16
 // 0.62-0.65 → 0.68-0.74 (F32 no better: 0.76-0.77 → 0.65-0.77, so it keeps four; two at a time
-// was slower for all three). Each row's lines are prefetched kFar ahead: on 4 KiB pages F16 went
-// 0.70-0.75 → 0.72-0.80 and BF16 0.74-0.76 → 0.77-0.87 (kNear lost: 0.61-0.68); on huge pages,
-// which the engine asks for, it made no difference (F16 0.56-0.60 either way).
+// was slower for all three). The 2-byte rows' lines are prefetched kFar ahead: on 4 KiB pages F16
+// went 0.70-0.75 → 0.72-0.80 and BF16 0.74-0.76 → 0.77-0.87 (kNear lost: 0.61-0.68); on huge
+// pages, which the engine asks for, it made no difference (F16 0.56-0.60 either way). F32 rows
+// are not prefetched: on huge pages they ran 2-3% slower with it (benchmarks/kernels.py, one
+// thread, 24.7 → 24.0 GB/s).
 template <GgmlType kType> constexpr int kFloatRows = kType == GgmlType::F32 ? 4 : 8;
-
-template <GgmlType kType> constexpr int kFloatBytes = kType == GgmlType::F32 ? 4 : 2;
 
 template <GgmlType kType>
 __m512 load16(const void* row, int i) {
@@ -990,7 +990,7 @@ void dot_float_rows(const uint8_t* rows, size_t row_stride, const float* x, int 
         const __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
         for (int r = 0; r < R; ++r) {
             const uint8_t* row = rows + r * row_stride;
-            for (int line = 0; line < kFloatBytes<kType> * 32; line += 64) prefetch_line<Reach::kFar>(row + kFloatBytes<kType> * i + line);
+            if constexpr (kType != GgmlType::F32) prefetch_line<Reach::kFar>(row + 2 * i);   // one line: 32 weights
             acc[r][0] = _mm512_fmadd_ps(load16<kType>(row, i), x0, acc[r][0]);
             acc[r][1] = _mm512_fmadd_ps(load16<kType>(row, i + 16), x1, acc[r][1]);
         }
