@@ -10,7 +10,9 @@
 
 #include <immintrin.h>
 
+#include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "quant.h"
 #include "quant_iq.h"
@@ -324,8 +326,52 @@ void gemv_float(const uint8_t* weights, size_t row_stride, int rows, const float
 
 // ---- entry points
 
+// ---- Q4_0 and Q5_0 as unsigned values
+//
+// dot_x86_blocks.h's kernel (shared with the AVX-512 variant's tails) dots q − 8 (q − 16) by the
+// sign trick: a subtraction, vpabsb and vpsignb a block. Here the stored value u = q + 8 (q + 16)
+// is dotted as it is, unsigned (vpmaddubsw: pairs of at most 31·127, no saturation), and the
+// offset −8·Σx (−16·Σx) is added to the block's eight lanes from a copy of the activation made
+// once per gemv (a few KiB) that also holds dx as a float. IQ4_NL keeps the sign trick: its grid
+// values shifted to unsigned reach 255, and 255·127 pairs would saturate vpmaddubsw.
+struct alignas(32) UnsignedLegacyX {
+    int8_t qs[kQ8];
+    int32_t offset;   // −bias/8 · Σx, per lane
+    float dx;
+};
+
+template <class Block>
+struct UnsignedLegacyAccumulator {
+    __m256 scaled = _mm256_setzero_ps();
+
+    void add(const Block& w, const UnsignedLegacyX& x) {
+        const __m256i pairs = _mm256_maddubs_epi16(legacy_values(w), load_bytes(x.qs));
+        const __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)), _mm256_set1_epi32(x.offset));
+        scaled = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w.d) * x.dx), _mm256_cvtepi32_ps(sum), scaled);
+    }
+
+    __m256 lanes() const { return scaled; }
+    float total() const { return hsum(lanes()); }
+};
+
+template <class Block, int kBias>
+void gemv_unsigned_legacy(const uint8_t* weights, size_t row_stride, int rows, const BlockQ8_0* x, int blocks, float* y) {
+    thread_local std::vector<UnsignedLegacyX> copy;   // grows once per thread
+    copy.resize(static_cast<size_t>(blocks));
+    for (int b = 0; b < blocks; ++b) {
+        std::memcpy(copy[b].qs, x[b].qs, kQ8);
+        int sum = 0;
+        for (int i = 0; i < kQ8; ++i) sum += x[b].qs[i];
+        copy[b].offset = -kBias / 8 * sum;
+        copy[b].dx = f16_scalar(x[b].d);
+    }
+    gemv_blocks<UnsignedLegacyAccumulator<Block>, Block>(weights, row_stride, rows, copy.data(), blocks, y);
+}
+
 void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const void* xq, int n, float* y) {
     const auto* base = static_cast<const uint8_t*>(weights);
+    if (type == GgmlType::Q4_0) return gemv_unsigned_legacy<BlockQ4_0, 8>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+    if (type == GgmlType::Q5_0) return gemv_unsigned_legacy<BlockQ5_0, 16>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
     auto blocks_of = [&](auto accumulator, auto block, auto x, int blocks) {
         gemv_blocks<decltype(accumulator), std::remove_cv_t<std::remove_pointer_t<decltype(block)>>>(
             base, row_stride, rows, x, blocks, y);
