@@ -368,8 +368,69 @@ void gemv_unsigned_legacy(const uint8_t* weights, size_t row_stride, int rows, c
     gemv_blocks<UnsignedLegacyAccumulator<Block>, Block>(weights, row_stride, rows, copy.data(), blocks, y);
 }
 
+// ---- IQ4_XS, two sub-blocks per 256-bit step
+//
+// dot_x86_blocks.h's kernel (the AVX-512 variant's fallback) reads 16 bytes of nibbles per
+// sub-block and takes each sub-block's scale out in general registers. Here one 32-byte load
+// holds sub-blocks 2k and 2k + 1; its low nibbles are weights 64k..+15 and 64k+32..+47, its high
+// ones 64k+16..+31 and 64k+48..+63, so the activation is copied once per gemv in that order (a
+// few KiB). The eight scales are unpacked once per block into words (iq4xs_scale_bytes), and one
+// vpshufb puts sub-block 2k's under the low 128-bit lane and 2k + 1's under the high one.
+struct alignas(32) IQ4XSPairX {
+    int8_t low[4][32];    // step k: x[64k..+15], x[64k+32..+47]
+    int8_t high[4][32];   // step k: x[64k+16..+31], x[64k+48..+63]
+    float d;
+};
+
+void lay_out_iq4xs_pairs(const BlockQ8K* x, int blocks, IQ4XSPairX* out) {
+    for (int b = 0; b < blocks; ++b) {
+        for (int k = 0; k < 4; ++k) {
+            std::memcpy(out[b].low[k], x[b].qs + 64 * k, 16);
+            std::memcpy(out[b].low[k] + 16, x[b].qs + 64 * k + 32, 16);
+            std::memcpy(out[b].high[k], x[b].qs + 64 * k + 16, 16);
+            std::memcpy(out[b].high[k] + 16, x[b].qs + 64 * k + 48, 16);
+        }
+        out[b].d = x[b].d;
+    }
+}
+
+struct IQ4XSPairAccumulator {
+    __m256 scaled = _mm256_setzero_ps();
+
+    void add(const BlockIQ4XS& w, const IQ4XSPairX& x) {
+        uint32_t low_bits;
+        std::memcpy(&low_bits, w.scales_l, sizeof low_bits);
+        const __m128i scales8 = _mm_sub_epi8(_mm_cvtsi64_si128(static_cast<long long>(iq4xs_scale_bytes(low_bits, w.scales_h))),
+                                             _mm_set1_epi8(32));
+        const __m256i words = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(scales8));   // s[0..7] − 32, both lanes
+        const __m256i grid = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)));
+        const __m256i low_nibbles = _mm256_set1_epi8(0x0f);
+        __m256i sum = _mm256_setzero_si256();
+        for (int k = 0; k < 4; ++k) {
+            const __m256i q = load_bytes(w.qs + 32 * k);
+            const __m256i scale = _mm256_shuffle_epi8(words, pair_broadcast_mask(k));
+            const __m256i low = _mm256_shuffle_epi8(grid, _mm256_and_si256(q, low_nibbles));
+            const __m256i high = _mm256_shuffle_epi8(grid, _mm256_and_si256(_mm256_srli_epi16(q, 4), low_nibbles));
+            sum = dot_signed_scaled(sum, low, load_bytes(x.low[k]), scale);
+            sum = dot_signed_scaled(sum, high, load_bytes(x.high[k]), scale);
+        }
+        scaled = _mm256_fmadd_ps(_mm256_set1_ps(x.d * f16_scalar(w.d)), _mm256_cvtepi32_ps(sum), scaled);
+    }
+
+    __m256 lanes() const { return scaled; }
+    float total() const { return hsum(lanes()); }
+};
+
+void gemv_iq4xs_pairs(const uint8_t* weights, size_t row_stride, int rows, const BlockQ8K* x, int blocks, float* y) {
+    thread_local std::vector<IQ4XSPairX> copy;   // grows once per thread
+    copy.resize(static_cast<size_t>(blocks));
+    lay_out_iq4xs_pairs(x, blocks, copy.data());
+    gemv_blocks<IQ4XSPairAccumulator, BlockIQ4XS>(weights, row_stride, rows, copy.data(), blocks, y);
+}
+
 void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const void* xq, int n, float* y) {
     const auto* base = static_cast<const uint8_t*>(weights);
+    if (type == GgmlType::IQ4_XS) return gemv_iq4xs_pairs(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
     if (type == GgmlType::Q4_0) return gemv_unsigned_legacy<BlockQ4_0, 8>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
     if (type == GgmlType::Q5_0) return gemv_unsigned_legacy<BlockQ5_0, 16>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
     auto blocks_of = [&](auto accumulator, auto block, auto x, int blocks) {

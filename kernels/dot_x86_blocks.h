@@ -280,6 +280,21 @@ using IQ4NLAccumulator = LegacySymmetricAccumulator<BlockIQ4NL, 0>;
 
 // ---- IQ4_XS × Q8_K
 
+// The eight 6-bit scales of an IQ4_XS block, one byte per sub-block: the low four bits from the
+// nibbles of scales_l, the top two from the bit pairs of scales_h, each spread to bytes by three
+// shift-or-mask steps (what pdep does, without BMI2).
+inline uint64_t iq4xs_scale_bytes(uint32_t low_nibbles, uint16_t high_pairs) {
+    uint64_t low = low_nibbles, high = high_pairs;
+    low = (low | low << 16) & 0x0000ffff0000ffffull;
+    low = (low | low << 8) & 0x00ff00ff00ff00ffull;
+    low = (low | low << 4) & 0x0f0f0f0f0f0f0f0full;
+    high = (high | high << 24) & 0x000000ff000000ffull;
+    high = (high | high << 12) & 0x000f000f000f000full;
+    high = (high | high << 6) & 0x0303030303030303ull;
+    return low | high << 4;
+}
+
+
 struct IQ4XSAccumulator {
     __m256 scaled = _mm256_setzero_ps();
 
