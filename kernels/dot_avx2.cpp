@@ -332,8 +332,9 @@ void gemv_float(const uint8_t* weights, size_t row_stride, int rows, const float
 // sign trick: a subtraction, vpabsb and vpsignb a block. Here the stored value u = q + 8 (q + 16)
 // is dotted as it is, unsigned (vpmaddubsw: pairs of at most 31·127, no saturation), and the
 // offset −8·Σx (−16·Σx) is added to the block's eight lanes from a copy of the activation made
-// once per gemv (a few KiB) that also holds dx as a float. IQ4_NL keeps the sign trick: its grid
-// values shifted to unsigned reach 255, and 255·127 pairs would saturate vpmaddubsw.
+// once per gemv (a few KiB) that also holds dx as a float. MXFP4 the same way, its values (±12)
+// shifted by 16. IQ4_NL keeps the sign trick: its grid values shifted to unsigned reach 255, and
+// 255·127 pairs would saturate vpmaddubsw.
 struct alignas(32) UnsignedLegacyX {
     int8_t qs[kQ8];
     int32_t offset;   // −bias/8 · Σx, per lane
@@ -345,9 +346,20 @@ struct UnsignedLegacyAccumulator {
     __m256 scaled = _mm256_setzero_ps();
 
     void add(const Block& w, const UnsignedLegacyX& x) {
-        const __m256i pairs = _mm256_maddubs_epi16(legacy_values(w), load_bytes(x.qs));
+        __m256i values;
+        float factor;
+        if constexpr (std::is_same_v<Block, BlockMXFP4>) {   // E2M1 values (doubled) + 16, in 4..28
+            const __m256i table = _mm256_add_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kMxfp4Values))),
+                                                  _mm256_set1_epi8(16));
+            values = _mm256_shuffle_epi8(table, legacy_nibbles(w.qs));
+            factor = e8m0_half(w.e) * x.dx;
+        } else {
+            values = legacy_values(w);
+            factor = f16_scalar(w.d) * x.dx;
+        }
+        const __m256i pairs = _mm256_maddubs_epi16(values, load_bytes(x.qs));
         const __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)), _mm256_set1_epi32(x.offset));
-        scaled = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w.d) * x.dx), _mm256_cvtepi32_ps(sum), scaled);
+        scaled = _mm256_fmadd_ps(_mm256_set1_ps(factor), _mm256_cvtepi32_ps(sum), scaled);
     }
 
     __m256 lanes() const { return scaled; }
@@ -356,6 +368,7 @@ struct UnsignedLegacyAccumulator {
 
 template <class Block, int kBias>
 void gemv_unsigned_legacy(const uint8_t* weights, size_t row_stride, int rows, const BlockQ8_0* x, int blocks, float* y) {
+    static_assert(kBias % 8 == 0, "the offset is spread evenly over eight lanes");
     thread_local std::vector<UnsignedLegacyX> copy;   // grows once per thread
     copy.resize(static_cast<size_t>(blocks));
     for (int b = 0; b < blocks; ++b) {
@@ -433,6 +446,7 @@ void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const
     if (type == GgmlType::IQ4_XS) return gemv_iq4xs_pairs(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
     if (type == GgmlType::Q4_0) return gemv_unsigned_legacy<BlockQ4_0, 8>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
     if (type == GgmlType::Q5_0) return gemv_unsigned_legacy<BlockQ5_0, 16>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+    if (type == GgmlType::MXFP4) return gemv_unsigned_legacy<BlockMXFP4, 16>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
     auto blocks_of = [&](auto accumulator, auto block, auto x, int blocks) {
         gemv_blocks<decltype(accumulator), std::remove_cv_t<std::remove_pointer_t<decltype(block)>>>(
             base, row_stride, rows, x, blocks, y);
