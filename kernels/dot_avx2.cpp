@@ -411,11 +411,7 @@ struct IQ4XSPairAccumulator {
     __m256 scaled = _mm256_setzero_ps();
 
     void add(const BlockIQ4XS& w, const IQ4XSPairX& x) {
-        uint32_t low_bits;
-        std::memcpy(&low_bits, w.scales_l, sizeof low_bits);
-        const __m128i scales8 = _mm_sub_epi8(_mm_cvtsi64_si128(static_cast<long long>(iq4xs_scale_bytes(low_bits, w.scales_h))),
-                                             _mm_set1_epi8(32));
-        const __m256i words = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(scales8));   // s[0..7] − 32, both lanes
+        const __m256i words = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(iq4xs_scales8(w)));   // s[0..7] − 32, both lanes
         const __m256i grid = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)));
         const __m256i low_nibbles = _mm256_set1_epi8(0x0f);
         __m256i sum = _mm256_setzero_si256();

@@ -550,10 +550,7 @@ struct IQ4XSAccumulator512 {
     __m512 scaled = _mm512_setzero_ps();
 
     void add(const BlockIQ4XS& w, const IQ4XSActivation& x) {
-        uint32_t low_bits;
-        std::memcpy(&low_bits, w.scales_l, sizeof low_bits);
-        const uint64_t scale_bytes = iq4xs_scale_bytes(low_bits, w.scales_h);
-        const __m128i scales8 = _mm_sub_epi8(_mm_cvtsi64_si128(static_cast<long long>(scale_bytes)), _mm_set1_epi8(32));
+        const __m128i scales8 = iq4xs_scales8(w);
         const __m512i scales32 = _mm512_castsi256_si512(_mm256_cvtepi8_epi32(scales8));
         const __m512i grid = _mm512_broadcast_i32x4(_mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)),
                                                                   _mm_set1_epi8(static_cast<char>(0x80))));

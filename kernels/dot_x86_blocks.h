@@ -294,6 +294,13 @@ inline uint64_t iq4xs_scale_bytes(uint32_t low_nibbles, uint16_t high_pairs) {
     return low | high << 4;
 }
 
+// The eight scales s − 32 of an IQ4_XS block, as signed bytes 0-7.
+inline __m128i iq4xs_scales8(const BlockIQ4XS& w) {
+    uint32_t low_bits;
+    std::memcpy(&low_bits, w.scales_l, sizeof low_bits);
+    return _mm_sub_epi8(_mm_cvtsi64_si128(static_cast<long long>(iq4xs_scale_bytes(low_bits, w.scales_h))), _mm_set1_epi8(32));
+}
+
 
 struct IQ4XSAccumulator {
     __m256 scaled = _mm256_setzero_ps();
