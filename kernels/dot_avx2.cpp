@@ -43,7 +43,7 @@ __m256 hsum8(const __m256* v) {
 
 float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
 
-#include "dot_x86_blocks.h"   // Q2_K, Q3_K, Q5_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS (shared with dot_avx512.cpp)
+#include "dot_x86_blocks.h"   // Q2_K, Q3_K, Q5_K, Q4_1, Q5_1, IQ4_NL (shared with dot_avx512.cpp)
 #include "dot_x86_iq.h"        // IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ3_XXS, IQ2_S, IQ3_S, MXFP4
 
 // ---- activation (bit-identical to the reference: same scale, same products, ties to even)
@@ -328,7 +328,7 @@ void gemv_float(const uint8_t* weights, size_t row_stride, int rows, const float
 
 // ---- Q4_0 and Q5_0 as unsigned values
 //
-// dot_x86_blocks.h's kernel (shared with the AVX-512 variant's tails) dots q − 8 (q − 16) by the
+// dot_x86_blocks.h's kernel (now only the AVX-512 variant's tails) dots q − 8 (q − 16) by the
 // sign trick: a subtraction, vpabsb and vpsignb a block. Here the stored value u = q + 8 (q + 16)
 // is dotted as it is, unsigned (vpmaddubsw: pairs of at most 31·127, no saturation), and the
 // offset −8·Σx (−16·Σx) is added to the block's eight lanes from a copy of the activation made
@@ -383,8 +383,8 @@ void gemv_unsigned_legacy(const uint8_t* weights, size_t row_stride, int rows, c
 
 // ---- IQ4_XS, two sub-blocks per 256-bit step
 //
-// dot_x86_blocks.h's kernel (the AVX-512 variant's fallback) reads 16 bytes of nibbles per
-// sub-block and takes each sub-block's scale out in general registers. Here one 32-byte load
+// The kernel this replaced read 16 bytes of nibbles per sub-block and took each sub-block's scale
+// out in general registers. Here one 32-byte load
 // holds sub-blocks 2k and 2k + 1; its low nibbles are weights 64k..+15 and 64k+32..+47, its high
 // ones 64k+16..+31 and 64k+48..+63, so the activation is copied once per gemv in that order (a
 // few KiB). The eight scales are unpacked once per block into words (iq4xs_scale_bytes), and one
@@ -439,29 +439,28 @@ void gemv_iq4xs_pairs(const uint8_t* weights, size_t row_stride, int rows, const
 
 void gemv(GgmlType type, const void* weights, size_t row_stride, int rows, const void* xq, int n, float* y) {
     const auto* base = static_cast<const uint8_t*>(weights);
-    if (type == GgmlType::IQ4_XS) return gemv_iq4xs_pairs(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
-    if (type == GgmlType::Q4_0) return gemv_unsigned_legacy<BlockQ4_0, 8>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
-    if (type == GgmlType::Q5_0) return gemv_unsigned_legacy<BlockQ5_0, 16>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
-    if (type == GgmlType::MXFP4) return gemv_unsigned_legacy<BlockMXFP4, 16>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+    const auto* q8_0 = static_cast<const BlockQ8_0*>(xq);
+    const auto* q8_k = static_cast<const BlockQ8K*>(xq);
     auto blocks_of = [&](auto accumulator, auto block, auto x, int blocks) {
         gemv_blocks<decltype(accumulator), std::remove_cv_t<std::remove_pointer_t<decltype(block)>>>(
             base, row_stride, rows, x, blocks, y);
     };
-    if (run_shared_type(type, xq, n, blocks_of) || run_iq_type(type, xq, n, blocks_of)) return;
     switch (type) {
-        case GgmlType::Q4_K:
-            return gemv_blocks<Q4KAccumulator, BlockQ4K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
-        case GgmlType::Q6_K:
-            return gemv_blocks<Q6KAccumulator, BlockQ6K>(base, row_stride, rows, static_cast<const BlockQ8K*>(xq), n / kQK, y);
-        case GgmlType::Q8_0:
-            return gemv_blocks<Q8_0Accumulator, BlockQ8_0>(base, row_stride, rows, static_cast<const BlockQ8_0*>(xq), n / kQ8, y);
+        case GgmlType::Q4_0: return gemv_unsigned_legacy<BlockQ4_0, 8>(base, row_stride, rows, q8_0, n / kQ8, y);
+        case GgmlType::Q5_0: return gemv_unsigned_legacy<BlockQ5_0, 16>(base, row_stride, rows, q8_0, n / kQ8, y);
+        case GgmlType::MXFP4: return gemv_unsigned_legacy<BlockMXFP4, 16>(base, row_stride, rows, q8_0, n / kQ8, y);
+        case GgmlType::IQ4_XS: return gemv_iq4xs_pairs(base, row_stride, rows, q8_k, n / kQK, y);
+        case GgmlType::Q4_K: return gemv_blocks<Q4KAccumulator, BlockQ4K>(base, row_stride, rows, q8_k, n / kQK, y);
+        case GgmlType::Q6_K: return gemv_blocks<Q6KAccumulator, BlockQ6K>(base, row_stride, rows, q8_k, n / kQK, y);
+        case GgmlType::Q8_0: return gemv_blocks<Q8_0Accumulator, BlockQ8_0>(base, row_stride, rows, q8_0, n / kQ8, y);
         case GgmlType::F32:
             return gemv_float<GgmlType::F32>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
         case GgmlType::F16:
             return gemv_float<GgmlType::F16>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
         case GgmlType::BF16:
             return gemv_float<GgmlType::BF16>(base, row_stride, rows, static_cast<const float*>(xq), n, y);
-        default: break;   // the types of dot_x86_blocks.h, above
+        default:   // the types of dot_x86_blocks.h and dot_x86_iq.h
+            if (!run_shared_type(type, xq, n, blocks_of)) run_iq_type(type, xq, n, blocks_of);
     }
 }
 

@@ -1,7 +1,9 @@
 // Row kernels of the K-quants Q2_K, Q3_K, Q5_K, the legacy Q4_0, Q4_1, Q5_0, Q5_1 and the
-// non-uniform IQ4_NL and IQ4_XS, on 256-bit
-// vectors: included by dot_avx2.cpp and by dot_avx512.cpp, so each compiles them with its own
-// instruction set. One primitive differs:
+// non-uniform IQ4_NL, on 256-bit vectors, and IQ4_XS's scale unpacking: included by dot_avx2.cpp
+// and by dot_avx512.cpp, so each compiles them with its own instruction set. (Q4_0's and Q5_0's
+// kernels here serve only the AVX-512 variant's tail blocks: dot_avx2.cpp has its own, which
+// need a per-gemv copy of the activation; IQ4_XS has its own kernel in each file.) One primitive
+// differs:
 //
 //  * AVX2: vpmaddubsw (unsigned weight bytes × signed activation bytes, pairs into 16-bit words),
 //    then vpmaddwd by 16-bit scale words (pairs into 32-bit lanes);
@@ -226,7 +228,7 @@ inline __m256i legacy_fifth_bits(const uint8_t qh[4]) {
     return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10));
 }
 
-// IQ4_NL's and IQ4_XS's grid values of 32 nibbles (vpshufb as a 16-entry table lookup).
+// IQ4_NL's grid values of 32 nibbles (vpshufb as a 16-entry table lookup).
 inline __m256i iq4_values(const uint8_t qs[16]) {
     const __m256i grid = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)));
     return _mm256_shuffle_epi8(grid, legacy_nibbles(qs));
@@ -301,28 +303,11 @@ inline __m128i iq4xs_scales8(const BlockIQ4XS& w) {
     return _mm_sub_epi8(_mm_cvtsi64_si128(static_cast<long long>(iq4xs_scale_bytes(low_bits, w.scales_h))), _mm_set1_epi8(32));
 }
 
-
-struct IQ4XSAccumulator {
-    __m256 scaled = _mm256_setzero_ps();
-
-    void add(const BlockIQ4XS& w, const BlockQ8K& x) {
-        __m256i sum = _mm256_setzero_si256();
-        for (int b = 0; b < 8; ++b) {
-            const int low = (w.scales_l[b / 2] >> (4 * (b % 2))) & 0x0f, high = (w.scales_h >> (2 * b)) & 3;
-            const __m256i scale = _mm256_set1_epi16(static_cast<short>((low | (high << 4)) - 32));
-            sum = dot_signed_scaled(sum, iq4_values(w.qs + 16 * b), load_bytes(x.qs + 32 * b), scale);
-        }
-        scaled = _mm256_fmadd_ps(_mm256_set1_ps(x.d * f16_scalar(w.d)), _mm256_cvtepi32_ps(sum), scaled);
-    }
-
-    __m256 lanes() const { return scaled; }
-    float total() const { return hsum(lanes()); }
-};
-
 // ---- dispatch
 
 // Runs the kernel of a type of this file as run(Accumulator{}, (const Block*) nullptr, activation,
-// blocks), the including file's gemv over blocks; false for a type that is not one of them.
+// blocks), the including file's gemv over blocks; false for a type that is not one of them (Q4_0,
+// Q5_0 and IQ4_XS run kernels of the including files).
 template <class Run>
 bool run_shared_type(GgmlType type, const void* xq, int n, Run run) {
     const auto* q8_k = static_cast<const BlockQ8K*>(xq);
@@ -332,9 +317,6 @@ bool run_shared_type(GgmlType type, const void* xq, int n, Run run) {
         case GgmlType::Q2_K: run(Q2KAccumulator{}, static_cast<const BlockQ2K*>(nullptr), q8_k, n / kQK); return true;
         case GgmlType::Q3_K: run(Q3KAccumulator{}, static_cast<const BlockQ3K*>(nullptr), q8_k, n / kQK); return true;
         case GgmlType::Q5_K: run(Q5KAccumulator{}, static_cast<const BlockQ5K*>(nullptr), q8_k, n / kQK); return true;
-        case GgmlType::IQ4_XS: run(IQ4XSAccumulator{}, static_cast<const BlockIQ4XS*>(nullptr), q8_k, n / kQK); return true;
-        case GgmlType::Q4_0: run(Q4_0Accumulator{}, static_cast<const BlockQ4_0*>(nullptr), q8_0, n / kQ8); return true;
-        case GgmlType::Q5_0: run(Q5_0Accumulator{}, static_cast<const BlockQ5_0*>(nullptr), q8_0, n / kQ8); return true;
         case GgmlType::IQ4_NL: run(IQ4NLAccumulator{}, static_cast<const BlockIQ4NL*>(nullptr), q8_0, n / kQ8); return true;
         case GgmlType::Q4_1: run(Q4_1Accumulator{}, static_cast<const BlockQ4_1*>(nullptr), q8_1, n / kQ8); return true;
         case GgmlType::Q5_1: run(Q5_1Accumulator{}, static_cast<const BlockQ5_1*>(nullptr), q8_1, n / kQ8); return true;
